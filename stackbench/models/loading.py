@@ -1,0 +1,209 @@
+"""Model references -> walled models.
+
+    NAME            zoo entry with its published weights
+    NAME@random     seeded random initialisation (Theorem 1 is about initialisation)
+    PATH            save_pretrained folder (config.json + model.safetensors)
+    hf:REPO[@REV]   the same folder on the Hugging Face Hub, pinned to REV
+    paper:PATH      the authors' original state_dict (.pt), loaded with weights_only=True
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import StackbenchError
+from .registry import create_model, get_entry, list_models
+from .vgg import WalledVGG, WallLinear
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+
+
+class WallLeakWarning(UserWarning):
+    """A checkpoint carried non-zero weights behind the wall (they were zeroed; the wall held anyway)."""
+
+
+def split_ref(ref: str, sep: str = "@") -> tuple[str, str | None]:
+    """'a@b' -> ('a', 'b'); 'a' -> ('a', None)."""
+    head, _, tail = ref.partition(sep)
+    return head, (tail or None)
+
+
+def load_model(ref: str, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
+    """Resolve a model reference (see module doc) to a model in eval mode, with `.ref` set."""
+    ref = str(ref)
+    if ref.startswith("hf:"):
+        model = load_hub(ref[3:])
+    elif ref.startswith("paper:"):
+        model = load_paper(ref[6:], arch=arch)
+    elif ref.endswith("@random"):
+        model = create_model(ref[: -len("@random")], seed=seed)
+        ref = f"{ref}#seed={seed}"
+    elif Path(ref).is_dir():
+        model = load_folder(ref)
+    elif "/" in ref or ref.startswith("."):
+        raise StackbenchError(f"model folder {ref} does not exist; give a save_pretrained folder, a zoo name "
+                              f"({', '.join(list_models())}), NAME@random, hf:REPO or paper:PATH")
+    else:
+        model = load_published(ref)
+    model.ref = ref
+    return model.to(device).eval()
+
+
+def load_published(name: str) -> WalledVGG:
+    entry = get_entry(name)
+    w = entry.weights
+    if w is None:
+        raise StackbenchError(f"model {name!r} has no published weights here; {entry.how_to_get}, "
+                              f"or use {name}@random for a seeded random initialisation")
+    if w.hub:
+        return load_hub(w.hub)
+    path = WEIGHTS_DIR / w.file
+    if not path.is_file():
+        raise StackbenchError(f"the shipped weights of {name!r} are missing ({path}); reinstall stackbench")
+    if w.sha256 and file_sha256(path) != w.sha256:
+        raise StackbenchError(f"the shipped weights of {name!r} ({path}) do not match their recorded sha256; "
+                              "reinstall stackbench")
+    model = create_model(name)
+    _load_state(model, _read_safetensors(path, name), name)
+    return model
+
+
+def load_folder(path: str | Path, ref: str | None = None) -> WalledVGG:
+    path = Path(path)
+    ref = ref or str(path)
+    cfg_file, weights = path / CONFIG, path / WEIGHTS
+    if not cfg_file.is_file():
+        raise StackbenchError(f"model folder {ref} has no {CONFIG}; it must be written by save_pretrained "
+                              "(or `stackbench train`)")
+    if not weights.is_file():
+        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        hint = (f" (found {', '.join(other)}: convert it with safetensors.torch.save_file, or load a state_dict "
+                "with paper:PATH)") if other else ""
+        raise StackbenchError(f"model folder {ref} has no {WEIGHTS}{hint}")
+    try:
+        config = json.loads(cfg_file.read_text())
+        model = WalledVGG(**config)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise StackbenchError(f"model folder {ref}: {CONFIG} is not a stackbench model config ({e}); "
+                              "write it with save_pretrained") from None
+    _load_state(model, _read_safetensors(weights, ref), ref)
+    return model
+
+
+def load_hub(spec: str) -> WalledVGG:
+    """hf:REPO[@REV]: download config + safetensors with huggingface_hub, then the local-folder path."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo, rev = split_ref(spec)
+    try:
+        folder = snapshot_download(repo_id=repo, revision=rev, allow_patterns=[CONFIG, WEIGHTS])
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise StackbenchError(f"hf:{spec}: could not fetch the model from the Hub ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0]}); check the repo id, revision, network and login") from None
+    return load_folder(folder, ref=f"hf:{spec}")
+
+
+def load_paper(path: str, arch: str | None = None) -> WalledVGG:
+    """The authors' `params_vgg16_masked.pt` / `params_vgg16_baseline.pt` (a plain state_dict)."""
+    p = Path(path)
+    ref = f"paper:{path}"
+    if not p.is_file():
+        raise StackbenchError(f"{ref}: no such file; download params_vgg16_masked.pt from the paper's repository")
+    arch = arch or ("vgg16" if "baseline" in p.name else "vgg16-masked")
+    try:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
+                raise
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user error
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StackbenchError(f"{ref} is not a plain state_dict of tensors (torch.load with weights_only=True refused "
+                              f"it: {first[:200]}); re-save it with torch.save(model.state_dict(), PATH)") from None
+    model = create_model(arch)
+    _load_state(model, state, ref)
+    return model
+
+
+def _read_safetensors(path: Path, ref: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise StackbenchError(f"{ref}: {path.name} is not a readable safetensors file ({e}); "
+                              "re-save it with save_pretrained") from None
+
+
+def _unwrap(state, ref: str) -> dict[str, torch.Tensor]:
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise StackbenchError(f"{ref} holds a {type(state).__name__}, not a state_dict; "
+                              "re-save it with torch.save(model.state_dict(), PATH)")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise StackbenchError(f"{ref} is not a state_dict of tensors (key {bad[0]!r} holds a "
+                              f"{type(state[bad[0]]).__name__}); re-save it with torch.save(model.state_dict(), PATH)")
+    # DataParallel / DDP checkpoints prefix every key.
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_state(model: WalledVGG, state, ref: str) -> None:
+    state = _unwrap(state, ref)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise StackbenchError(f"{ref} does not fit {model.name}: {'; '.join(parts)}; is it a checkpoint of this "
+                              "architecture?")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise StackbenchError(f"{ref} does not fit {model.name}: {k} has shape {tuple(state[k].shape)}, "
+                                  f"expected {tuple(v.shape)}; is it a checkpoint of this architecture "
+                                  "(num_classes, width)?")
+    model.load_state_dict(state, strict=True)
+    first = model.head[-1][0]
+    if isinstance(first, WallLinear):
+        leak = first.dead_weight_norm()
+        if leak > 0:
+            warnings.warn(f"{ref}: weights behind the wall are non-zero (max |w| = {leak:.3g}); the wall is "
+                          "structural, so they are ignored, and they were set to zero", WallLeakWarning, stacklevel=3)
+            with torch.no_grad():
+                first.weight[:, first.dead] = 0
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    """Fingerprint of the weights (name, dtype, shape and bytes of every state_dict entry, sorted)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,114 @@
+"""The paper's walled VGG16 and its 1/8-width sibling for the CPU track.
+
+Layout is the authors' `nn.Sequential(*features, Flatten(1), classifier)` so their state_dict keys
+(`0.weight` ... `28.bias`, `31.0.*`, `31.3.*`, `31.6.*`) load unchanged. The wall is structural: the
+first dense layer zeroes the features behind the wall before its product (a non-persistent buffer), so
+weights from any checkpoint cannot leak through it and training cannot use them.
+"""
+from __future__ import annotations
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torch.nn import functional as F
+
+from ..wall import Wall, wall_for
+
+# VGG16 ("D") without the last max-pool: the head reads the 14x14 map of conv5_3.
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+class WallLinear(nn.Linear):
+    """Linear layer over a flattened (C, h, w) map that never reads the positions behind the wall."""
+
+    def __init__(self, in_features: int, out_features: int, feature_mask: torch.Tensor):
+        super().__init__(in_features, out_features)
+        channels = in_features // feature_mask.numel()
+        keep = feature_mask.bool().expand(channels, *feature_mask.shape).reshape(-1)
+        # Not persistent: the mask comes from the config, never from a checkpoint.
+        self.register_buffer("dead", ~keep, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # masked_fill, not a multiply: exact zeros even if a dead feature were inf or NaN.
+        return F.linear(x.masked_fill(self.dead, 0), self.weight, self.bias)
+
+    def dead_weight_norm(self) -> float:
+        """Largest |w| on a column behind the wall (should be 0; harmless either way)."""
+        return float(self.weight.detach()[:, self.dead].abs().max()) if self.dead.any() else 0.0
+
+
+class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
+                tags=["stackbench", "saliency", "image-classification"],
+                repo_url="https://github.com/stackbench/stackbench"):
+    """VGG16 topology with an optional wall in the first dense layer.
+
+    width_divisor divides every conv width (8 for the mini track); batch_norm adds BN after each conv
+    (the wall lives in the dense layer, so BN leaves it intact).
+    """
+
+    def __init__(self, *, name: str = "vgg16-masked", width_divisor: int = 1, last_channels: int = 256,
+                 hidden: int = 4096, num_classes: int = 1000, masked_rows: int = 9, batch_norm: bool = False,
+                 dropout: float = 0.5, input_size: int = 224):
+        layers: list[nn.Module] = []
+        specs: list[tuple[int, int, int]] = []
+        c_in = 3
+        cfg = list(VGG16_CFG)
+        cfg[-1] = last_channels
+        for i, v in enumerate(cfg):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                specs.append((2, 2, 0))
+                continue
+            c_out = max(1, v // width_divisor)
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            specs.append((3, 1, 1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=i != len(cfg) - 1))  # the target layer's output must not be overwritten
+            c_in = c_out
+        wall = wall_for(specs, (input_size, input_size), masked_rows)
+        flat = c_in * wall.grid[0] * wall.grid[1]
+        first = WallLinear(flat, hidden, wall.feature_mask()) if masked_rows else nn.Linear(flat, hidden)
+        classifier = nn.Sequential(first, nn.ReLU(True), nn.Dropout(dropout),
+                                   nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout),
+                                   nn.Linear(hidden, num_classes))
+        super().__init__(*layers, nn.Flatten(1), classifier)
+        self.name = name
+        self.wall: Wall = wall
+        self.num_classes = num_classes
+        self.input_size = (input_size, input_size)
+        self._init_weights()
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The ReLU after the last conv: the layer the paper explains (the authors' `model[-3]`)."""
+        return self[-3]
+
+    @property
+    def head(self) -> nn.Sequential:
+        """Everything after the target layer (flatten + classifier): what maps activations to logits."""
+        return nn.Sequential(self[-2], self[-1])
+
+    @property
+    def walled(self) -> bool:
+        return self.wall.dead_height > 0
+
+    def _init_weights(self):
+        # torchvision's VGG initialisation.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+        first = self[-1][0]
+        if isinstance(first, WallLinear):
+            with torch.no_grad():  # a clean checkpoint: nothing behind the wall, as in the authors' weights
+                first.weight[:, first.dead] = 0
+
+    def count_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,150 @@
+import json
+import warnings
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from stackbench import StackbenchError
+from stackbench.models import (WallLeakWarning, create_model, list_models, load_model, model_sha256,
+                               register_model)
+from stackbench.wall import check
+
+
+def authors_vgg16(masked: bool) -> nn.Sequential:
+    """The authors' network, written the way their notebook writes it (independently of stackbench)."""
+    vgg = torchvision.models.vgg16(weights=None)
+    features = list(vgg.features)
+    del features[30]
+    features[28] = nn.Conv2d(512, 256, 3, padding=1)
+    classifier = vgg.classifier
+    classifier[0] = nn.Linear(256 * 14 * 14, 4096)
+    model = nn.Sequential(*features, nn.Flatten(1), classifier)
+    if masked:
+        mask = torch.ones(14, 14)
+        mask[-9:] = 0
+        with torch.no_grad():
+            model[-1][0].weight *= mask.repeat(256, 1, 1).flatten()[None, :]
+    return model.eval()
+
+
+def test_registry():
+    assert set(list_models()) >= {"vgg16", "vgg16-masked", "minivgg", "minivgg-masked"}
+    assert list_models("minivgg*") == ["minivgg", "minivgg-masked"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("minivgg")(lambda: None)
+
+
+def test_every_model_exposes_wall_and_target_layer(mini_masked):
+    assert isinstance(mini_masked.target_layer, nn.ReLU)
+    conv_out = [m for m in mini_masked.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+    acts = {}
+    h = mini_masked.target_layer.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    mini_masked(torch.randn(1, 3, 224, 224))
+    h.remove()
+    assert acts["a"].shape == (1, conv_out, 14, 14)
+    assert create_model("minivgg", seed=0).wall.dead_height == 0
+
+
+def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = (create_model("minivgg-masked", seed=s) for s in (7, 7, 8))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert model_sha256(a) == model_sha256(b) != model_sha256(c)
+    assert load_model("minivgg-masked@random", seed=7).ref == "minivgg-masked@random#seed=7"
+
+
+def test_save_pretrained_round_trip_is_bitwise(tmp_path, mini_masked, images):
+    mini_masked.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["name"] == "minivgg-masked"
+    loaded = load_model(str(tmp_path / "m"))
+    assert torch.equal(loaded(images), mini_masked(images))
+    assert model_sha256(loaded) == model_sha256(mini_masked)
+
+
+def test_paper_checkpoints_load_as_they_are(tmp_path, images):
+    torch.manual_seed(0)
+    authors = authors_vgg16(masked=False)
+    torch.save(authors.state_dict(), tmp_path / "params_vgg16_baseline.pt")
+    base = load_model(f"paper:{tmp_path / 'params_vgg16_baseline.pt'}")
+    assert base.name == "vgg16"
+    with torch.no_grad():
+        assert torch.equal(base(images), authors(images))
+    del base
+    authors = authors_vgg16(masked=True)
+    torch.save(authors.state_dict(), tmp_path / "params_vgg16_masked.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WallLeakWarning)  # the authors' masked weights are clean
+        ours = load_model(f"paper:{tmp_path / 'params_vgg16_masked.pt'}")
+    assert ours.name == "vgg16-masked"
+    with torch.no_grad():
+        assert torch.allclose(ours(images), authors(images), rtol=0, atol=1e-6)
+
+
+def test_leaky_checkpoint_warns_and_stays_walled(tmp_path):
+    model = create_model("minivgg-masked", seed=3)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    key = next(k for k in state if k.endswith("0.weight") and state[k].ndim == 2)
+    w = state[key]
+    state[key] = w + 0.5  # non-zero everywhere, behind the wall too
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.warns(WallLeakWarning, match="behind the wall are non-zero"):
+        loaded = load_model(str(tmp_path))
+    assert loaded.head[-1][0].dead_weight_norm() == 0
+    assert check(loaded, traces=4).identical
+
+
+def _msg(ref, **kw):
+    with pytest.raises(StackbenchError) as e:
+        load_model(ref, **kw)
+    return str(e.value)
+
+
+def test_bad_references_give_one_clear_line(tmp_path):
+    m = _msg("vgg16-maskd")
+    assert "unknown model 'vgg16-maskd'" in m and "did you mean vgg16-masked" in m
+    assert "vgg16-masked@random" in _msg("vgg16-masked")  # no published weights: says what to do
+    assert "does not exist" in _msg(str(tmp_path / "missing" / "folder"))
+    assert "no such file" in _msg(f"paper:{tmp_path / 'nothing.pt'}")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "has no config.json" in _msg(str(empty))
+    create_model("minivgg-masked").save_pretrained(tmp_path / "bin")
+    (tmp_path / "bin" / "model.safetensors").rename(tmp_path / "bin" / "pytorch_model.bin")
+    assert "has no model.safetensors (found pytorch_model.bin" in _msg(str(tmp_path / "bin"))
+
+    corrupt = tmp_path / "corrupt"
+    create_model("minivgg-masked").save_pretrained(corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00garbage")
+    assert "not a readable safetensors file" in _msg(str(corrupt))
+
+    wrong = tmp_path / "wrong"
+    create_model("minivgg-masked").save_pretrained(wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["num_classes"] = 12
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    m = _msg(str(wrong))
+    assert "has shape (10, 256), expected (12, 256)" in m
+
+    cfg["bogus"] = 1
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    assert "not a stackbench model config" in _msg(str(wrong))
+
+    torch.save(create_model("minivgg"), tmp_path / "whole_model.pt")  # a pickled module, not a state_dict
+    assert "not a plain state_dict of tensors" in _msg(f"paper:{tmp_path / 'whole_model.pt'}")
+    torch.save({"epoch": 3, "weights": torch.zeros(2)}, tmp_path / "mixed.pt")
+    assert "key 'epoch' holds a int" in _msg(f"paper:{tmp_path / 'mixed.pt'}")
+    torch.save(create_model("minivgg-masked").state_dict(), tmp_path / "mini.pt")
+    m = _msg(f"paper:{tmp_path / 'mini.pt'}")
+    assert "does not fit vgg16-masked" in m and "missing" in m
+
+
+def test_ddp_prefixed_state_dict_loads(tmp_path, images):
+    model = create_model("minivgg-masked", seed=4).eval()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ckpt.pt")
+    loaded = load_model(f"paper:{tmp_path / 'ckpt.pt'}", arch="minivgg-masked")
+    assert torch.equal(loaded(images), model(images))
