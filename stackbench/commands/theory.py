@@ -1,0 +1,133 @@
+"""`stackbench theory alpha` and `stackbench theory bound`: Section 2 of the paper checked by computation."""
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import click
+
+from ..errors import StackbenchError
+from .common import format_table
+
+
+def _progress():
+    from tqdm.auto import tqdm
+
+    return partial(tqdm, leave=False, dynamic_ncols=True)
+
+
+def _image(image_path, digit):
+    from .. import theory
+
+    if image_path is not None and digit is not None:
+        raise StackbenchError("--image and --digit both given; pick one")
+    if image_path is not None:
+        return theory.load_image(image_path)
+    return theory.digit_image(0 if digit is None else digit)
+
+
+def image_options(f):
+    f = click.option("--digit", type=int, default=None, metavar="N",
+                     help="item N of scikit-learn's bundled handwritten digits (default 0), as a 29x29 MNIST-like image")(f)
+    return click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
+                        help="a grayscale image (bright digit on dark), resized to 29x29")(f)
+
+
+def _fmt(x, spec=".3g"):
+    return "-" if x is None else format(x, spec)
+
+
+@click.group()
+def theory():
+    """Section 2 of the paper, checked: Proposition 2.1 (closed-form alpha) and Theorem 1 (GradCAM behind the wall)."""
+
+
+@theory.command()
+@image_options
+@click.option("--layers", "-L", type=int, multiple=True, default=(1, 2, 3), show_default=True,
+              help="dense layers L (repeat the option for several)")
+@click.option("--filters", type=int, default=8, show_default=True, help="conv filters V (> 1)")
+@click.option("--hidden", type=int, default=32, show_default=True, help="width of the hidden dense layers")
+@click.option("--trials", type=int, default=100, show_default=True, help="random initialisations per L")
+@click.option("--tau", type=float, default=1.0, show_default=True, help="initialisation scale: weights ~ N(0, tau^2)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tol", type=float, default=1e-5, show_default=True, help="largest relative error that passes")
+@click.option("--out", type=click.Path(file_okay=False), default="stackbench-theory", show_default=True,
+              help="folder for alpha.json")
+def alpha(image_path, digit, layers, filters, hidden, trials, tau, seed, tol, out):
+    """Proposition 2.1's closed-form alpha against autograd's GAP of the gradient, for each L."""
+    from .. import theory
+    from ..datafolder import atomic_write_json
+
+    image, info = _image(image_path, digit)
+    report = theory.alpha_check(image, layers, filters, hidden, trials, tau, seed, tol=tol, progress=_progress())
+    report["image"] = {**info, "sha256": theory.image_sha256(image)}
+    path = Path(out) / "alpha.json"
+    atomic_write_json(path, report)
+    click.echo(f"[CNN]: V={filters} filters 2x2, 29x29 input, hidden width {hidden}, float64; "
+               f"{trials} initialisations x 4 inputs per L (seed {seed})")
+    click.echo(format_table([[r["layers"], r["evaluations"], f"{r['max_rel_err']:.2e}", f"{r['median_rel_err']:.2e}",
+                              f"{r['median_max_abs_alpha']:.3g}"] for r in report["results"]],
+                            ["L", "alphas compared", "max rel. error", "median rel. error", "median max |alpha|"]))
+    click.echo(f"wrote:   {path}")
+    click.echo(f"verdict: {'PASS' if report['passed'] else 'FAIL'} (max relative error {report['max_rel_err']:.2e}, tol {tol:g})")
+    sys.exit(0 if report["passed"] else 1)
+
+
+@theory.command()
+@image_options
+@click.option("--filters", type=int, multiple=True, default=(21, 64, 256), show_default=True,
+              help="conv filters V (repeat the option for several); Theorem 1 needs V > 20")
+@click.option("--tau", type=float, default=1.0, show_default=True, help="initialisation scale: weights ~ N(0, tau^2)")
+@click.option("--trials", type=int, default=2000, show_default=True, help="Monte Carlo initialisations T per V")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="stackbench-theory", show_default=True,
+              help="folder for bound.json and bound.png")
+def bound(image_path, digit, filters, tau, trials, seed, out):
+    """Theorem 1: Monte Carlo of E[GradCAM] over T initialisations (L = 1) beside the paper's lower bound."""
+    from .. import theory
+    from ..datafolder import atomic_write_bytes, atomic_write_json
+    from ..theory_figures import bound_figure_png
+
+    image, info = _image(image_path, digit)
+    report = theory.bound_report(image, info, filters, trials, tau, seed, progress=_progress())
+    geom = report["config"]["geometry"]
+    out = Path(out)
+    atomic_write_json(out / "bound.json", report)
+    atomic_write_bytes(out / "bound.png", bound_figure_png(report, image.numpy()))
+
+    src = f"digit #{info['index']} (label {info['label']})" if "label" in info else info["source"]
+    h, w = geom["conv_size"]
+    hp, wp = geom["pooled_size"]
+    r0, r1 = geom["masked_pooled_rows"]
+    click.echo(f"image:   {src}, 29x29; conv map {h}x{w}, pooled {hp}x{wp}, pooled rows {r0}..{r1} masked "
+               f"(image rows {geom['wall']['dead_from']}..28 unseen; GradCAM rows {geom['behind_wall_conv_rows'][0]}.."
+               f"{h - 1} behind the wall)")
+    click.echo(f"setting: L=1, tau={tau:g}, T={trials}, seed {seed}; pixels with a non-zero patch: "
+               f"{report['results'][0]['pixels_nonzero_patch']} of {h * w}")
+    rows = []
+    for r in report["results"]:
+        bw, fr = r["behind_wall"], r["in_front"]
+        rows.append([r["filters"], "yes" if r["bound_claimed"] else "no (V <= 20)",
+                     _fmt(r["share_mean_ge_bound_3se"] and 100 * r["share_mean_ge_bound_3se"], ".1f"),
+                     _fmt(r["min_mean_over_bound"]), _fmt(r["exact_over_bound"]), _fmt(r["max_abs_z_vs_exact"], ".2f"),
+                     _fmt(bw["share_positive_mean"] and 100 * bw["share_positive_mean"], ".1f"),
+                     _fmt(bw["mean_gradcam"], ".4g"), _fmt(fr["mean_gradcam"], ".4g")])
+    click.echo(format_table(rows, ["V", "bound claimed", "% mean >= bound (3 SE)", "min mean/bound",
+                                   "exact/bound", "max |z| vs exact", "% behind wall > 0", "mean GC behind",
+                                   "mean GC in front"]))
+    for r in report["results"]:
+        if not r["bound_claimed"]:
+            click.echo(f"note:    V={r['filters']}: {r['bound_note']}; the Monte Carlo and exact columns still apply")
+    click.echo(f"wrote:   {out / 'bound.json'}, {out / 'bound.png'}")
+    passed = report["passed"]
+    if passed is None:
+        click.echo("verdict: no bound claimed (Theorem 1 needs V > 20); nothing to check")
+    elif passed:
+        click.echo("verdict: PASS: Monte Carlo mean >= Theorem 1's bound at every pixel with a non-zero patch, "
+                   "within 3 standard errors")
+    else:
+        click.echo("verdict: FAIL: the Monte Carlo mean is below Theorem 1's bound by more than 3 standard errors "
+                   "somewhere")
+    sys.exit(1 if passed is False else 0)
