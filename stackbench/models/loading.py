@@ -106,7 +106,9 @@ def load_hub(spec: str) -> WalledVGG:
     except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
         raise StackbenchError(f"hf:{spec}: could not fetch the model from the Hub ({type(e).__name__}: "
                               f"{str(e).splitlines()[0]}); check the repo id, revision, network and login") from None
-    return load_folder(folder, ref=f"hf:{spec}")
+    model = load_folder(folder, ref=f"hf:{spec}")
+    model.revision = Path(folder).name  # the snapshot folder is named by the commit it holds
+    return model
 
 
 def load_paper(path: str, arch: str | None = None) -> WalledVGG:
