@@ -51,6 +51,15 @@ def shard_path(folder: str | Path, index: int, total: int) -> Path:
     return Path(folder) / DATA_DIR / f"{SPLIT}-{index:05d}-of-{total:05d}.parquet"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; published files get the usual mode
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and rename: readers never see half a file."""
     path = Path(path)
@@ -61,6 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -71,19 +81,51 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
-def write_shard(rows: list[dict], feats: datasets.Features, path: str | Path) -> None:
-    """One Parquet shard, written atomically. Images are dicts {"bytes": ..., "path": None} (already encoded)."""
+SHARD_META_KEY = b"stackbench"  # per-shard facts (e.g. skipped inputs) written atomically with the rows
+ROW_GROUP = 100  # rows per Parquet row group for image data (datasets' record batch size for images)
+
+
+def write_shard(rows: list[dict], feats: datasets.Features, path: str | Path, metadata: dict | None = None) -> None:
+    """One Parquet shard, written atomically, laid out as `Dataset.to_parquet` does (schema with the features,
+    content-defined chunking, page index, images stored uncompressed). Images are dicts {"bytes": ..., "path":
+    None} (already encoded). `metadata` (JSON-able) is stored in the file's key-value metadata under
+    `stackbench`; read it back with `shard_metadata`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.arrow_writer import get_parquet_column_options
+
     path = Path(path)
-    ds = datasets.Dataset.from_list(rows, features=feats)
+    schema = feats.arrow_schema
+    table = pa.Table.from_pylist([feats.encode_example(r) for r in rows], schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        ds.to_parquet(tmp)
+        with os.fdopen(fd, "wb") as f:
+            cdc = datasets.config.DEFAULT_CDC_OPTIONS
+            writer = pq.ParquetWriter(f, schema=schema, use_content_defined_chunking=cdc, write_page_index=True,
+                                      **get_parquet_column_options(feats, schema))
+            for start in range(0, max(len(rows), 1), ROW_GROUP):
+                writer.write_table(table.slice(start, ROW_GROUP))
+            meta = {"content_defined_chunking": json.dumps(cdc)}
+            if metadata is not None:
+                meta[SHARD_META_KEY.decode()] = json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+            writer.add_key_value_metadata(meta)
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def shard_metadata(path: str | Path) -> dict:
+    """The `metadata` a shard was written with ({} if none)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path).metadata or {}
+    return json.loads(meta[SHARD_META_KEY]) if SHARD_META_KEY in meta else {}
 
 
 def list_shards(folder: str | Path) -> list[Path]:
@@ -118,12 +160,26 @@ def resolve(ref: str) -> tuple[Path, str | None]:
             raise StackbenchError(f"{ref}: could not fetch the dataset from the Hub ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); check the repo id, revision, "
                                   "network and login") from None
-        return Path(folder), rev or None
+        return Path(folder), Path(folder).name  # the snapshot folder is named by its commit: pin that
     folder = Path(ref)
     if not folder.is_dir():
         raise StackbenchError(f"dataset folder {ref} does not exist; create it with `stackbench generate stack-mix ... "
                               f"--out {ref}` or give hf:REPO")
     return folder, None
+
+
+def read_shards(shards: Sequence[str | Path]) -> datasets.Dataset:
+    """Shards -> one in-memory Dataset with the features stored in their schema. Reads with pyarrow directly:
+    no `datasets` cache folder, so many readers (and a writer replacing shards atomically) never collide."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.table import InMemoryTable
+
+    tables = [pq.read_table(p) for p in shards]
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    feats = datasets.Features.from_arrow_schema(tables[0].schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=feats),
+                            split=datasets.NamedSplit(SPLIT))
 
 
 def open_dataset(ref: str) -> tuple[datasets.Dataset, dict]:
@@ -134,7 +190,7 @@ def open_dataset(ref: str) -> tuple[datasets.Dataset, dict]:
     if not shards:
         raise StackbenchError(f"dataset folder {ref} has no {DATA_DIR}/{SPLIT}-*.parquet shards; "
                               "run `stackbench generate` into it")
-    ds = datasets.load_dataset("parquet", data_files={SPLIT: [str(p) for p in shards]}, split=SPLIT)
+    ds = read_shards(shards)
     missing = {"id", "image", "label", "wall_row"} - set(ds.column_names)
     if missing:
         raise StackbenchError(f"dataset folder {ref} lacks the columns {sorted(missing)}; it was not written by "

@@ -15,28 +15,48 @@ import torch
 from ..errors import StackbenchError
 
 
+def resolve_checkpoint(ref: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """A local folder as it is (revision None), or a Hub id downloaded with huggingface_hub into its cache
+    (revision: the commit the snapshot holds)."""
+    local = Path(ref)
+    if local.is_dir() or ref.startswith((".", "/")) or local.exists():
+        if not local.is_dir():
+            raise StackbenchError(f"--model {ref}: no such folder; give a Stable Diffusion folder "
+                                  "(save_pretrained layout with model_index.json) or a Hub id")
+        if not (local / "model_index.json").is_file():
+            raise StackbenchError(f"--model {ref}: not a diffusers pipeline folder (no model_index.json); save one "
+                                  "with StableDiffusionPipeline.save_pretrained")
+        return local, None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(ref, revision=revision, allow_patterns=["*.json", "*.txt", "*.safetensors",
+                                                                                 "*.model"],
+                                        ignore_patterns=["*.fp16.*", "*non_ema*", "*.ckpt"]))
+    except Exception as e:  # noqa: BLE001 - network, auth and not-found all need the same advice
+        raise StackbenchError(f"--model {ref}: could not fetch it from the Hub ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); check the id, the revision, "
+                              "network and login, or give a local folder") from None
+    return folder, folder.name
+
+
 def load_pipeline(ref: str, device: str | torch.device = "cpu", revision: str | None = None):
     """Any SD 1.x/2.x checkpoint loadable by StableDiffusionPipeline.from_pretrained (Hub id or folder).
     fp16 on CUDA, float32 on CPU; SDPA attention is diffusers' default on torch 2."""
     from diffusers import StableDiffusionPipeline
 
     device = torch.device(device)
-    local = Path(ref)
-    if (ref.startswith((".", "/")) or local.exists()) and not local.is_dir():
-        raise StackbenchError(f"--model {ref}: no such folder; give a Stable Diffusion folder "
-                              "(save_pretrained layout with model_index.json) or a Hub id")
-    if local.is_dir() and not (local / "model_index.json").is_file():
-        raise StackbenchError(f"--model {ref}: not a diffusers pipeline folder (no model_index.json); save one with "
-                              "StableDiffusionPipeline.save_pretrained")
+    folder, _ = resolve_checkpoint(ref, revision)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(ref, revision=revision, dtype=dtype,
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), dtype=dtype,
                                                        safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise StackbenchError(f"--model {ref}: cannot load it as a StableDiffusionPipeline "
                               f"({str(e).splitlines()[0][:200]}); give an SD 1.x/2.x checkpoint") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
 
 CONFIGS = {
     "tiny": dict(

@@ -1,0 +1,161 @@
+"""`stackbench generate stack-mix` (and, later, `stack-gen`): build a dataset folder, then print a summary."""
+from __future__ import annotations
+
+import click
+
+from ..generate import load_preset
+from ..generate.stackmix import StackMixRecipe, generate_stack_mix, read_class_spec
+from ..generate.writer import WriteResult
+from ..sources import SOURCE_HELP
+
+MAX_LISTED = 20
+
+
+@click.group()
+def generate():
+    """Build the evaluation datasets (STACK-MIX, STACK-GEN) as dataset folders."""
+
+
+def writer_options(f):
+    """Options every generator shares (the writer's)."""
+    for opt in reversed([
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="dataset folder to write"),
+        click.option("--num-proc", type=int, default=1, show_default=True, help="worker processes (CPU cores)"),
+        click.option("--shard-size", type=int, default=500, show_default=True, help="rows per Parquet shard"),
+        click.option("--overwrite", is_flag=True, help="replace a folder that holds a different recipe"),
+        click.option("--no-progress", is_flag=True, help="no progress bar"),
+    ]):
+        f = opt(f)
+    return f
+
+
+def print_summary(result: WriteResult) -> None:
+    g = result.generation
+    reused = result.n_shards - result.built_shards
+    click.echo(f"wrote:     {result.n_rows} images to {result.folder} ({result.n_shards} shards: "
+               f"{result.built_shards} built, {reused} reused)")
+    click.echo(f"time:      {result.seconds:.1f} s for {result.built_items} items, "
+               f"{result.images_per_s:.1f} images/s")
+    src = g["source"]
+    detail = ", ".join(f"{k} {src[k]}" for k in ("split", "n_items", "revision", "version") if src.get(k) is not None)
+    click.echo(f"source:    {src['ref']}{f' ({detail})' if detail else ''}; "
+               f"{len(g.get('classes_used', []))} classes used")
+    skipped = g.get("skipped", [])
+    click.echo(f"skipped:   {len(skipped)} input(s)")
+    for s in skipped[:MAX_LISTED]:
+        click.echo(f"  {s['path']}: {s['reason']}")
+    if len(skipped) > MAX_LISTED:
+        click.echo(f"  ... {len(skipped) - MAX_LISTED} more in {result.folder}/generation.json")
+    for s in g.get("skipped_classes", []):
+        click.echo(f"  class {s['class']!r} skipped: {s['reason']}")
+    for d in g.get("dropped", []):
+        click.echo(f"  item {d['index']} dropped: {d['reason']}")
+    if g.get("converted"):
+        click.echo("converted: " + ", ".join(f"{m}->RGB x{k}" for m, k in g["converted"].items()) + " (inputs used)")
+    click.echo(f"fingerprint: {g['fingerprint']}")
+
+
+@generate.command("stack-mix")
+@click.option("--preset", default=None, help="defaults from generation/stack-mix/NAME.json (paper, mini); "
+              "options given here override them")
+@click.option("--source", default=None, help=f"image source: {SOURCE_HELP} [default: shapes]")
+@click.option("--split", default=None, help="source split (imagefolder sub-folder, datasets split, shapes "
+              "train/val/test)")
+@click.option("--num-images", type=int, default=None, help="number of images [default: 100]")
+@click.option("--per-class", type=int, default=None, help="images per class (instead of --num-images)")
+@click.option("--classes", default=None, metavar="LIST|FILE",
+              help="comma-separated class names/indices, or a file with one per line (e.g. generation/classes/)")
+@click.option("--layout", type=click.Choice(["cut", "fit"]), default=None,
+              help="cut: the paper's CutMix rows [default]; fit: the whole second image in the band")
+@click.option("--seed", type=int, default=None, help="recipe seed [default: 0]")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding [default: png]")
+@click.option("--min-size", type=int, default=None, help="skip inputs smaller than this per side [default: 64]")
+@writer_options
+def stack_mix(preset, source, split, num_images, per_class, classes, layout, seed, fmt, min_size, out, num_proc,
+              shard_size, overwrite, no_progress):
+    """STACK-MIX: two same-class images stacked, one behind the wall."""
+    given = {"source": source, "split": split, "num_images": num_images, "per_class": per_class,
+             "classes": classes, "layout": layout, "seed": seed, "format": fmt, "min_size": min_size}
+    fields = {k: v for k, v in (load_preset("stack-mix", preset) if preset else {}).items()
+              if k in StackMixRecipe.__dataclass_fields__}
+    if num_images is not None or per_class is not None:  # a count given here replaces the preset's count
+        fields.pop("num_images", None), fields.pop("per_class", None)
+    fields.update({k: v for k, v in given.items() if v is not None})
+    fields["classes"] = read_class_spec(fields.get("classes"))
+    result = generate_stack_mix(out, StackMixRecipe(**fields), num_proc=num_proc, shard_size=shard_size,
+                                overwrite=overwrite, progress=not no_progress)
+    print_summary(result)
+
+
+@generate.command("stack-gen")
+@click.option("--preset", default=None, help="defaults from generation/stack-gen/NAME.json (paper, mini); "
+              "options given here override them")
+@click.option("--generator", type=click.Choice(["shapes", "diffusers"]), default=None,
+              help="shapes: the embedded scene renderer [default]; diffusers: a Stable Diffusion checkpoint")
+@click.option("--model", default=None, metavar="REF", help="diffusers: Hub id or local folder (SD 1.x/2.x)")
+@click.option("--revision", default=None, help="diffusers: Hub revision of --model")
+@click.option("--classes", default=None, metavar="LIST|FILE",
+              help="class names, comma-separated or a file (default: shapes' ten / generation/classes/imagenette.txt)")
+@click.option("--num-images", type=int, default=None, help="number of images [default: 100]")
+@click.option("--seed", type=int, default=None, help="recipe seed [default: 0]")
+@click.option("--steps", type=int, default=None, help="diffusers: denoising steps [default: 30]")
+@click.option("--guidance", type=float, default=None, help="diffusers: classifier-free guidance [default: 7.5]")
+@click.option("--gen-size", type=int, default=None, help="generation size in px [default: the checkpoint's own]")
+@click.option("--batch-size", type=int, default=None, help="images per pipeline call [default: 1]")
+@click.option("--prompts", default=None, metavar="NAME|FILE",
+              help="prompt templates: generation/stack-gen/prompts/NAME.json or a JSON file [default: default]")
+@click.option("--verify", is_flag=True, help="score both object crops with a zero-shot CLIP model")
+@click.option("--verify-model", default=None, metavar="REF",
+              help="CLIP checkpoint for --verify (Hub id or folder) [default: openai/clip-vit-base-patch32]")
+@click.option("--min-verify", type=float, default=None,
+              help="keep only items whose two crops score at least T; others are regenerated deterministically")
+@click.option("--max-attempts", type=int, default=None, help="attempts per item under --min-verify [default: 8]")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding [default: png]")
+@click.option("--device", default="auto", show_default=True,
+              help="auto: this process' accelerator (under accelerate launch / torchrun), else cuda if present, else cpu")
+@writer_options
+def stack_gen(preset, generator, model, revision, classes, num_images, seed, steps, guidance, gen_size, batch_size,
+              prompts, verify, verify_model, min_verify, max_attempts, fmt, device, out, num_proc, shard_size, overwrite,
+              no_progress):
+    """STACK-GEN: one generated scene with two same-class objects, one behind the wall.
+
+    Many GPUs: `accelerate launch -m stackbench generate stack-gen ...` (or torchrun) splits the shards across
+    processes; the same command works unchanged with one process."""
+    from ..generate.stackgen import StackGenRecipe, generate_stack_gen, load_prompts
+
+    fields = {k: v for k, v in (load_preset("stack-gen", preset) if preset else {}).items()
+              if k in StackGenRecipe.__dataclass_fields__}
+    given = {"generator": generator, "model": model, "revision": revision, "num_images": num_images, "seed": seed,
+             "steps": steps, "guidance": guidance, "gen_size": gen_size, "batch_size": batch_size,
+             "min_verify": min_verify, "max_attempts": max_attempts, "format": fmt}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if verify or verify_model or min_verify is not None:
+        fields["verify_model"] = verify_model or fields.get("verify_model") or "openai/clip-vit-base-patch32"
+    if classes:
+        fields["classes"] = read_class_spec(classes)
+    if prompts:
+        fields["prompts"] = load_prompts(prompts)
+    state = _distributed_state()
+    if device == "auto":
+        device = str(state.device) if state is not None else ("cuda" if _cuda() else "cpu")
+    result = generate_stack_gen(out, StackGenRecipe(**fields), device=device, num_proc=num_proc,
+                                shard_size=shard_size, overwrite=overwrite, progress=not no_progress, state=state)
+    if state is None or state.is_main_process:
+        print_summary(result)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _distributed_state():
+    """accelerate's PartialState when launched as several processes (gloo on CPU), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not _cuda())
