@@ -1,0 +1,142 @@
+"""Benchmark: stackbench's saliency passes vs the paper's usage of pytorch-grad-cam.
+
+Reference (the paper's usage): one pytorch-grad-cam object per method, built and called with its defaults
+(targets=None: the top-1 class), for GradCAM, GradCAM++, XGradCAM, AblationCAM, EigenCAM, HiResCAM, ScoreCAM.
+Ours: what `stackbench evaluate` runs per batch for the same methods on the same images and model: the
+Backbone set-up, one shared forward (+ head-only backward) for the gradient CAMs, head-only AblationCAM,
+batched ScoreCAM, and the gradcam-lib post-processing. mu is compared per image.
+
+    python benchmarks/bench_evaluate.py --model minivgg-masked@random --images 8
+    python benchmarks/bench_evaluate.py --model vgg16-masked@random --images 2 --slow-images 1
+
+--slow-images: images for ScoreCAM and AblationCAM (the library costs ~100 s per image each on VGG16/CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+import warnings
+
+import numpy as np
+import torch
+
+SIX = ["GradCAM", "GradCAM++", "XGradCAM", "AblationCAM", "EigenCAM", "HiResCAM"]
+SLOW = {"AblationCAM", "ScoreCAM"}
+
+
+def library_classes():
+    import pytorch_grad_cam as L
+
+    return {"GradCAM": L.GradCAM, "GradCAM++": L.GradCAMPlusPlus, "XGradCAM": L.XGradCAM,
+            "AblationCAM": L.AblationCAM, "EigenCAM": L.EigenCAM, "HiResCAM": L.HiResCAM, "ScoreCAM": L.ScoreCAM}
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 224, 224, generator=g)
+    x[:, :, :100, 40:180] = torch.rand(n, 3, 1, 1, generator=g)  # an object-like flat patch on top
+    return x
+
+
+def reference(net, x, name):
+    cls = library_classes()[name]
+    t0 = time.perf_counter()
+    cam = cls(model=net, target_layers=[net.target_layer])
+    with contextlib.redirect_stderr(io.StringIO()):  # the library's tqdm bars
+        maps = cam(input_tensor=x, targets=None)
+    dt = time.perf_counter() - t0
+    ag = cam.activations_and_grads
+    for h in ag.handles:
+        h.remove()
+    ag.handles, ag.activations, ag.gradients = [], [], []
+    for p in net.parameters():
+        p.grad = None
+    return maps, dt
+
+
+def ours(net, x, names):
+    """Times for `names` run together the way the harness does, and the post-processed maps."""
+    from stackbench import metrics as M
+    from stackbench.evaluate import shared_pass
+    from stackbench.methods import Backbone, Batch, get_method
+
+    t0 = time.perf_counter()
+    bb = Backbone(net)
+    methods = [get_method(n) for n in names]
+    for m in methods:
+        m.setup(bb)
+    xn = bb.normalize(x)
+    need_grads = any("gradients" in m.needs for m in methods)
+    logits, t, A, G = shared_pass(bb, xn, "predicted", None, need_grads)
+    batch = Batch(x=xn, x01=x, targets=t, logits=logits, index=list(range(len(x))), ids=[str(i) for i in range(len(x))],
+                  backbone=bb, activations=A, gradients=G)
+    out = {m.name: M.postprocess(m.explain(batch)) for m in methods}
+    return out, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="minivgg-masked@random")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--slow-images", type=int, default=None, help="images for ScoreCAM/AblationCAM (default --images)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs (shared CPU)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from stackbench import metrics as M
+    from stackbench.models import load_model
+
+    net = load_model(args.model)
+    n_fast, n_slow = args.images, args.slow_images or args.images
+    x_fast, x_slow = images(n_fast), images(n_slow)
+    print(f"model {net.ref}; {n_fast} images (ScoreCAM, AblationCAM: {n_slow}); torch threads {torch.get_num_threads()}")
+    # Warm-up of both sides on one image (allocator, oneDNN kernels for each shape), not timed.
+    ours(net, images(1), [*SIX, "ScoreCAM"])
+    from stackbench.methods import Backbone
+
+    mean, std = torch.tensor(Backbone.MEAN).view(1, 3, 1, 1), torch.tensor(Backbone.STD).view(1, 3, 1, 1)
+    for name in ("GradCAM", "ScoreCAM"):
+        reference(net, (images(1) - mean) / std, name)
+    ref_t, ref_maps = {}, {}
+    for name in [*SIX, "ScoreCAM"]:
+        xs = x_slow if name in SLOW else x_fast
+        runs = [reference(net, (xs - mean) / std, name) for _ in range(1 if name in SLOW and n_slow < n_fast
+                                                                      else args.repeat)]
+        ref_maps[name], ref_t[name] = runs[0][0], min(r[1] for r in runs)  # the same normalised input
+    # Ours, timed as the harness runs them: the five non-slow methods share one pass on x_fast; the slow ones
+    # run with their own shared pass on x_slow (counted in full for each group).
+    fast = [n for n in SIX if n not in SLOW]
+    def best(x, names):
+        runs = [ours(net, x, names) for _ in range(args.repeat)]
+        return runs[0][0], min(r[1] for r in runs)
+
+    out_fast, t_fast = best(x_fast, fast)
+    out_abl, t_abl = best(x_slow, ["AblationCAM"])
+    out_sc, t_sc = best(x_slow, ["ScoreCAM"])
+    our_maps = {**out_fast, **out_abl, **out_sc}
+    per_img = lambda d, n: d / (n_slow if n in SLOW else n_fast)  # noqa: E731
+    print(f"{'method':12s} {'reference s/img':>16s} {'max |dmu|':>10s}")
+    worst = 0.0
+    for name in [*SIX, "ScoreCAM"]:
+        d = float(np.nanmax(np.abs(M.mu(our_maps[name]) - M.mu(ref_maps[name]))))
+        worst = max(worst, d)
+        print(f"{name:12s} {per_img(ref_t[name], name):16.3f} {d:10.2e}")
+    # per-image seconds, so groups measured on different image counts add up
+    ref_six = sum(per_img(ref_t[n], n) for n in SIX)
+    our_six = t_fast / n_fast + t_abl / n_slow
+    ref_sc, our_sc = ref_t["ScoreCAM"] / n_slow, t_sc / n_slow
+    print()
+    print("| methods | reference s/img | stackbench s/img | speed-up |")
+    print("|---|---|---|---|")
+    print(f"| six (GradCAM, ++, XGradCAM, AblationCAM, EigenCAM, HiResCAM) | {ref_six:.3f} | {our_six:.3f} | {ref_six / our_six:.1f}x |")
+    print(f"| ScoreCAM | {ref_sc:.3f} | {our_sc:.3f} | {ref_sc / our_sc:.2f}x |")
+    print(f"| all seven | {ref_six + ref_sc:.3f} | {our_six + our_sc:.3f} | {(ref_six + ref_sc) / (our_six + our_sc):.2f}x |")
+    print(f"max |mu_ours - mu_reference| over images and methods: {worst:.2e} (goal <= 1e-4)")
+
+
+if __name__ == "__main__":
+    main()

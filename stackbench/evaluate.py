@@ -1,0 +1,450 @@
+"""The evaluation harness: run saliency methods on a STACK dataset through a walled model and score them.
+
+    evaluate(["GradCAM", "HiResCAM"], "stack-mix-mini", "minivgg-masked@random", out="results")
+
+Per batch: one forward to the target layer serves every method (targets, activations, logits); methods
+that need gradients share one backward through the head only; other methods run their own extra passes.
+Each method's maps are checked (shape, dtype, finite), post-processed as the metric defines, and scored per
+image. Per method it writes `<out>/<method>.parquet` (per-image rows) then `<out>/<method>.json` (the
+`stackbench.result/1` record), both atomically; a method whose record is already there with the same
+identity is skipped (resume). A faulty method is reported with its first offending item; the others finish.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from . import __version__
+from . import metrics as M
+from .datafolder import atomic_write_bytes, atomic_write_json, open_dataset
+from .errors import StackbenchError
+from .methods import Backbone, Batch, SaliencyMethod, get_method, list_methods
+from .records import SCHEMA, identity, read_record, validate_record
+
+TARGET_RULES = ("predicted", "label")
+GRID_ITEMS = 4  # images kept for the overlay grid
+
+
+class MethodFailure(Exception):
+    def __init__(self, reason: str, item: str):
+        super().__init__(reason)
+        self.reason, self.item = reason, item
+
+
+@dataclass
+class MethodRun:
+    method: SaliencyMethod
+    spec: str
+    status: str = "pending"           # pending | skipped (finished earlier) | done | failed
+    error: str | None = None
+    rows: list = field(default_factory=list)
+    maps: list = field(default_factory=list)
+    grid_maps: list = field(default_factory=list)
+    seconds: float = 0.0
+    record: dict | None = None
+    record_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+
+def file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def resolve_methods(specs, **config) -> list[SaliencyMethod]:
+    """Method specs (names, plugins, entry points, 'all') -> instances, all resolved before any work."""
+    names: list[str] = []
+    for s in specs:
+        names.extend(list_methods() if s == "all" else [s])
+    seen, out = set(), []
+    for s in dict.fromkeys(names):
+        m = get_method(s, **config.get(s, {}))
+        if m.name in seen:
+            continue
+        seen.add(m.name)
+        out.append(m)
+    if not out:
+        raise StackbenchError("no method given; use --method NAME (see `stackbench methods`) or --method all")
+    return out
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StackbenchError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+def decode_image(data: bytes, size: tuple[int, int]) -> torch.Tensor:
+    """PNG/JPEG bytes -> (3, H, W) float in [0, 1], exactly torchvision's ToTensor of the RGB image."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if img.size != (size[1], size[0]):
+            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the model takes {size[1]}x{size[0]}")
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+
+
+def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
+    """Yield (indices, ids, labels, image_sha256s, x01) per batch; undecodable items go to `skipped`."""
+    for start in range(0, len(ds), batch_size):
+        chunk = ds[start:start + batch_size]
+        idx, ids, labels, shas, xs = [], [], [], [], []
+        for j, (ident, image, label) in enumerate(zip(chunk["id"], chunk["image"], chunk["label"])):
+            data = (image or {}).get("bytes") if isinstance(image, dict) else None
+            if data is None and isinstance(image, dict) and image.get("path"):
+                try:
+                    data = Path(image["path"]).read_bytes()
+                except OSError:
+                    data = None
+            try:
+                if data is None:
+                    raise ValueError("no image bytes")
+                xs.append(decode_image(data, size))
+            except Exception as e:  # noqa: BLE001 - one bad item never stops the run
+                skipped.append({"id": str(ident), "reason": f"{type(e).__name__}: {e}"[:200]})
+                continue
+            idx.append(start + j)
+            ids.append(str(ident))
+            labels.append(int(label))
+            shas.append(hashlib.sha256(data).hexdigest())
+        if xs:
+            yield idx, ids, labels, shas, torch.stack(xs)
+
+
+# ----------------------------------------------------------------------------------------------- passes
+
+def shared_pass(backbone: Backbone, x: torch.Tensor, rule: str, labels, need_grads: bool):
+    """One forward to the target layer (and, if needed, one backward through the head only).
+    Returns (logits, targets, activations, gradients or None)."""
+    A = backbone.activations(x)
+    if not need_grads:
+        with torch.no_grad():
+            logits = backbone.head(A)
+        targets = choose_targets(logits, rule, labels)
+        return logits, targets, A, None
+    with torch.enable_grad():
+        leaf = A.detach().requires_grad_(True)
+        logits = backbone.head(leaf)
+        targets = choose_targets(logits, rule, labels)
+        (G,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
+    return logits.detach(), targets, A, G
+
+
+def choose_targets(logits: torch.Tensor, rule: str, labels) -> torch.Tensor:
+    if rule == "predicted":
+        return logits.detach().argmax(dim=1)
+    return torch.as_tensor(labels, dtype=torch.long, device=logits.device)
+
+
+def check_maps(out, n: int) -> np.ndarray:
+    """A method's output -> float32 numpy (n, h, w), or MethodFailure naming the first offending item."""
+    if isinstance(out, torch.Tensor):
+        if not (out.is_floating_point()):
+            raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
+        out = out.detach().float().cpu().numpy()
+    elif isinstance(out, np.ndarray):
+        if not np.issubdtype(out.dtype, np.floating):
+            raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
+    else:
+        raise MethodFailure(f"returned a {type(out).__name__}, expected a tensor or array (N, h, w)", "")
+    if out.ndim != 3 or out.shape[0] != n or min(out.shape[1:]) < 1:
+        raise MethodFailure(f"returned shape {tuple(out.shape)}, expected ({n}, h, w)", "")
+    bad = ~np.isfinite(out).all(axis=(1, 2))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise MethodFailure("returned NaN or inf", str(i))
+    return out.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------- records
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"stackbench": __version__, "torch": torch.__version__, "grad-cam": v("grad-cam"), "captum": v("captum"),
+            "numpy": np.__version__, "opencv": v("opencv-python-headless"), "python": platform.python_version(),
+            "device": device.type, "dtype": str(dtype).replace("torch.", "")}
+
+
+def items_digest(ids, shas) -> str:
+    """sha256 over 'id image-sha256' lines in evaluation order: which exact images were scored."""
+    h = hashlib.sha256()
+    for i, s in zip(ids, shas):
+        h.update(f"{i} {s}\n".encode())
+    return h.hexdigest()
+
+
+def rows_table(rows: list[dict]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue()
+
+
+def aggregate_rows(rows: list[dict], seed: int) -> dict:
+    return {m: M.aggregate([np.nan if r[m] is None else r[m] for r in rows], seed=seed) for m in M.PER_IMAGE}
+
+
+# ----------------------------------------------------------------------------------------------- harness
+
+def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", postprocess: str = "gradcam-lib",
+             batch_size: int = 8, limit: int | None = None, device: str = "auto", save_maps: bool = False,
+             out: str | Path = "results", seed: int = 0, progress: bool = True, method_config: dict | None = None,
+             figure: bool = True) -> list[MethodRun]:
+    """Run `methods` (specs or SaliencyMethod instances) and write one record + Parquet per method.
+    Returns a MethodRun per method (status done / skipped / failed)."""
+    from .models import load_model, model_sha256
+
+    if target not in TARGET_RULES:
+        raise StackbenchError(f"--target {target!r}: expected one of {', '.join(TARGET_RULES)}")
+    if postprocess not in M.POSTPROCESS:
+        raise StackbenchError(f"--postprocess {postprocess!r}: expected one of {', '.join(M.POSTPROCESS)}")
+    if batch_size < 1:
+        raise StackbenchError(f"--batch-size {batch_size}: must be at least 1")
+    if limit is not None and limit < 1:
+        raise StackbenchError(f"--limit {limit}: must be at least 1")
+    if isinstance(methods, (str, SaliencyMethod)):
+        methods = [methods]
+    instances = [m if isinstance(m, SaliencyMethod) else None for m in methods]
+    resolved = resolve_methods([m for m in methods if not isinstance(m, SaliencyMethod)], **(method_config or {})) \
+        if any(i is None for i in instances) else []
+    instances = [i for i in instances if i is not None] + resolved
+    dev = pick_device(device)
+
+    ds, info = open_dataset(dataset)
+    net = load_model(model, seed=seed, device=dev)
+    wall = net.wall
+    walls = sorted(set(int(v) for v in ds.unique("wall_row")))
+    if walls != [wall.dead_from]:
+        raise StackbenchError(f"dataset {dataset} puts the wall at row {', '.join(map(str, walls))} but model "
+                              f"{net.ref} is blind from row {wall.dead_from}; evaluate it with a model of the same "
+                              "wall (or regenerate the dataset for this model)")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    param = next(net.parameters())
+    base = {
+        "schema": SCHEMA,
+        "dataset": {"ref": dataset, "fingerprint": info["fingerprint"], "n": info["n"], "revision": info.get("revision"),
+                    "kind": (info.get("generation") or {}).get("kind")},
+        "model": {"ref": net.ref, "name": getattr(net, "name", type(net).__name__), "sha256": model_sha256(net),
+                  "wall": wall.to_dict()},
+        "target": target,
+        "postprocess": {"name": postprocess, "definition": M.POSTPROCESS[postprocess]},
+        "env": environment(dev, param.dtype),
+        "seeds": {"run": seed, "bootstrap": seed},
+        "run": {"limit": limit, "batch_size": batch_size,
+                "preprocess": "RGB, ToTensor, ImageNet mean/std; images used at their stored size"},
+    }
+
+    runs = [MethodRun(m, m.name) for m in instances]
+    for r in runs:
+        stem = file_stem(r.name)
+        r.record_path = out / f"{stem}.json"
+        if r.record_path.is_file() and (out / f"{stem}.parquet").is_file():
+            try:
+                old = read_record(r.record_path)
+                probe = {**base, "method": r.method.describe()}
+                if identity(old) == identity(probe) and \
+                        hashlib.sha256((out / f"{stem}.parquet").read_bytes()).hexdigest() == old["rows"]["sha256"]:
+                    r.status, r.record = "skipped", old
+            except StackbenchError:
+                pass  # unreadable or tampered: compute it again
+    todo = [r for r in runs if r.status == "pending"]
+    if not todo:
+        return runs
+
+    backbone = Backbone(net)
+    for r in todo:
+        try:
+            r.method.setup(backbone, seed=seed)
+        except Exception as e:  # noqa: BLE001
+            r.status, r.error = "failed", f"setup raised {type(e).__name__}: {e}"
+    need_grads = any("gradients" in r.method.needs for r in todo if r.status == "pending")
+    bars = _bars(todo, len(ds), progress)
+    skipped: list[dict] = []
+    all_ids, all_shas = [], []
+    shared_s = {"forward": 0.0, "backward": 0.0}
+    size = tuple(wall.input_size)
+    try:
+        for idx, ids, labels, shas, x01 in iter_batches(ds, batch_size, size, skipped):
+            live = [r for r in todo if r.status == "pending"]
+            if not live:
+                break
+            all_ids += ids
+            all_shas += shas
+            x01 = x01.to(dev)
+            x = backbone.normalize(x01)
+            t0 = time.perf_counter()
+            logits, targets, A, G = shared_pass(backbone, x, target, labels,
+                                                need_grads and any("gradients" in r.method.needs for r in live))
+            t1 = time.perf_counter()
+            shared_s["forward" if G is None else "backward"] += t1 - t0
+            predicted = logits.argmax(dim=1).tolist()
+            batch = Batch(x=x, x01=x01, targets=targets, logits=logits, index=idx, ids=ids, backbone=backbone,
+                          activations=A, gradients=G, seed=seed)
+            for r in live:
+                _run_one(r, batch, labels, predicted, postprocess, wall.dead_from, size, save_maps)
+                if bars:
+                    bars[r.name].update(len(ids))
+                    if r.status == "failed":
+                        bars[r.name].set_postfix_str("FAILED")
+    finally:
+        for b in (bars or {}).values():
+            b.close()
+        for r in todo:
+            try:
+                r.method.teardown()
+            except Exception:  # noqa: BLE001 - teardown must not hide results
+                pass
+
+    n_done = len(all_ids)
+    share = shared_s["forward"] / max(1, len(todo))
+    grad_users = [r for r in todo if "gradients" in r.method.needs]
+    for r in todo:
+        if r.status != "pending":
+            continue
+        if not r.rows:
+            r.status, r.error = "failed", "no item could be evaluated (all were skipped)"
+            continue
+        seconds = r.seconds + share + (shared_s["backward"] / len(grad_users) if r in grad_users else 0.0)
+        r.seconds = seconds
+        r.record = _write(r, base, out, all_ids, all_shas, skipped, seed, seconds, save_maps)
+        r.status = "done"
+    if figure:
+        grid = [r for r in runs if r.grid_maps]
+        if grid:
+            from .figures import overlay_grid
+
+            images, ids = _grid_images(ds, size, GRID_ITEMS)
+            overlay_grid(images, {r.name: np.stack(r.grid_maps)[:len(images)] for r in grid}, ids,
+                         wall.dead_from, out / "overlays.png")
+    return runs
+
+
+def _bars(runs, total, progress):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return {r.name: tqdm(total=total, desc=f"{r.name:>20}", unit="img", position=i, leave=True, dynamic_ncols=True)
+            for i, r in enumerate(runs)}
+
+
+def _run_one(r: MethodRun, batch: Batch, labels, predicted, postprocess, dead_from, size, save_maps):
+    t0 = time.perf_counter()
+    try:
+        try:
+            out = r.method.explain(batch)
+        except MethodFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - a faulty method fails alone
+            raise MethodFailure(f"raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "0") \
+                from None
+        maps = check_maps(out, len(batch.ids))
+    except MethodFailure as f:
+        item = batch.ids[int(f.item)] if f.item else batch.ids[0]
+        r.status = "failed"
+        r.error = f"method {r.name} {f.reason} (first offending item: {item!r})"
+        r.rows, r.maps, r.grid_maps = [], [], []
+        return
+    pp = M.postprocess(maps, postprocess, size)
+    r.seconds += time.perf_counter() - t0
+    vals = M.per_image(pp, dead_from)
+    empty = M.is_empty(pp)
+    for j, ident in enumerate(batch.ids):
+        r.rows.append({"id": ident, "index": int(batch.index[j]), "label": int(labels[j]),
+                       "target": int(batch.targets[j]), "predicted": int(predicted[j]),
+                       **{k: (None if np.isnan(v[j]) else float(v[j])) for k, v in vals.items()},
+                       "empty": bool(empty[j])})
+    if len(r.grid_maps) < GRID_ITEMS:
+        r.grid_maps.extend(pp[: GRID_ITEMS - len(r.grid_maps)])
+    if save_maps:
+        r.maps.append(pp.astype(np.float16))
+
+
+def _write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, seed, seconds, save_maps) -> dict:
+    stem = file_stem(r.name)
+    data = rows_table(r.rows)
+    atomic_write_bytes(out / f"{stem}.parquet", data)
+    n = len(r.rows)
+    if save_maps and r.maps:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, ids=np.array([row["id"] for row in r.rows]), maps=np.concatenate(r.maps))
+        atomic_write_bytes(out / f"{stem}.maps.npz", buf.getvalue())
+    record = {
+        **base,
+        "method": r.method.describe(),
+        "metrics": aggregate_rows(r.rows, seed),
+        "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
+        "rows": {"file": f"{stem}.parquet", "sha256": hashlib.sha256(data).hexdigest(),
+                 "columns": list(r.rows[0])},
+        "timing": {"seconds": round(seconds, 4), "images_per_s": round(n / seconds, 3) if seconds > 0 else None},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    validate_record(record, where=f"result record of {r.name}")
+    atomic_write_json(r.record_path, record)  # last: a record on disk means the rows beside it are complete
+    return record
+
+
+def _grid_images(ds, size, k):
+    images, ids = [], []
+    for j in range(min(k, len(ds))):
+        row = ds[j]
+        try:
+            x = decode_image(row["image"]["bytes"], size)
+        except Exception:  # noqa: BLE001
+            continue
+        images.append(x.permute(1, 2, 0).numpy())
+        ids.append(str(row["id"]))
+    return images, ids
+
+
+def summary_rows(runs: list[MethodRun]) -> list[list]:
+    """Table-1-style rows: method, n, n_empty, mu x100 mean +- std, 95% CI, dead mass, leak rate, img/s, status."""
+    rows = []
+    for r in runs:
+        if r.record is None:
+            rows.append([r.name, "-", "-", "-", "-", "-", "-", "-", f"FAILED: {r.error}"])
+            continue
+        m = r.record["metrics"]
+        mu = m["mu"]
+        f = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        ci = "-" if mu["ci95"] is None else f"[{f(mu['ci95'][0])}, {f(mu['ci95'][1])}]"
+        ips = r.record["timing"].get("images_per_s")
+        rows.append([r.name, mu["n"], mu["n_empty"], f"{f(mu['mean'])} ± {f(mu['std'])}", ci,
+                     f(m["dead_mass"]["mean"]), f(m["leak_rate"]["mean"]), "-" if ips is None else f"{ips:.2f}",
+                     "resumed" if r.status == "skipped" else "done"])
+    return rows
+
+
+SUMMARY_HEADERS = ["method", "n", "n_empty", "mu x100", "95% CI", "dead mass x100", "leak rate x100", "img/s", "status"]

@@ -1,0 +1,95 @@
+"""Figures: saliency overlays with the wall hatched (like the paper's Figure 6) and mu bar charts.
+
+`draw_wall(ax, dead_from, ...)` is the one way the wall is drawn on any matplotlib axis."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+WALL_COLOR = "red"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_wall(ax, dead_from: int, height: int = 224, width: int = 224, color: str = WALL_COLOR,
+              label: str | None = None):
+    """Hatch the rows behind the wall (dead_from..height-1) on an image axis (pixel coordinates, origin top)."""
+    from matplotlib.patches import Rectangle
+
+    if dead_from >= height:
+        return None
+    patch = Rectangle((-0.5, dead_from - 0.5), width, height - dead_from, fill=False, edgecolor=color,
+                      hatch="///", linewidth=1.5, label=label)
+    ax.add_patch(patch)
+    return patch
+
+
+def overlay(ax, image: np.ndarray, sal: np.ndarray, dead_from: int, alpha: float = 0.5, cmap: str = "jet"):
+    """One panel: the image (H, W, 3 in [0, 1]), its saliency on top, the wall hatched."""
+    ax.imshow(np.clip(image, 0, 1))
+    ax.imshow(sal, cmap=cmap, alpha=alpha, vmin=0, vmax=max(float(np.max(sal)), 1e-12))
+    draw_wall(ax, dead_from, *sal.shape[:2])
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], ids: Sequence[str], dead_from: int,
+                 path: str | Path, mus: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """Rows = images, columns = the image then one overlay per method; written as PNG."""
+    from .metrics import mu as mu_fn
+
+    plt = _plt()
+    names = list(maps)
+    n = len(images)
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.0 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(np.clip(images[i], 0, 1))
+        draw_wall(axes[i, 0], dead_from, *images[i].shape[:2])
+        axes[i, 0].set_xticks([])
+        axes[i, 0].set_yticks([])
+        axes[i, 0].set_ylabel(str(ids[i])[:18], fontsize=7)
+        for j, name in enumerate(names):
+            sal = maps[name][i]
+            overlay(axes[i, j + 1], images[i], sal, dead_from)
+            val = mus[name][i] if mus else float(mu_fn(sal, dead_from)[0])
+            axes[i, j + 1].set_xlabel("empty" if np.isnan(val) else f"mu={100 * val:.1f}", fontsize=7)
+            if i == 0:
+                axes[i, j + 1].set_title(name, fontsize=8)
+    if n:
+        axes[0, 0].set_title("image (wall hatched)", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def mu_bars(results: Mapping[str, Mapping], path: str | Path, title: str = "mu x100 (lower is better)") -> Path:
+    """Bar chart of mean mu x100 per method with std error bars; `results` maps method -> {mean, std, ...}."""
+    plt = _plt()
+    names = [n for n, a in results.items() if a.get("mean") is not None]
+    means = [100 * results[n]["mean"] for n in names]
+    stds = [100 * (results[n].get("std") or 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.2))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="#4c72b0")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("mu x100")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

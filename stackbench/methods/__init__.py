@@ -1,0 +1,13 @@
+"""Saliency methods: registry, base class, the gradient family (one shared pass), the perturbation family,
+Opti-CAM, adapters over pytorch-grad-cam and captum, and plugin loading."""
+from .base import NEEDS, Backbone, Batch, SaliencyMethod
+from .registry import get_method, get_method_class, list_methods, register_method
+from . import gradient, perturbation, opticam, adapters  # noqa: E402,F401  (register the built-ins)
+from .adapters import LibraryCAM, from_basecam
+from .gradient import TargetLayerCAM
+
+# The paper's Table 1, in its order.
+PAPER_METHODS = ("GradCAM", "GradCAM++", "XGradCAM", "ScoreCAM", "Opti-CAM", "AblationCAM", "EigenCAM", "HiResCAM")
+
+__all__ = ["NEEDS", "PAPER_METHODS", "Backbone", "Batch", "LibraryCAM", "SaliencyMethod", "TargetLayerCAM",
+           "from_basecam", "get_method", "get_method_class", "list_methods", "register_method"]

@@ -1,0 +1,149 @@
+"""What every saliency method is: a small class that turns a batch into maps (N, h, w).
+
+A method declares what it needs (`needs`); the harness computes the shared part once per batch:
+
+    "activations"      target-layer activations A (N, C, h, w), detached
+    "gradients"        d(target logit)/dA (N, C, h, w): one backward through the head only
+    "forwards"         extra forward passes (uses `batch.backbone`)
+    "input_gradients"  gradients with respect to the input (uses `batch.backbone`)
+
+`explain(batch)` returns a torch tensor or numpy array (N, h, w) of any float dtype; the harness checks it
+(shape, dtype, finite) and post-processes it as the metric defines (`stackbench.metrics.postprocess`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import StackbenchError
+
+NEEDS = ("activations", "gradients", "forwards", "input_gradients")
+
+
+class SaliencyMethod:
+    """Base class. Subclasses set `name`, `needs`, `defaults` and implement `explain`."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset] = frozenset()
+    defaults: ClassVar[dict] = {}
+    version: ClassVar[str] = "1"
+    source: ClassVar[str] = "stackbench"          # "stackbench" for built-ins; module:attr / path:attr / entry point
+    reference: ClassVar[str | None] = None       # the implementation it reproduces, if any
+    family: ClassVar[str] = "other"
+
+    def __init__(self, **config):
+        unknown = set(config) - set(self.defaults)
+        if unknown:
+            raise StackbenchError(f"method {self.name}: unknown option(s) {sorted(unknown)}; "
+                                  f"it takes {sorted(self.defaults) or 'none'}")
+        self.config = {**self.defaults, **config}
+
+    def setup(self, backbone: "Backbone", seed: int = 0) -> None:
+        """Called once per evaluation before the first batch."""
+
+    def teardown(self) -> None:
+        """Called once after the last batch (release hooks, caches)."""
+
+    def explain(self, batch: "Batch"):
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """The method part of a result record: enough to re-create this exact method."""
+        return {"name": self.name, "source": self.source, "version": self.version, "config": dict(self.config),
+                "needs": sorted(self.needs), "reference": self.reference}
+
+
+@dataclass
+class Batch:
+    """One batch as the methods see it. `x` is ImageNet-normalised; `x01` is the same images in [0, 1]."""
+
+    x: torch.Tensor
+    x01: torch.Tensor
+    targets: torch.Tensor                   # (N,) long: the class each map explains
+    logits: torch.Tensor                    # (N, K) of the unmodified images
+    index: list[int]                        # global item indices (for per-item seeding)
+    ids: list[str]
+    backbone: "Backbone"
+    activations: torch.Tensor | None = None
+    gradients: torch.Tensor | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Backbone:
+    """A walled model split at its target layer: `features(x)` -> A, `head(A)` -> logits.
+
+    `activations(x)` runs the model's own convolutional layers. `features` is a private channels_last copy of
+    them with frozen parameters, for the many extra forwards of perturbation methods (inference is faster
+    channels_last; the user's model object is left as it is). `logits(x)` uses the wall: no
+    logit depends on the input rows behind it, so only the rows the live feature rows can see are computed
+    (176 of 224 for the paper's geometry: the first multiple of the network stride >= the first dead row);
+    the dead feature rows are padded with zeros, which the walled head ignores. Checked against the full
+    forward at construction; turned off (full forward) if it ever disagrees.
+    """
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, model: nn.Module, channels_last: bool = True, live_crop: bool = True):
+        if not (hasattr(model, "target_layer") and hasattr(model, "head") and isinstance(model, nn.Sequential)
+                and list(model.children())[-3] is model.target_layer):
+            raise StackbenchError("the model must be a stackbench walled model (nn.Sequential ending in target layer, "
+                                  "Flatten, classifier; with .target_layer and .head); load it with "
+                                  "stackbench.models.load_model")
+        self.model = model
+        self.wall = model.wall
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # The model's own layers (standard layout) give the target-layer activations: bitwise what a hook on
+        # the model sees, which keeps ill-conditioned weights (AblationCAM's relative score drops) identical.
+        self.target_features = nn.Sequential(*list(model.children())[:-2])
+        self.features = copy.deepcopy(self.target_features).eval()
+        self.features.requires_grad_(False)
+        if channels_last:
+            self.features = self.features.to(memory_format=torch.channels_last)
+        self.head = model.head.eval()
+        self.mean = torch.tensor(self.MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        H = self.wall.input_size[0]
+        stride = H // self.wall.grid[0]
+        live = math.ceil(self.wall.dead_from / stride) * stride
+        self.live_rows = live if (live_crop and self.wall.dead_height and live < H) else H
+        if self.live_rows < H and not self._crop_is_exact():
+            self.live_rows = H
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        return (x01 - self.mean) / self.std
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Target-layer activations of normalised images (no graph)."""
+        with torch.no_grad():
+            return self.target_features(x.to(self.device, self.dtype))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images (full height, or already cut to `live_rows`), computing only the input
+        rows the head can see (see class doc). Differentiable with respect to x."""
+        if x.shape[-2] > self.live_rows:
+            x = x[..., : self.live_rows, :]
+        a = self.features(self._fmt(x))
+        if a.shape[-2] < self.wall.grid[0]:
+            a = F.pad(a, (0, 0, 0, self.wall.grid[0] - a.shape[-2]))
+        return self.head(a)
+
+    def _crop_is_exact(self) -> bool:
+        x = torch.randn(1, 3, *self.wall.input_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(self.device, self.dtype)
+        with torch.no_grad():
+            full = self.head(self.features(self._fmt(x)))
+            live = self.logits(x)
+        return bool(torch.allclose(full, live, rtol=1e-4, atol=1e-6 * float(full.abs().max()) + 1e-12))

@@ -1,0 +1,144 @@
+"""CAMs computed from the activations (and gradients) at the target layer: they share one forward and one
+head-only backward per batch (see stackbench.evaluate). Each class is a few lines, like pytorch-grad-cam's
+`get_cam_weights`; each reproduces the pytorch-grad-cam class named in `reference` (checked in the tests)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Batch, SaliencyMethod
+from .registry import register_method
+
+ACTS = frozenset({"activations"})
+ACTS_GRADS = frozenset({"activations", "gradients"})
+
+
+class TargetLayerCAM(SaliencyMethod):
+    """A map from (A, G) at the target layer. Subclasses implement `cam(A, G)` or `weights(A, G)`."""
+
+    needs = ACTS_GRADS
+    family = "gradient"
+
+    def weights(self, A: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cam(self, A: torch.Tensor, G: torch.Tensor | None, batch: Batch) -> torch.Tensor:
+        w = self.weights(A, G)
+        return (w[:, :, None, None] * A).sum(dim=1)
+
+    def explain(self, batch: Batch):
+        return self.cam(batch.activations, batch.gradients, batch)
+
+
+@register_method("GradCAM")
+class GradCAM(TargetLayerCAM):
+    """Selvaraju et al. 2017: channel weights = spatial mean of the gradients."""
+
+    reference = "pytorch_grad_cam.GradCAM"
+
+    def weights(self, A, G):
+        return G.mean(dim=(2, 3))
+
+
+@register_method("GradCAM++", aliases=("GradCAMPlusPlus",))
+class GradCAMPlusPlus(TargetLayerCAM):
+    """Chattopadhay et al. 2018 (eq. 19, as pytorch-grad-cam computes it)."""
+
+    reference = "pytorch_grad_cam.GradCAMPlusPlus"
+
+    def weights(self, A, G):
+        g2 = G ** 2
+        g3 = g2 * G
+        s = A.sum(dim=(2, 3), keepdim=True)
+        aij = g2 / (2 * g2 + s * g3 + 1e-6)
+        aij = torch.where(G != 0, aij, torch.zeros_like(aij))
+        return (G.clamp(min=0) * aij).sum(dim=(2, 3))
+
+
+@register_method("XGradCAM")
+class XGradCAM(TargetLayerCAM):
+    """Fu et al. 2020: gradients weighted by normalised activations."""
+
+    reference = "pytorch_grad_cam.XGradCAM"
+
+    def weights(self, A, G):
+        s = A.sum(dim=(2, 3), keepdim=True)
+        return (G * A / (s + 1e-7)).sum(dim=(2, 3))
+
+
+@register_method("HiResCAM")
+class HiResCAM(TargetLayerCAM):
+    """Draelos & Carin 2020: element-wise gradient x activation, summed over channels (blind to the dead zone:
+    the gradient there is exactly zero)."""
+
+    reference = "pytorch_grad_cam.HiResCAM"
+
+    def cam(self, A, G, batch):
+        return (G * A).sum(dim=1)
+
+
+@register_method("GradCAMElementWise")
+class GradCAMElementWise(TargetLayerCAM):
+    """ReLU of the element-wise gradient x activation, summed over channels."""
+
+    reference = "pytorch_grad_cam.GradCAMElementWise"
+
+    def cam(self, A, G, batch):
+        return (G * A).clamp(min=0).sum(dim=1)
+
+
+@register_method("LayerCAM")
+class LayerCAM(TargetLayerCAM):
+    """Jiang et al. 2021: positive gradients x activations, summed over channels."""
+
+    reference = "pytorch_grad_cam.LayerCAM"
+
+    def cam(self, A, G, batch):
+        return (G.clamp(min=0) * A).sum(dim=1)
+
+
+def _projection(t: torch.Tensor) -> np.ndarray:
+    # pytorch-grad-cam's own first-principal-component projection (numpy SVD): the sign of a singular
+    # vector is arbitrary, so reusing its exact routine is what keeps the maps identical.
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    return get_2d_projection(t.detach().cpu().float().numpy())
+
+
+@register_method("EigenCAM")
+class EigenCAM(TargetLayerCAM):
+    """Muhammad & Yeasin 2020: projection of the activations on their first principal component."""
+
+    needs = ACTS
+    reference = "pytorch_grad_cam.EigenCAM"
+
+    def cam(self, A, G, batch):
+        return _projection(A)
+
+
+@register_method("EigenGradCAM")
+class EigenGradCAM(TargetLayerCAM):
+    """EigenCAM of gradient x activation."""
+
+    reference = "pytorch_grad_cam.EigenGradCAM"
+
+    def cam(self, A, G, batch):
+        return _projection(G * A)
+
+
+@register_method("RandomCAM")
+class RandomCAM(TargetLayerCAM):
+    """Control: channel weights uniform in [-1, 1], seeded per item from (seed, item index), so a map does
+    not depend on batching (pytorch-grad-cam's RandomCAM is unseeded)."""
+
+    needs = ACTS
+    family = "control"
+    defaults = {"seed": 0}
+
+    def cam(self, A, G, batch):
+        rows = []
+        for i in batch.index:
+            gen = torch.Generator().manual_seed(int(self.config["seed"]) * 1_000_003 + int(i))
+            rows.append(torch.rand(A.shape[1], generator=gen, dtype=torch.float64) * 2 - 1)
+        w = torch.stack(rows).to(A.device, A.dtype)
+        return (w[:, :, None, None] * A).sum(dim=1)

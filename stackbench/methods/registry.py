@@ -1,0 +1,63 @@
+"""Method registry in the style of timm: `register_method`, `list_methods`, `get_method`.
+
+A method spec is a registered name (`GradCAM`), `module:attr`, `path/to/file.py:attr` or the name of an
+installed `stackbench.methods` entry point; see `stackbench.methods.plugins`."""
+from __future__ import annotations
+
+import fnmatch
+
+from ..errors import StackbenchError, close_matches
+
+_METHODS: dict = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_method(name: str | None = None, aliases: tuple[str, ...] = ()):
+    """Decorator: register a SaliencyMethod subclass under `name` (default: its `name` attribute)."""
+
+    def deco(cls):
+        key = name or cls.name
+        if not key:
+            raise ValueError(f"{cls.__qualname__} needs a name")
+        if key in _METHODS and _METHODS[key] is not cls:
+            raise ValueError(f"method {key!r} is already registered")
+        cls.name = key
+        _METHODS[key] = cls
+        for a in aliases:
+            _ALIASES[a] = key
+        return cls
+
+    return deco
+
+
+def list_methods(pattern: str = "*", family: str | None = None) -> list[str]:
+    """Registered built-in names (sorted), optionally filtered by a glob and a family."""
+    return sorted(n for n, c in _METHODS.items()
+                  if fnmatch.fnmatch(n, pattern) and (family is None or c.family == family))
+
+
+def get_method_class(spec: str):
+    """The SaliencyMethod class for a spec (name, alias, case-insensitive name, plugin, entry point)."""
+    from .plugins import entry_point_names, load_entry_point, load_plugin
+
+    if spec in _METHODS:
+        return _METHODS[spec]
+    if spec in _ALIASES:
+        return _METHODS[_ALIASES[spec]]
+    folded = {n.lower(): n for n in [*_METHODS, *_ALIASES]}
+    if spec.lower() in folded:
+        return get_method_class(folded[spec.lower()])
+    if ":" in spec:
+        return load_plugin(spec)
+    eps = entry_point_names()
+    if spec in eps:
+        return load_entry_point(spec)
+    known = [*_METHODS, *_ALIASES, *eps]
+    raise StackbenchError(f"unknown method {spec!r}{close_matches(spec, known)}; registered: "
+                          f"{', '.join(list_methods())}; or give module:attr, path/file.py:attr or an installed "
+                          "stackbench.methods entry point")
+
+
+def get_method(spec: str, **config):
+    """A configured method instance for a spec (see module doc)."""
+    return get_method_class(spec)(**config)

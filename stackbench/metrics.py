@@ -1,0 +1,124 @@
+"""The metric: how much of a saliency map falls behind the wall.
+
+Pure functions of maps (numpy, (N, h, w) or (h, w)) and the first dead row; this module imports nothing
+of the package. The post-processing is part of the metric's definition (the min shift of pytorch-grad-cam
+is not scale-invariant, so mu depends on it) and is recorded in every result:
+
+    gradcam-lib   ReLU, min-max at map resolution, cv2 INTER_LINEAR resize, min-max again: exactly
+                  pytorch-grad-cam's BaseCAM output for one target layer, so numbers compare with the paper
+    raw           ReLU and cv2 INTER_LINEAR resize, no shift and no scaling
+
+mu (paper eq. 1) = ||map[dead rows]||_2 / ||map||_2 on the 224x224 map, dead rows 170..223. An all-zero map
+has no mu: it is NaN here and counted in `n_empty` by `aggregate`, never turned into 0.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+POSTPROCESS = {
+    "gradcam-lib": "ReLU; x - min; x / (max + 1e-7) at map resolution; cv2.resize INTER_LINEAR to the input "
+                   "size; x - min; x / (max + 1e-7) (pytorch-grad-cam BaseCAM, one target layer)",
+    "raw": "ReLU; cv2.resize INTER_LINEAR to the input size; no shift, no scaling",
+}
+EPS = 1e-7  # pytorch-grad-cam's scale_cam_image
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's scale_cam_image without the resize, vectorised (same float32 operations)."""
+    maps = maps - maps.min(axis=(1, 2), keepdims=True)
+    return maps / (np.float32(EPS) + maps.max(axis=(1, 2), keepdims=True))
+
+
+def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if maps.shape[1:] == (h, w):
+        return maps
+    return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
+
+
+def postprocess(maps, kind: str = "gradcam-lib", size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """Raw maps (N, h, w) -> (N, *size) float32 maps scored by the metric."""
+    if kind not in POSTPROCESS:
+        raise ValueError(f"unknown post-processing {kind!r}; expected one of {sorted(POSTPROCESS)}")
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    maps = np.maximum(maps, 0)
+    if kind == "raw":
+        return np.maximum(_resize(maps, size), 0)
+    return _minmax(_resize(_minmax(maps), size)).astype(np.float32)
+
+
+def _as_batch(maps) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float64)
+    return maps[None] if maps.ndim == 2 else maps
+
+
+def is_empty(maps) -> np.ndarray:
+    """(N,) bool: maps with no positive value (no mu, no dead mass)."""
+    return ~(_as_batch(maps) > 0).any(axis=(1, 2))
+
+
+def mu(maps, dead_from: int = 170) -> np.ndarray:
+    """Paper eq. (1) per map: L2 norm of rows dead_from.. over the L2 norm of the map; NaN for an empty map."""
+    m = _as_batch(maps)
+    total = np.sqrt((m * m).sum(axis=(1, 2)))
+    dead = np.sqrt((m[:, dead_from:] ** 2).sum(axis=(1, 2)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, dead / np.where(total > 0, total, 1), np.nan)
+
+
+def dead_mass(maps, dead_from: int = 170) -> np.ndarray:
+    """Share of the positive L1 mass behind the wall, per map; NaN for an empty map."""
+    m = np.maximum(_as_batch(maps), 0)
+    total = m.sum(axis=(1, 2))
+    dead = m[:, dead_from:].sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, dead / np.where(total > 0, total, 1), np.nan)
+
+
+def leaks(maps, dead_from: int = 170) -> np.ndarray:
+    """Per map: 1.0 when any saliency behind the wall is positive, else 0.0; NaN for an empty map.
+    Its mean over maps is the leak rate."""
+    m = _as_batch(maps)
+    out = (m[:, dead_from:] > 0).any(axis=(1, 2)).astype(np.float64)
+    out[is_empty(m)] = np.nan
+    return out
+
+
+PER_IMAGE = {"mu": mu, "dead_mass": dead_mass, "leak_rate": leaks}
+
+
+def per_image(maps, dead_from: int = 170) -> dict[str, np.ndarray]:
+    """Every per-image metric of post-processed maps."""
+    return {name: fn(maps, dead_from) for name, fn in PER_IMAGE.items()}
+
+
+def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of the mean (seeded: the same values give the same interval)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def aggregate(values, resamples: int = 1000, seed: int = 0) -> dict:
+    """{mean, std, ci95, n, n_empty} of per-image values; NaN entries (empty maps) are counted, not averaged.
+    std is the population std (ddof=0, as numpy's default the paper's `mean +- std` used)."""
+    v = np.asarray(values, dtype=np.float64)
+    empty = np.isnan(v)
+    good = v[~empty]
+    if good.size == 0:
+        return {"mean": None, "std": None, "ci95": None, "n": 0, "n_empty": int(empty.sum())}
+    return {"mean": float(good.mean()), "std": float(good.std()), "ci95": bootstrap_ci(good, resamples, seed),
+            "n": int(good.size), "n_empty": int(empty.sum())}
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
