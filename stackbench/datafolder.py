@@ -8,6 +8,7 @@ Used by the generators (writing), the evaluation harness (reading) and the Hub p
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,14 +61,16 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; published files get the usual mode
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path):
+    """A binary file that appears at `path` only when the block ends without error (temporary file in the same
+    folder, fsync, rename): readers never see half a file, a crash leaves the old file or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
@@ -75,6 +78,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -94,30 +102,19 @@ def write_shard(rows: list[dict], feats: datasets.Features, path: str | Path, me
     import pyarrow.parquet as pq
     from datasets.arrow_writer import get_parquet_column_options
 
-    path = Path(path)
     schema = feats.arrow_schema
     table = pa.Table.from_pylist([feats.encode_example(r) for r in rows], schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            cdc = datasets.config.DEFAULT_CDC_OPTIONS
-            writer = pq.ParquetWriter(f, schema=schema, use_content_defined_chunking=cdc, write_page_index=True,
-                                      **get_parquet_column_options(feats, schema))
-            for start in range(0, max(len(rows), 1), ROW_GROUP):
-                writer.write_table(table.slice(start, ROW_GROUP))
-            meta = {"content_defined_chunking": json.dumps(cdc)}
-            if metadata is not None:
-                meta[SHARD_META_KEY.decode()] = json.dumps(metadata, sort_keys=True, ensure_ascii=False)
-            writer.add_key_value_metadata(meta)
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        cdc = datasets.config.DEFAULT_CDC_OPTIONS
+        writer = pq.ParquetWriter(f, schema=schema, use_content_defined_chunking=cdc, write_page_index=True,
+                                  **get_parquet_column_options(feats, schema))
+        for start in range(0, max(len(rows), 1), ROW_GROUP):
+            writer.write_table(table.slice(start, ROW_GROUP))
+        meta = {"content_defined_chunking": json.dumps(cdc)}
+        if metadata is not None:
+            meta[SHARD_META_KEY.decode()] = json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+        writer.add_key_value_metadata(meta)
+        writer.close()
 
 
 def shard_metadata(path: str | Path) -> dict:

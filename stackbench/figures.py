@@ -66,12 +66,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], i
                 axes[i, j + 1].set_title(name, fontsize=8)
     if n:
         axes[0, 0].set_title("image (wall hatched)", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def mu_bars(results: Mapping[str, Mapping], path: str | Path, title: str = "mu x100 (lower is better)") -> Path:
@@ -87,9 +82,13 @@ def mu_bars(results: Mapping[str, Mapping], path: str | Path, title: str = "mu x
     ax.set_ylabel("mu x100")
     ax.set_title(title, fontsize=9)
     ax.set_ylim(bottom=0)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plt().close(fig)
     return path
