@@ -1,14 +1,10 @@
 """Click commands, one module per command family; each parses, calls the library and prints."""
-from .models import models, wall
-from .theory import theory
+from .evaluate import evaluate, methods
 from .generate import generate
+from .leaderboard import leaderboard, submit
+from .models import models, wall
 from .publish import publish
+from .theory import theory
+from .train import train
 
-COMMANDS = [models, wall]
-COMMANDS.append(theory)
-COMMANDS.append(generate)
-COMMANDS.append(publish)
-from .evaluate import evaluate, methods  # noqa: E402
-COMMANDS += [evaluate, methods]
-from .train import train  # noqa: E402
-COMMANDS.append(train)
+COMMANDS = [models, wall, generate, train, evaluate, methods, submit, leaderboard, publish, theory]

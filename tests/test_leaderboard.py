@@ -1,0 +1,144 @@
+"""The leaderboard store: submit, verify, build, show — on a small track the test defines."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stackbench import StackbenchError
+from stackbench import leaderboard as lb
+from stackbench.cli import main
+from stackbench.generate import generate_stack_mix
+from stackbench.generate.stackgen import StackGenRecipe, generate_stack_gen
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = '''
+from stackbench.methods import TargetLayerCAM
+
+class PositiveGradCAM(TargetLayerCAM):
+    name = "PositiveGradCAM"
+    needs = frozenset({"activations", "gradients"})
+    def weights(self, A, G):
+        return G.clamp(min=0).mean(dim=(2, 3))
+'''
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lbdata")
+    generate_stack_mix(base / "mix", source="shapes", split="test", num_images=8, layout="fit", progress=False)
+    generate_stack_gen(base / "gen", StackGenRecipe(generator="shapes", num_images=8), progress=False)
+    return base
+
+
+@pytest.fixture
+def store(tmp_path, data):
+    s = tmp_path / "board"
+    (s / "reported").mkdir(parents=True)
+    shutil.copy(ROOT / "leaderboard" / "reported" / "paper.json", s / "reported" / "paper.json")
+    tracks = {"tracks": {"test": {"description": "a tiny track", "model": "minivgg-masked@random",
+                                  "datasets": {"stack-mix": {"path": str(data / "mix")},
+                                               "stack-gen": {"path": str(data / "gen")}},
+                                  "batch_size": 8}}}
+    (s / "tracks.json").write_text(json.dumps(tracks))
+    return s
+
+
+def submit(store, method, **kw):
+    return lb.submit(method, "test", store=store, progress=False, device="cpu", **kw)
+
+
+def test_submitted_plugin_appears_in_the_built_table(store, tmp_path):
+    plugin = tmp_path / "my_cams.py"
+    plugin.write_text(PLUGIN)
+    paths = submit(store, f"{plugin}:PositiveGradCAM", author="A. Researcher", url="https://example.org/pgc")
+    assert [p.parent.parent.name for p in paths] == ["stack-mix", "stack-gen"]
+    submit(store, "HiResCAM")
+    built = lb.build(store)
+    md = (store / "README.md").read_text()
+    assert "PositiveGradCAM" in md and "HiResCAM" in md and "[link](https://example.org/pgc)" in md
+    # HiResCAM is blind behind the wall: mu exactly 0, ranked first
+    rows = [line for line in md.splitlines() if line.startswith("| 1 |")]
+    assert rows and "HiResCAM" in rows[0] and "0.0 ± 0.0" in rows[0]
+    assert "Reported: Taimeskhanov" in md and "| EigenCAM | 51.7 ± 19.7 | 55.8 ± 21.6 |" in md
+    html = (store / "index.html").read_text()
+    assert html.count("<tr class='row'>") == 2 and html.count("<tr class='reported-row'>") == 8
+    assert (store / "mu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # deterministic: the same store renders the same bytes
+    before = {p.name: p.read_bytes() for p in built}
+    lb.build(store)
+    assert {p.name: p.read_bytes() for p in built} == before
+    # and the CLI shows it
+    r = CliRunner().invoke(main, ["leaderboard", "show", "--store", str(store)])
+    assert r.exit_code == 0 and "PositiveGradCAM" in r.output
+
+
+def test_a_name_on_the_board_needs_replace(store):
+    submit(store, "GradCAM")
+    with pytest.raises(StackbenchError, match="already on the test board"):
+        submit(store, "GradCAM")
+    submit(store, "GradCAM", replace=True)
+
+
+def test_untrusted_strings_render_inert(store):
+    evil = "<img src=x onerror=alert(1)>"
+    paths = submit(store, "GradCAM", name=evil, description="</td><script>alert(2)</script>", author="[x](javascript:y)")
+    for p in paths:  # a name with markup or path separators stays a file inside the store
+        assert lb.STORE.name not in str(p) and store.resolve() in p.resolve().parents
+    with pytest.raises(StackbenchError, match="only http"):
+        submit(store, "GradCAM", name="other", url="javascript:alert(1)")
+    for p in paths:  # a hand-edited record (e.g. from a pull request) with a javascript: link
+        rec = json.loads(p.read_text())
+        rec["submission"]["url"] = "javascript:alert(3)"
+        p.write_text(json.dumps(rec))
+    lb.build(store)
+    html = (store / "index.html").read_text()
+    assert "<img src=x" not in html and "<script>alert" not in html
+    assert not re.search(r"href\s*=\s*['\"]?\s*javascript:", html, flags=re.I)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    md = (store / "README.md").read_text()
+    assert "<img" not in md and "<script" not in md and "](javascript:" not in md
+    with pytest.raises(StackbenchError, match="outside|empty"):
+        lb.row_path(store, "test", "stack-mix", "m", "")
+
+
+def test_verify_reruns_and_catches_a_hand_edited_number(store):
+    paths = submit(store, "GradCAM")
+    verdicts = lb.verify("test", store=store, device="cpu")
+    assert len(verdicts) == 2 and all(v.ok and v.rerun for v in verdicts)
+    rec = json.loads(paths[0].read_text())
+    rec["metrics"]["mu"]["mean"] *= 0.5  # a better-looking number
+    paths[0].write_text(json.dumps(rec))
+    r = CliRunner().invoke(main, ["leaderboard", "verify", "--track", "test", "--store", str(store), "--no-rerun"])
+    assert r.exit_code == 1
+    assert "FAIL test/stack-mix/minivgg-masked_random/GradCAM: " in r.output and "metrics.mu.mean" in r.output
+
+
+def test_verify_catches_edited_rows_and_a_missing_field(store):
+    paths = submit(store, "HiResCAM")
+    rows = paths[0].with_suffix(".parquet")
+    rows.write_bytes(rows.read_bytes()[:-10] + b"0123456789")
+    rec = json.loads(paths[1].read_text())
+    del rec["model"]["sha256"]
+    paths[1].write_text(json.dumps(rec))
+    verdicts = {v.row: v for v in lb.verify("test", store=store, rerun=False)}
+    assert not verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].ok
+    assert "does not match rows.sha256" in verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].message
+    assert "field model.sha256 is missing" in verdicts["test/stack-gen/minivgg-masked_random/HiResCAM"].message
+
+
+def test_two_concurrent_submits_both_land(store):
+    cmd = [sys.executable, "-m", "stackbench", "submit", "--track", "test", "--store", str(store), "--device", "cpu",
+           "--no-progress", "--method"]
+    procs = [subprocess.Popen(cmd + [m], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in ("GradCAM", "XGradCAM")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    stored = {p.stem for p in lb.stored_rows(store, "test")}
+    assert stored == {"GradCAM", "XGradCAM"}
+    assert all(v.ok for v in lb.verify("test", store=store, rerun=False))
