@@ -66,29 +66,47 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], i
                 axes[i, j + 1].set_title(name, fontsize=8)
     if n:
         axes[0, 0].set_title("image (wall hatched)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def mu_bars(results: Mapping[str, Mapping], path: str | Path, title: str = "mu x100 (lower is better)") -> Path:
-    """Bar chart of mean mu x100 per method with std error bars; `results` maps method -> {mean, std, ...}."""
-    plt = _plt()
-    names = [n for n, a in results.items() if a.get("mean") is not None]
-    means = [100 * results[n]["mean"] for n in names]
-    stds = [100 * (results[n].get("std") or 0.0) for n in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.2))
-    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="#4c72b0")
-    ax.set_xticks(range(len(names)))
+def mu_bars_ax(ax, results: Mapping[str, Mapping[str, Mapping]], datasets: Sequence[str], title: str = "") -> None:
+    """Grouped bars on `ax`: mean mu x100 per method (x) and dataset (colour) with std error bars.
+    `results` maps method -> dataset -> {mean, std, ...}."""
+    names = list(results)
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(datasets))
+    for k, d in enumerate(datasets):
+        aggs = [results[n].get(d) or {} for n in names]
+        means = [100 * (a.get("mean") or 0.0) for a in aggs]
+        stds = [100 * (a.get("std") or 0.0) for a in aggs]
+        ax.bar(x + (k - (len(datasets) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=d.upper())
+    ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("mu x100")
+    ax.set_ylabel("mu x100 (lower is better)")
     ax.set_title(title, fontsize=9)
     ax.set_ylim(bottom=0)
-    return _save(fig, path)
+    if len(datasets) > 1:
+        ax.legend(fontsize=8)
 
 
-def _save(fig, path: str | Path) -> Path:
+def mu_bars(results: Mapping[str, Mapping[str, Mapping]], path: str | Path, datasets: Sequence[str] | None = None,
+            title: str = "mu x100 per method (mean +- std over images)") -> Path:
+    """The mu bar chart of one evaluation: methods x datasets."""
+    datasets = list(datasets or dict.fromkeys(d for r in results.values() for d in r))
+    fig, ax = _plt().subplots(figsize=(max(5.0, 0.9 * len(results) + 2), 3.6))
+    mu_bars_ax(ax, results, datasets, title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Tight layout, PNG without a version stamp (the same figure gives the same bytes), written atomically."""
+    import io
+
+    from .datafolder import atomic_write_bytes
+
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     _plt().close(fig)
-    return path
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -7,6 +7,7 @@ it cannot end up in output or in a file.
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,3 +141,66 @@ def publish(plan: Plan, api: HfApi | None = None) -> str:
     info = api.create_commit(plan.repo_id, operations=ops, commit_message=plan.message, repo_type=plan.repo_type,
                              revision=plan.revision)
     return getattr(info, "commit_url", str(info))
+
+
+def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> Plan:
+    """The leaderboard store as a Parquet dataset: data/results.parquet (one row per record, the record itself in
+    a `record` column), data/rows.parquet (every per-image row), the raw store files and a card. Every row is
+    checked first (schema, rows hash, aggregates, pins; no re-run)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import leaderboard as lb
+    from .datafolder import atomic_write_bytes
+
+    store = Path(store)
+    bad = [v for v in lb.verify(store=store, rerun=False) if not v.ok]
+    if bad:
+        raise StackbenchError(f"leaderboard row {bad[0].row} does not verify ({bad[0].message}); fix it before "
+                              "publishing")
+    stage = store / ".hub"
+    results, rows = [], []
+    for path in lb.stored_rows(store):
+        rec = json.loads(path.read_text())
+        key = path.relative_to(store / "results").parts
+        sub = rec.get("submission", {})
+        results.append({"track": key[0], "dataset": key[1], "model": rec["model"]["ref"], "row": path.stem,
+                        "name": sub.get("name"), "author": sub.get("author"), "url": sub.get("url"),
+                        "submitted": sub.get("submitted"), "method": rec["method"]["name"],
+                        **{f"{m}_{k}": rec["metrics"][m][k] for m in ("mu", "dead_mass", "leak_rate")
+                           for k in ("mean", "std", "n", "n_empty")},
+                        "dataset_fingerprint": rec["dataset"]["fingerprint"], "model_sha256": rec["model"]["sha256"],
+                        "record": json.dumps(rec, sort_keys=True)})
+        for r in pq.read_table(path.with_suffix(".parquet")).to_pylist():
+            rows.append({"track": key[0], "dataset": key[1], "row": path.stem, **r})
+    for name, table in (("results", results), ("rows", rows)):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(table), buf)
+        atomic_write_bytes(stage / "data" / f"{name}.parquet", buf.getvalue())
+    card = DatasetCard(f"""---
+license: mit
+tags: [stackbench, leaderboard, saliency, explainability]
+pretty_name: stackbench leaderboard
+configs:
+- config_name: results
+  data_files: data/results.parquet
+- config_name: rows
+  data_files: data/rows.parquet
+---
+# stackbench leaderboard
+
+Result records of [stackbench](https://github.com/stackbench/stackbench): how much of each saliency method's map
+falls behind the wall of a walled model (mu, lower is better). `results`: one row per record (the full
+`stackbench.result/1` record in `record`); `rows`: every per-image row. `results/` holds the store as committed;
+`stackbench leaderboard verify` recomputes any row.
+""")
+    atomic_write_bytes(stage / "README.md", str(card).encode())
+    for p in sorted((store / "results").rglob("*")) + [store / "tracks.json"]:
+        if p.is_file():
+            dst = stage / p.relative_to(store)
+            atomic_write_bytes(dst, p.read_bytes())
+    files = _files(stage, ("README.md", "data/*.parquet", "results/*", "tracks.json"))
+    return Plan(repo_id, "dataset", stage, files, f"stackbench leaderboard: {len(results)} records", private, revision,
+                [f"{len(results)} records verify (schema, rows, aggregates, pins)"])

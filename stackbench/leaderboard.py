@@ -421,39 +421,15 @@ def render_markdown(store: Path = STORE) -> str:
 
 
 def render_chart(path: Path, store: Path = STORE) -> Path:
-    """mu x100 per method and dataset with std error bars, one panel per track with rows."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
+    """mu x100 per method and dataset with std error bars, one panel per track that has rows."""
+    from .figures import _plt, mu_bars_ax, save_figure
 
     tracks, boards = load_tracks(store), board(store)
     shown = [t for t in tracks.values() if boards[t.name]] or list(tracks.values())[:1]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 3.4 * len(shown)), squeeze=False)
+    fig, axes = _plt().subplots(len(shown), 1, figsize=(9, 3.4 * len(shown)), squeeze=False)
     for ax, t in zip(axes[:, 0], shown):
-        entries = boards[t.name]
-        x = np.arange(len(entries))
-        width = 0.8 / max(1, len(t.datasets))
-        for k, d in enumerate(t.datasets):
-            means = [100 * (e["mu"].get(d, {}).get("mean") or 0) for e in entries]
-            stds = [100 * (e["mu"].get(d, {}).get("std") or 0) for e in entries]
-            ax.bar(x + (k - (len(t.datasets) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=d.upper())
-        ax.set_xticks(x)
-        ax.set_xticklabels([e["name"] for e in entries], rotation=35, ha="right", fontsize=8)
-        ax.set_ylabel("mu x100 (lower is better)")
-        ax.set_title(f"track {t.name}: model {t.model}", fontsize=9)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})  # no version stamp: same store, same bytes
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+        mu_bars_ax(ax, {e["name"]: e["mu"] for e in boards[t.name]}, list(t.datasets), f"track {t.name}: model {t.model}")
+    return save_figure(fig, path)
 
 
 def render_html(store: Path = STORE, chart: bytes | None = None) -> str:

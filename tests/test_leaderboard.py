@@ -142,3 +142,32 @@ def test_two_concurrent_submits_both_land(store):
     stored = {p.stem for p in lb.stored_rows(store, "test")}
     assert stored == {"GradCAM", "XGradCAM"}
     assert all(v.ok for v in lb.verify("test", store=store, rerun=False))
+
+
+def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
+    import datasets
+
+    from stackbench import hub
+
+    submit(store, "GradCAM")
+    plan = hub.plan_leaderboard(store, "me/board")
+    names = {f for f, _ in plan.files}
+    assert {"README.md", "data/results.parquet", "data/rows.parquet", "tracks.json"} <= names
+    assert any(f.startswith("results/test/stack-mix/") and f.endswith("GradCAM.json") for f in names)
+    results = datasets.load_dataset("parquet", data_files=str(store / ".hub" / "data" / "results.parquet"),
+                                    split="train")
+    assert len(results) == 2 and set(results["dataset"]) == {"stack-mix", "stack-gen"}
+    assert json.loads(results[0]["record"])["schema"] == "stackbench.result/1"
+    calls = []
+
+    class Api:
+        def __getattr__(self, name):
+            return lambda *a, **k: calls.append((name, a, k))
+
+    hub.publish(plan, api=Api())
+    assert [c[0] for c in calls].count("create_commit") == 1
+    rec = json.loads(lb.stored_rows(store)[0].read_text())
+    rec["metrics"]["mu"]["mean"] = 0.0
+    lb.stored_rows(store)[0].write_text(json.dumps(rec))
+    with pytest.raises(StackbenchError, match="does not verify"):
+        hub.plan_leaderboard(store, "me/board")

@@ -40,3 +40,16 @@ def publish_dataset(folder, repo_id, private, revision, dry_run):
 def publish_model(folder, repo_id, private, revision, dry_run):
     """A model folder written by `stackbench train` or save_pretrained (must pass the wall check)."""
     _run(hub.plan_model(folder, repo_id, private, revision), dry_run)
+
+
+@publish.command("leaderboard")
+@click.option("--repo-id", required=True, metavar="ID", help="user/name of the dataset repo on the Hub")
+@click.option("--private", is_flag=True)
+@click.option("--revision", default=None, metavar="BRANCH")
+@click.option("--dry-run", is_flag=True, help="print what would be sent and exit; no network")
+@click.option("--store", type=click.Path(file_okay=False), default=None, help="the leaderboard store [default: leaderboard/]")
+def publish_leaderboard(repo_id, private, revision, dry_run, store):
+    """The leaderboard store as a Parquet dataset (every row verified first)."""
+    from .. import leaderboard as lb
+
+    _run(hub.plan_leaderboard(store or lb.STORE, repo_id, private, revision), dry_run)

@@ -1,0 +1,187 @@
+"""The main jobs: `stackbench demo` (the mini track from nothing, on a CPU) and `stackbench reproduce --preset
+paper` (the paper's pipeline on ImageNet, a Stable Diffusion checkpoint and a GPU). Both end in the same report.
+
+    demo(out="stackbench-demo", quick=True)
+    reproduce(imagenet="imagefolder:/data/imagenet", split="val", sd_model="stable-diffusion-v1-5/...", out="paper")
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import report
+from .errors import StackbenchError
+
+METHODS = report.PAPER_METHODS + (report.CONTROL,)
+DEMO_IMAGES, QUICK_IMAGES = 100, 16
+
+
+@dataclass
+class Step:
+    name: str
+    what: str
+    estimate_s: float
+    run: object = field(repr=False, default=None)  # callable doing the step
+
+
+@dataclass
+class Outcome:
+    out: Path
+    paths: dict
+    table: str
+    findings: list[str]
+    seconds: float
+
+
+def _mix(folder: Path, fields: dict, progress: bool):
+    from .generate.stackmix import StackMixRecipe, generate_stack_mix, read_class_spec
+
+    fields = {k: v for k, v in fields.items() if k in StackMixRecipe.__dataclass_fields__}
+    fields["classes"] = read_class_spec(fields.get("classes"))
+    return generate_stack_mix(folder, StackMixRecipe(**fields), progress=progress)
+
+
+def _gen(folder: Path, fields: dict, device: str, progress: bool):
+    from .generate.stackgen import StackGenRecipe, generate_stack_gen
+
+    fields = {k: v for k, v in fields.items() if k in StackGenRecipe.__dataclass_fields__}
+    return generate_stack_gen(folder, StackGenRecipe(**fields), device=device, progress=progress)
+
+
+def _device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def run_steps(steps: list[Step], dry_run: bool, echo=print) -> None:
+    total = sum(s.estimate_s for s in steps)
+    for i, s in enumerate(steps, 1):
+        echo(f"[{i}/{len(steps)}] {s.name}: {s.what} (estimate {_dur(s.estimate_s)})")
+        if not dry_run:
+            s.run()
+    if dry_run:
+        echo(f"dry run: {len(steps)} steps, about {_dur(total)} in all (estimates); nothing was run")
+
+
+def _dur(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, batch_size: int, progress: bool,
+                   per_image_s: float, n: int) -> Step:
+    from .evaluate import evaluate
+
+    def run():
+        for ds, folder in data.items():
+            evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
+                     batch_size=batch_size, progress=progress)
+
+    return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}",
+                per_image_s * n * len(data), run)
+
+
+def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
+    from .generate.resources import ROOT
+
+    results = {ds: out / "results" / ds for ds in data}
+    found = report.collect(results, METHODS)
+    missing = [m for m in METHODS if m not in found]
+    if missing:
+        raise StackbenchError(f"no result for {', '.join(missing)} in {out / 'results'}; see the evaluation output")
+    rep_file = ROOT / "leaderboard" / "reported" / "paper.json"
+    reported = None
+    if rep_file.is_file():
+        import json
+
+        reported = {r["method"]: r for r in json.loads(rep_file.read_text())["rows"]}
+    paths = report.write(out, found, list(data), results, title, context, reported)
+    return Outcome(out, paths, report.table(found, list(data), reported), report.findings(found, list(data)), 0.0)
+
+
+def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = "minivgg-masked",
+         num_images: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
+         echo=print) -> Outcome | None:
+    """The mini track from nothing: generate mini STACK-MIX and STACK-GEN, evaluate the paper's eight methods and
+    the RandomCAM control with the shipped minivgg-masked, write the report. A second run reuses what is done."""
+    from .generate import load_preset
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    n = num_images or (QUICK_IMAGES if quick else DEMO_IMAGES)
+    dev = _device(device)
+    data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
+    mix = {**load_preset("stack-mix", "mini"), "num_images": n, "per_class": None}
+    gen = {**load_preset("stack-gen", "mini"), "num_images": n}
+    steps = [
+        Step("stack-mix", f"{n} mini STACK-MIX images (generation/stack-mix/mini.json)", n / 80,
+             lambda: _mix(data["stack-mix"], mix, progress)),
+        Step("stack-gen", f"{n} mini STACK-GEN scenes (generation/stack-gen/mini.json)", n / 80,
+             lambda: _gen(data["stack-gen"], gen, dev, progress)),
+        _evaluate_step(out, data, model, dev, 16, progress, per_image_s=1.2, n=n),
+    ]
+    run_steps(steps, dry_run, echo)
+    if dry_run:
+        return None
+    result = _report(out, data, "stackbench demo: CAM-based methods see through walls (mini track)",
+                     {"model": model, "images per set": n, "device": dev, "datasets": "mini STACK-MIX (fit layout, "
+                      "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(METHODS)})
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper", split: str | None = None,
+              model: str | None = None, train: bool = False, train_source: str | None = None,
+              num_images: int = 100, verify_model: str | None = "preset", steps: int | None = None,
+              gen_size: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
+              echo=print) -> Outcome | None:
+    """The paper's pipeline: STACK-MIX from ImageNet validation images, STACK-GEN with the given Stable Diffusion
+    checkpoint, the walled VGG16 (loaded, or trained with the paper preset), the eight methods, the report."""
+    from .generate import load_preset
+
+    if bool(model) == bool(train):
+        raise StackbenchError("give exactly one of --model REF (a trained walled model) or --train")
+    t0 = time.perf_counter()
+    out = Path(out)
+    dev = _device(device)
+    gpu = dev.startswith("cuda")
+    data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
+    mix = {**load_preset("stack-mix", "paper"), "source": imagenet, "split": split, "num_images": num_images,
+           "per_class": None}
+    gen = {**load_preset("stack-gen", "paper"), "model": sd_model, "num_images": num_images}
+    if verify_model != "preset":
+        gen["verify_model"] = verify_model
+        if not verify_model:
+            gen["min_verify"] = None
+    if steps:
+        gen["steps"] = steps
+    if gen_size:
+        gen["gen_size"] = gen_size
+    model_dir = out / "model"
+    model_ref = model or str(model_dir)
+    plan = [
+        Step("stack-mix", f"{num_images} STACK-MIX images from {imagenet} (split {split or 'default'}), cut layout",
+             num_images / 50, lambda: _mix(data["stack-mix"], mix, progress)),
+        Step("stack-gen", f"{num_images} STACK-GEN scenes with {sd_model}, {gen.get('steps', 30)} steps, regional "
+                          f"prompts" + (f", CLIP-verified with {gen['verify_model']}" if gen.get("verify_model") else ""),
+             num_images * (1.5 if gen.get("verify_model") else 1.0) * (1.0 if gpu else 60.0),
+             lambda: _gen(data["stack-gen"], gen, dev, progress)),
+    ]
+    if train:
+        from .train import preset as train_preset
+        from .train import train as run_train
+
+        cfg = train_preset("paper", source=train_source or imagenet)
+        plan.append(Step("train", f"vgg16-masked with the paper preset on {cfg.source} ({cfg.epochs} epochs)",
+                         (cfg.epochs * 1.28e6 / (2500 if gpu else 1)), lambda: run_train(cfg, model_dir)))
+    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, per_image_s=2.0 if gpu else 70.0,
+                               n=num_images))
+    run_steps(plan, dry_run, echo)
+    if dry_run:
+        return None
+    result = _report(out, data, "stackbench reproduce: the paper's Table 1 in your setting",
+                     {"model": model_ref, "images per set": num_images, "device": dev, "STACK-MIX source": imagenet,
+                      "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS)})
+    result.seconds = time.perf_counter() - t0
+    return result
