@@ -1,4 +1,5 @@
 """Click commands, one module per command family; each parses, calls the library and prints."""
+from .demo import demo, reproduce
 from .evaluate import evaluate, methods
 from .generate import generate
 from .leaderboard import leaderboard, submit
@@ -7,4 +8,4 @@ from .publish import publish
 from .theory import theory
 from .train import train
 
-COMMANDS = [models, wall, generate, train, evaluate, methods, submit, leaderboard, publish, theory]
+COMMANDS = [demo, reproduce, models, wall, generate, train, evaluate, methods, submit, leaderboard, publish, theory]
