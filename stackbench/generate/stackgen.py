@@ -219,9 +219,7 @@ class StackGenBuilder:
         from .regional import Layout
 
         n = self.native_size()
-        band = Wall().rows_at(n).start if self.recipe.wall_row == Wall().dead_from else \
-            round(self.recipe.wall_row * n / self.recipe.size)
-        return Layout.for_wall(n, n, band)
+        return Layout.for_wall(n, n, round(self.recipe.wall_row * n / self.recipe.size))
 
     def build_batch(self, indices: list[int], report: Report) -> list[dict | None]:
         r = self.recipe
