@@ -206,7 +206,10 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
         for p in df.list_shards(folder):
             if p.name not in expected:
                 p.unlink()
-    todo = [s for s in range(n_shards) if not df.shard_path(folder, s, n_shards).exists() and s % world == rank]
+    missing = [s for s in range(n_shards) if not df.shard_path(folder, s, n_shards).exists()]
+    if world > 1:
+        state.wait_for_everyone()  # every process has listed the missing shards before any is written
+    todo = [s for s in missing if s % world == rank]
     size_of = lambda s: min((s + 1) * shard_size, builder.n_items) - s * shard_size  # noqa: E731
     built_items = sum(size_of(s) for s in todo)
 
@@ -235,10 +238,9 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     finally:
         bar.close()
         _STATE.clear()
-    seconds = time.perf_counter() - t0
-
     if world > 1:
         state.wait_for_everyone()
+    seconds = time.perf_counter() - t0  # all processes' work
     if main:
         generation = finish(folder, builder, identity, feats, n_shards)
         if card is not None:
@@ -247,7 +249,8 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     if world > 1:
         state.wait_for_everyone()
         generation = df.read_generation(folder)
-    return WriteResult(folder, generation["n"], n_shards, len(todo), built_items, seconds, generation)
+    return WriteResult(folder, generation["n"], n_shards, len(missing), sum(size_of(s) for s in missing), seconds,
+                       generation)
 
 
 def finish(folder: Path, builder: Builder, identity: dict, feats: datasets.Features, n_shards: int) -> dict:
