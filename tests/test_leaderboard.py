@@ -155,7 +155,7 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
     assert {"README.md", "data/results.parquet", "data/rows.parquet", "tracks.json"} <= names
     assert any(f.startswith("results/test/stack-mix/") and f.endswith("GradCAM.json") for f in names)
     results = datasets.load_dataset("parquet", data_files=str(store / ".hub" / "data" / "results.parquet"),
-                                    split="train")
+                                    split="train", cache_dir=str(store.parent / "hf-cache"))
     assert len(results) == 2 and set(results["dataset"]) == {"stack-mix", "stack-gen"}
     assert json.loads(results[0]["record"])["schema"] == "stackbench.result/1"
     calls = []

@@ -122,7 +122,7 @@ def test_load_dataset_round_trip_keeps_features(shapes_cut):
     import datasets
 
     out, _ = shapes_cut
-    ds = datasets.load_dataset(str(out), split="test")
+    ds = datasets.load_dataset(str(out), split="test", cache_dir=str(out.parent / "hf-cache"))  # no stale cache
     ours, _ = df.open_dataset(str(out))
     assert ds.features == ours.features and ds.features["label"].names[:3] == ["circle", "square", "triangle"]
     assert ds.features["image"] == datasets.Image() and len(ds) == 20
