@@ -70,8 +70,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_fraction: float = 0.3           # onecycle: share of steps rising to lr
     label_smoothing: float = 0.0
-    head_init: str = "model"               # model (the architecture's own) | kaiming (PyTorch's Linear default)
-    dropout: float | None = None           # None: the architecture's (0.5)
+    dropout: float | None = None           # None: the architecture's (vgg16: 0.5, minivgg: 0)
     image_size: int = 224
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale
     hflip: bool = True
@@ -79,7 +78,7 @@ class TrainConfig:
     mixed_precision: str = "auto"          # auto (fp16 on CUDA, none on CPU) | no | fp16 | bf16
     channels_last: bool = True             # faster on CUDA and (measured) on CPU
     workers: int | None = None             # DataLoader workers; None: 0 on CPU, min(8, cores) on CUDA
-    cache_images: bool = False             # keep decoded source images in memory (small sources)
+    cache_images: bool = False             # keep decoded images in memory as uint8 tensors (small sources)
     seed: int = 3
     max_steps: int | None = None           # stop (with a checkpoint) after this many steps; resume later
     save_every: int = 0                    # also checkpoint every N steps (0: at the end of each epoch only)
@@ -116,14 +115,14 @@ PRESETS: dict[str, TrainConfig] = {
                          optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4, schedule="step", step_epochs=30,
                          gamma=0.1, crop_scale=(0.08, 1.0), val_resize=256, mixed_precision="auto", seed=3,
                          preset="paper"),
-    # The mini track's model. Measured (H100, fp32, same code): val top-1 by epoch 11.6, 23.8, 37.2, 48.9, 59.6,
-    # 70.0, 75.2, 82.3, 88.8, 87.9, 90.6, 92.7, 92.6, 92.8% (epochs 1..14). The N(0, 0.01) head init and
-    # dropout 0.5 stayed near chance (<= 21%) after 5 epochs with SGD or AdamW.
-    "mini": TrainConfig(model="minivgg-masked", source="shapes:6000", val_source="shapes:1000", epochs=14,
-                        batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=0.05, schedule="onecycle",
-                        warmup_fraction=0.25, label_smoothing=0.1, head_init="kaiming", dropout=0.0,
-                        crop_scale=(0.6, 1.0), val_resize=224, mixed_precision="no", cache_images=True, seed=3,
-                        preset="mini"),
+    # The mini track's model, trained on a 2-core CPU: bf16 autocast (AVX-512 BF16 runs it 1.5-1.9x faster than fp32
+    # there), AdamW at 1e-3 with a cosine decay from the first step (2e-3 and 3e-3 stayed at chance for the first
+    # 6,400 images; a one-cycle warm-up only delays the start), 8,000 distinct shapes seen 7 times (56,000 images),
+    # mild crops (train accuracy tracks val accuracy: the model underfits, more augmentation only slows it).
+    "mini": TrainConfig(model="minivgg-masked", source="shapes:8000", val_source="shapes:1000", epochs=7,
+                        batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
+                        label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224, mixed_precision="bf16",
+                        cache_images=True, seed=3, preset="mini"),
 }
 
 
@@ -143,19 +142,22 @@ def _seed(*parts: int) -> int:
 
 
 def train_transform(cfg: TrainConfig):
-    from torchvision import transforms as T
+    """RandomResizedCrop + flip + normalise, on uint8 CHW tensors (torchvision.transforms.v2: measured ~1.7x
+    faster than the PIL path on CPU, which matters when the CPU is also the trainer)."""
+    from torchvision.transforms import v2
 
-    steps = [T.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale))]
+    steps = [v2.ToImage(), v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), antialias=True)]
     if cfg.hflip:
-        steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def val_transform(cfg: TrainConfig):
-    from torchvision import transforms as T
+    """Resize(val_resize) + CenterCrop + normalise, on uint8 CHW tensors (or PIL images)."""
+    from torchvision.transforms import v2
 
-    return T.Compose([T.Resize(cfg.val_resize), T.CenterCrop(cfg.image_size), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return v2.Compose([v2.Resize(cfg.val_resize, antialias=True), v2.CenterCrop(cfg.image_size),
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class SourceDataset(torch.utils.data.Dataset):
@@ -181,7 +183,7 @@ class SourceDataset(torch.utils.data.Dataset):
         except SkipImage:
             self.skipped.add(i)
             return None
-        img = (it.image, int(it.label))
+        img = (_to_uint8_chw(it.image), int(it.label))
         if self.cache:
             self._images[i] = img
         return img
@@ -197,11 +199,19 @@ class SourceDataset(torch.utils.data.Dataset):
         return x, img[1]
 
 
+def _to_uint8_chw(image) -> torch.Tensor:
+    """PIL -> (3, H, W) uint8 RGB tensor: a quarter of the memory of float, what the v2 transforms are fastest on."""
+    a = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+
 def collate(batch):
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
-    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch], dtype=torch.long)
+    # as_subclass: a plain tensor, not torchvision's tv_tensors.Image (whose __torch_function__ costs per op).
+    x = torch.stack([b[0] for b in batch]).as_subclass(torch.Tensor)
+    return x, torch.tensor([b[1] for b in batch], dtype=torch.long)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -255,20 +265,6 @@ def build_model(cfg: TrainConfig, num_source_classes: int):
     if num_source_classes < 2:
         raise StackbenchError(f"source {cfg.source} has {num_source_classes} class; a classifier needs at least 2")
     model = create_model(name, seed=cfg.seed, num_classes=n)
-    if cfg.head_init == "kaiming":
-        # torchvision's N(0, 0.01) head makes tiny logits and a slow start from scratch; PyTorch's own Linear
-        # init (Kaiming-uniform) trains a narrow head much faster.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(cfg.seed, 1))
-            for m in model[-1]:
-                if isinstance(m, nn.Linear):
-                    m.reset_parameters()
-        first = model[-1][0]
-        if hasattr(first, "dead"):
-            with torch.no_grad():
-                first.weight[:, first.dead] = 0
-    elif cfg.head_init != "model":
-        raise StackbenchError(f"unknown head init {cfg.head_init!r}; use model or kaiming")
     if cfg.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -595,7 +591,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
                 run["batch_in_epoch"] += 1
                 if bar is not None:
                     bar.update(min(cfg.batch_size, bar.total - bar.n))
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3f}" if batch is not None else "-",
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}" if batch is not None else "-",
                                     lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
                 in_step[0] = False
                 check_interrupt()
@@ -724,3 +720,21 @@ def write_card(out: Path, summary: dict) -> None:
                                    config_json=json.dumps(cfg, indent=2, sort_keys=True))
     (out / "README.md").write_text(str(card))
 
+
+def export_weights(model_ref: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> str:
+    """Write a trained model's state_dict as one safetensors file with its floating tensors cast to `dtype` (the
+    zoo's shipped weights: fp16 halves the file; 0 is exact in fp16, so the wall columns stay zero). Returns the
+    file's sha256, which goes into the zoo entry's Weights(sha256=...)."""
+    from safetensors.torch import save
+
+    from .datafolder import atomic_write_bytes
+    from .models import file_sha256, load_model
+
+    model = load_model(str(model_ref))
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One metadata key only: safetensors writes the metadata map in no fixed order, and the bytes must not vary.
+    atomic_write_bytes(dest, save(state, metadata={"format": "pt"}))
+    return file_sha256(dest)

@@ -148,3 +148,57 @@ def test_ddp_prefixed_state_dict_loads(tmp_path, images):
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ckpt.pt")
     loaded = load_model(f"paper:{tmp_path / 'ckpt.pt'}", arch="minivgg-masked")
     assert torch.equal(loaded(images), model(images))
+
+
+def test_head_init_is_part_of_the_architecture(mini_masked):
+    # vgg16*: torchvision's N(0, 0.01) head and dropout 0.5, as in the paper; the mini models: PyTorch's Linear init
+    # (non-zero biases) and no dropout. Either way nothing behind the wall after init.
+    paper = create_model("vgg16-masked", seed=0)
+    assert paper.head_init == "normal" and all(not m.bias.any() for m in paper[-1] if isinstance(m, nn.Linear))
+    assert [m.p for m in paper[-1] if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    assert mini_masked.head_init == "kaiming" and bool(mini_masked[-1][-1].bias.any())
+    assert [m.p for m in mini_masked[-1] if isinstance(m, nn.Dropout)] == [0.0, 0.0]
+    first = mini_masked[-1][0]
+    assert first.dead.any() and torch.count_nonzero(first.weight[:, first.dead]) == 0
+    assert torch.count_nonzero(first.weight[:, ~first.dead]) == first.weight[:, ~first.dead].numel()
+    from stackbench.models import WalledVGG
+
+    with pytest.raises(ValueError, match="unknown head_init"):
+        WalledVGG(name="odd", width_divisor=8, hidden=16, head_init="xavier")
+
+
+def test_shipped_mini_model_loads_offline_walled_and_classifies_shapes(monkeypatch, tmp_path):
+    # The official mini model ships with the package: no network, the recorded sha256, the wall intact, and it
+    # recognises fresh shapes it never saw (val split, another seed) far above chance (10%).
+    import shutil
+
+    from stackbench.models import get_entry, loading
+    from stackbench.sources import open_source
+    from stackbench.train import preset, val_transform
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = get_entry("minivgg-masked").weights
+    path = loading.WEIGHTS_DIR / weights.file
+    assert loading.file_sha256(path) == weights.sha256 and path.stat().st_size < 5_000_000  # fp16
+    assert weights.metrics["top1"] >= 0.9
+    model = load_model("minivgg-masked")
+    assert model.ref == "minivgg-masked" and not model.training
+    first = model[-1][0]
+    assert torch.count_nonzero(first.weight[:, first.dead]) == 0
+    assert check(model, traces=4).identical
+    src = open_source("shapes:50@11", split="val")
+    tf = val_transform(preset("mini"))
+    x = torch.stack([tf(src.load(i).image) for i in range(len(src))])
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == torch.as_tensor(src.labels())).float().mean())
+    assert acc >= 0.8, acc
+    # A shipped file that does not match its recorded sha256 is refused.
+    tampered = tmp_path / "weights"
+    tampered.mkdir()
+    shutil.copy(path, tampered / weights.file)
+    with open(tampered / weights.file, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(loading, "WEIGHTS_DIR", tampered)
+    with pytest.raises(StackbenchError, match="do not match their recorded sha256"):
+        load_model("minivgg-masked")

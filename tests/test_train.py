@@ -18,8 +18,8 @@ from stackbench.cli import main
 from stackbench.errors import StackbenchError
 from stackbench.models import load_model, model_sha256
 from stackbench.sources import open_source
-from stackbench.train import (CHECKPOINT, LOG, RECORD, STATE, SourceDataset, build_model, lr_factor, preset, train,
-                              val_transform)
+from stackbench.train import (CHECKPOINT, LOG, RECORD, STATE, SourceDataset, build_model, export_weights, lr_factor,
+                              preset, train, val_transform)
 
 F_cross_entropy = F.cross_entropy
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,10 +75,25 @@ def test_output_folder(full_run):
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: stackbench" in card
     assert f"{100 * rows[-1]['top1']:.2f}%" in card and f"{100 * rows[-1]['top5']:.2f}%" in card
-    assert "verdict: **PASS**" in card and '"lr": 0.003' in card
+    assert "verdict: **PASS**" in card and '"lr": 0.001' in card
     state = json.loads((out / CHECKPOINT / STATE).read_text())
     assert state["finished"] and state["global_step"] == 4
     assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(state["files"])
+
+
+def test_export_weights_is_byte_stable_fp16_and_walled(full_run, tmp_path):
+    # How the zoo's shipped file is made: the same run gives the same bytes (its sha256 is recorded in the zoo).
+    out, _ = full_run
+    digest = export_weights(out, tmp_path / "a.safetensors")
+    assert digest == export_weights(out, tmp_path / "b.safetensors")
+    state = load_file(str(tmp_path / "a.safetensors"))
+    trained = load_model(str(out))
+    assert state.keys() == trained.state_dict().keys()
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    first = trained[-1][0]
+    (key,) = [k for k, v in state.items() if v.ndim == 2 and v.shape[1] == first.dead.numel()]
+    assert torch.count_nonzero(state[key][:, first.dead]) == 0
+    assert torch.allclose(state[key].float(), first.weight.detach(), atol=1e-3)
 
 
 def test_ctrl_c_then_max_steps_then_resume_is_bitwise_identical(full_run, tmp_path, capsys, monkeypatch):
@@ -141,7 +156,10 @@ def test_presets_and_schedules():
     assert [lr_factor(paper, e * 10, 10) for e in (0, 29, 30, 59, 60, 89)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
     mini = preset("mini")
-    f = [lr_factor(mini, s, 94) for s in range(mini.epochs * 94)]
+    f = [lr_factor(mini, s, 250) for s in range(mini.epochs * 250)]
+    assert f[0] == 1 and all(a >= b for a, b in zip(f, f[1:])) and f[-1] < 1e-4
+    one = mini.replace(schedule="onecycle", warmup_fraction=0.25)
+    f = [lr_factor(one, s, 94) for s in range(one.epochs * 94)]
     assert f[0] == pytest.approx(1 / 25) and max(f) == pytest.approx(1, abs=1e-3) and f[-1] < 0.01
     with pytest.raises(StackbenchError, match="unknown preset"):
         preset("imagenet")

@@ -14,6 +14,10 @@ from torch.nn import functional as F
 
 from ..wall import Wall, wall_for
 
+# Head (dense layer) initialisations: "normal" is torchvision's N(0, 0.01) (the paper's VGG16); "kaiming" is
+# PyTorch's Linear default (Kaiming-uniform weights and bias), which a narrow head trained from scratch needs: with
+# N(0, 0.01) the mini model's logits start tiny and it stayed near chance for 5 epochs.
+HEAD_INITS = ("normal", "kaiming")
 # VGG16 ("D") without the last max-pool: the head reads the 14x14 map of conv5_3.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -48,7 +52,9 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
 
     def __init__(self, *, name: str = "vgg16-masked", width_divisor: int = 1, last_channels: int = 256,
                  hidden: int = 4096, num_classes: int = 1000, masked_rows: int = 9, batch_norm: bool = False,
-                 dropout: float = 0.5, input_size: int = 224):
+                 dropout: float = 0.5, input_size: int = 224, head_init: str = "normal"):
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {head_init!r}; use one of {', '.join(HEAD_INITS)}")
         layers: list[nn.Module] = []
         specs: list[tuple[int, int, int]] = []
         c_in = 3
@@ -77,6 +83,7 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
         self.wall: Wall = wall
         self.num_classes = num_classes
         self.input_size = (input_size, input_size)
+        self.head_init = head_init
         self._init_weights()
 
     @property
@@ -94,7 +101,7 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
         return self.wall.dead_height > 0
 
     def _init_weights(self):
-        # torchvision's VGG initialisation.
+        # torchvision's VGG initialisation; head_init="kaiming" keeps PyTorch's own Linear init for the head.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -103,8 +110,11 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+                if self.head_init == "kaiming":
+                    m.reset_parameters()
+                else:
+                    nn.init.normal_(m.weight, 0, 0.01)
+                    nn.init.zeros_(m.bias)
         first = self[-1][0]
         if isinstance(first, WallLinear):
             with torch.no_grad():  # a clean checkpoint: nothing behind the wall, as in the authors' weights

@@ -2,7 +2,8 @@
 
 An item is one object of a class (a shape: circle, star, heart ...) with random pose, aspect, scale,
 colour and texture, over a cluttered background. Colour and texture are drawn independently of the class,
-so a classifier has to learn the outline. Three separable pieces, also used by the STACK-GEN scene renderer:
+so a classifier has to learn the outline; object colours keep a minimum contrast with the background under
+them (shapes/2), so the outline is always there to learn. Three separable pieces, also used by the STACK-GEN scene renderer:
 
     render_background(size, rng) -> PIL RGB          gradient, blotches, clutter
     draw_object(canvas, cls, box, rng) -> bbox       one object filling `box` (pose, colour, texture, shadow)
@@ -23,7 +24,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..errors import StackbenchError, close_matches
 from .base import Source, SourceItem
 
-VERSION = "shapes/1"  # bump when rendering changes: it is part of the source fingerprint
+VERSION = "shapes/2"  # bump when rendering changes: it is part of the source fingerprint
+# shapes/2: object colours keep a minimum contrast with the background under them, and less clutter (the
+# outline is always visible, so the mini model learns it in a 15-minute CPU budget).
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "lightning")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SIZE = 224
@@ -80,6 +83,25 @@ def _colour(rng) -> np.ndarray:
     return rng.integers(0, 256, 3).astype(np.float32)
 
 
+MIN_CONTRAST = 110.0  # RGB distance between an object colour and the mean background under the object
+
+
+def _colour_apart(rng, avoid: np.ndarray | None) -> np.ndarray:
+    """A random colour at least MIN_CONTRAST from `avoid` (rejection sampling; the farthest of 16 draws if none
+    is). It depends on the background, never on the class, so colour still does not tell the class."""
+    if avoid is None:
+        return _colour(rng)
+    best, best_d = None, -1.0
+    for _ in range(16):
+        c = _colour(rng)
+        d = float(np.linalg.norm(c - avoid))
+        if d >= MIN_CONTRAST:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
 def _ramp(h: int, w: int, rng) -> np.ndarray:
     """A linear ramp in [0, 1] across the area at a random angle, shape (h, w, 1)."""
     a = rng.uniform(0, 2 * np.pi)
@@ -89,9 +111,10 @@ def _ramp(h: int, w: int, rng) -> np.ndarray:
     return (r / max(float(r.max()), 1.0))[..., None]
 
 
-def _texture(h: int, w: int, rng) -> np.ndarray:
-    """(h, w, 3) float32 surface: solid, gradient, stripes, checks, dots or mottled, with soft lighting."""
-    c1, c2 = _colour(rng), _colour(rng)
+def _texture(h: int, w: int, rng, avoid: np.ndarray | None = None) -> np.ndarray:
+    """(h, w, 3) float32 surface: solid, gradient, stripes, checks, dots or mottled, with soft lighting. Both
+    colours keep MIN_CONTRAST from `avoid` (the background's mean colour) when it is given."""
+    c1, c2 = _colour_apart(rng, avoid), _colour_apart(rng, avoid)
     kind = rng.integers(0, 6)
     if kind == 0:
         out = np.broadcast_to(c1, (h, w, 3)).astype(np.float32)
@@ -127,7 +150,7 @@ def render_background(size: int | tuple[int, int], rng: np.random.Generator) -> 
     base = base + (np.asarray(blot_img, dtype=np.float32) - 128)
     canvas = Image.fromarray(np.clip(base, 0, 255, out=base).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(6, 18))):
+    for _ in range(int(rng.integers(3, 10))):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         kind = rng.integers(0, 4)
@@ -183,11 +206,13 @@ def draw_object(canvas: Image.Image, cls: int | str, box: Sequence[int], rng: np
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     w, h = max(x1 - x0, 4), max(y1 - y0, 4)
     mask = object_mask(cls, (w, h), rng)
+    region = canvas.crop((x0, y0, x0 + w, y0 + h))
+    avoid = np.asarray(region, dtype=np.float32).reshape(-1, 3).mean(0)  # before the shadow darkens it
     if rng.random() < 0.5:  # drop shadow: grounds the object like a photo
         dx, dy = (int(v) for v in rng.integers(2, 9, 2) * rng.choice([-1, 1], 2))
         shadow = mask.filter(ImageFilter.BoxBlur(3)).point(lambda v: v * 45 // 100)
         canvas.paste((0, 0, 0), (x0 + dx, y0 + dy, x0 + dx + w, y0 + dy + h), shadow)
-    tex = Image.fromarray(np.clip(_texture(h, w, rng), 0, 255).astype(np.uint8), "RGB")
+    tex = Image.fromarray(np.clip(_texture(h, w, rng, avoid), 0, 255).astype(np.uint8), "RGB")
     canvas.paste(tex, (x0, y0), mask)
     bx = mask.getbbox() or (0, 0, w, h)
     return (x0 + bx[0], y0 + bx[1], x0 + bx[2], y0 + bx[3])
