@@ -171,3 +171,19 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
     lb.stored_rows(store)[0].write_text(json.dumps(rec))
     with pytest.raises(StackbenchError, match="does not verify"):
         hub.plan_leaderboard(store, "me/board")
+
+
+# Rows of the committed board that CI re-runs (about 5 s each on 2 cores); every other row is still checked for
+# schema, rows hash, aggregates and pins, and is re-run by `stackbench leaderboard verify --track mini`.
+CHEAP = ("GradCAM", "GradCAM++", "XGradCAM", "HiResCAM", "LayerCAM", "GradCAMElementWise", "AblationCAM", "RandomCAM")
+
+
+def test_committed_mini_board_verifies():
+    from stackbench.methods import list_methods
+
+    rows = lb.stored_rows(lb.STORE, "mini")
+    assert {p.stem for p in rows} == set(list_methods()), "every built-in method is on the mini board"
+    costly = tuple(sorted({p.stem for p in rows} - set(CHEAP)))
+    verdicts = lb.verify("mini", store=lb.STORE, device="cpu", skip=costly)
+    assert verdicts and all(v.ok for v in verdicts), [v.message for v in verdicts if not v.ok]
+    assert sum(v.rerun for v in verdicts) == 2 * len(CHEAP)
