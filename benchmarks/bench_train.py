@@ -73,13 +73,15 @@ def main():
     ap.add_argument("--n", type=int, default=320)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers for our loop (default: 0 on CPU)")
     args = ap.parse_args()
     src = open_source(f"shapes:{max(args.n, 20)}", split="train")
     items = [src.load(i) for i in range(args.n)]
     mem = InMemory(items, src.class_names, f"memory:{args.n}")
     val = InMemory(items[:20], src.class_names, "memory:20")
     # No random crop/flip, so both loops see the same tensors; ours still converts PIL -> normalised tensor.
-    cfg = preset("mini", epochs=args.epochs, batch_size=args.batch_size, crop_scale=(1.0, 1.0), hflip=False)
+    cfg = preset("mini", epochs=args.epochs, batch_size=args.batch_size, crop_scale=(1.0, 1.0), hflip=False,
+                 workers=args.workers)
     from torchvision import transforms as T
 
     to_t = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
