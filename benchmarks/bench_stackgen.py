@@ -16,6 +16,7 @@ import torch
 
 from stackbench.generate.pipelines import random_pipeline
 from stackbench.generate.regional import Layout, generate_regional
+from stackbench.wall import Wall
 
 
 def sync(device):
@@ -40,7 +41,7 @@ def main():
     pipe = random_pipeline(args.model, seed=0, dtype=dtype).to(device)
     build_s = time.perf_counter() - t0
     B, H = args.batch, args.size
-    layout = Layout.for_wall(H, H, round(170 * H / 224))
+    layout = Layout.for_wall(H, H, Wall().rows_at(H).start)
     prompts = dict(scene=["a photo of grass"] * B, top=["a photo of the dog"] * B, bottom=["a photo of the dog"] * B,
                    negative=["blurry"] * B)
 

@@ -129,15 +129,20 @@ def list_shards(folder: str | Path) -> list[Path]:
     return sorted(p for p in (Path(folder) / DATA_DIR).glob("*.parquet") if SHARD_RE.match(p.name))
 
 
-def fingerprint(folder: str | Path) -> str:
-    """sha256 over the shard names and bytes: the dataset's identity in result records."""
+def digest_files(files: Sequence[tuple[str, Path]]) -> str:
+    """sha256 over (name, NUL, bytes) of each file in the given order: the identity of a set of files."""
     h = hashlib.sha256()
-    for p in list_shards(folder):
-        h.update(p.name.encode() + b"\0")
+    for name, p in files:
+        h.update(name.encode() + b"\0")
         with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def fingerprint(folder: str | Path) -> str:
+    """sha256 over the shard names and bytes: the dataset's identity in result records."""
+    return digest_files([(p.name, p) for p in list_shards(folder)])
 
 
 def read_generation(folder: str | Path) -> dict:
@@ -148,16 +153,10 @@ def read_generation(folder: str | Path) -> dict:
 def resolve(ref: str) -> tuple[Path, str | None]:
     """A dataset reference -> (local folder, revision). `hf:REPO[@REV]` is downloaded with huggingface_hub."""
     if ref.startswith("hf:"):
-        from huggingface_hub import snapshot_download
+        from .hubfetch import snapshot
 
         repo, _, rev = ref[3:].partition("@")
-        try:
-            folder = snapshot_download(repo_id=repo, repo_type="dataset", revision=rev or None)
-        except Exception as e:  # noqa: BLE001 - network, auth and not-found all need the same advice
-            raise StackbenchError(f"{ref}: could not fetch the dataset from the Hub ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}); check the repo id, revision, "
-                                  "network and login") from None
-        return Path(folder), Path(folder).name  # the snapshot folder is named by its commit: pin that
+        return snapshot(ref, repo, rev, repo_type="dataset")
     folder = Path(ref)
     if not folder.is_dir():
         raise StackbenchError(f"dataset folder {ref} does not exist; create it with `stackbench generate stack-mix ... "

@@ -50,9 +50,9 @@ def _gen(folder: Path, fields: dict, device: str, progress: bool):
 
 
 def _device(device: str) -> str:
-    import torch
+    from .evaluate import pick_device
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return str(pick_device(device))
 
 
 def run_steps(steps: list[Step], dry_run: bool, echo=print) -> None:

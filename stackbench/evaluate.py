@@ -327,7 +327,6 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
             except Exception:  # noqa: BLE001 - teardown must not hide results
                 pass
 
-    n_done = len(all_ids)
     share = shared_s["forward"] / max(1, len(todo))
     grad_users = [r for r in todo if "gradients" in r.method.needs]
     for r in todo:

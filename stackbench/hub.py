@@ -179,7 +179,7 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(table), buf)
         atomic_write_bytes(stage / "data" / f"{name}.parquet", buf.getvalue())
-    card = DatasetCard(f"""---
+    card = DatasetCard("""---
 license: mit
 tags: [stackbench, leaderboard, saliency, explainability]
 pretty_name: stackbench leaderboard

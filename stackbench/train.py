@@ -27,7 +27,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -513,7 +513,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
         accelerator.wait_for_everyone()
 
     unwrapped = accelerator.unwrap_model(model)
-    total_steps = cfg.epochs * steps_per_epoch
     main = accelerator.is_main_process
     bar = None
     if progress and main:

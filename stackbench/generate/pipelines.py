@@ -27,17 +27,10 @@ def resolve_checkpoint(ref: str, revision: str | None = None) -> tuple[Path, str
             raise StackbenchError(f"--model {ref}: not a diffusers pipeline folder (no model_index.json); save one "
                                   "with StableDiffusionPipeline.save_pretrained")
         return local, None
-    from huggingface_hub import snapshot_download
+    from ..hubfetch import snapshot
 
-    try:
-        folder = Path(snapshot_download(ref, revision=revision, allow_patterns=["*.json", "*.txt", "*.safetensors",
-                                                                                 "*.model"],
-                                        ignore_patterns=["*.fp16.*", "*non_ema*", "*.ckpt"]))
-    except Exception as e:  # noqa: BLE001 - network, auth and not-found all need the same advice
-        raise StackbenchError(f"--model {ref}: could not fetch it from the Hub ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); check the id, the revision, "
-                              "network and login, or give a local folder") from None
-    return folder, folder.name
+    return snapshot(f"--model {ref}", ref, revision, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
+                    ignore_patterns=["*.fp16.*", "*non_ema*", "*.ckpt"])
 
 
 def load_pipeline(ref: str, device: str | torch.device = "cpu", revision: str | None = None):

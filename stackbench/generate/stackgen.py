@@ -13,7 +13,6 @@ pixels only by float round-off (it is part of the recipe).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,15 +108,11 @@ def item_seed(seed: int, i: int, attempt: int) -> int:
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """sha256 over every file (name and bytes) of a local checkpoint folder."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and ".git" not in p.parts and ".cache" not in p.parts:
-            h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-    return h.hexdigest()
+    """sha256 over every file (relative name and bytes) of a local checkpoint folder."""
+    from ..datafolder import digest_files
+
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and ".git" not in p.parts and ".cache" not in p.parts]
+    return digest_files([(p.relative_to(folder).as_posix(), p) for p in files])
 
 
 class StackGenBuilder:

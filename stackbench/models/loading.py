@@ -97,17 +97,12 @@ def load_folder(path: str | Path, ref: str | None = None) -> WalledVGG:
 
 def load_hub(spec: str) -> WalledVGG:
     """hf:REPO[@REV]: download config + safetensors with huggingface_hub, then the local-folder path."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from ..hubfetch import snapshot
 
     repo, rev = split_ref(spec)
-    try:
-        folder = snapshot_download(repo_id=repo, revision=rev, allow_patterns=[CONFIG, WEIGHTS])
-    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        raise StackbenchError(f"hf:{spec}: could not fetch the model from the Hub ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0]}); check the repo id, revision, network and login") from None
+    folder, commit = snapshot(f"hf:{spec}", repo, rev, allow_patterns=[CONFIG, WEIGHTS])
     model = load_folder(folder, ref=f"hf:{spec}")
-    model.revision = Path(folder).name  # the snapshot folder is named by the commit it holds
+    model.revision = commit
     return model
 
 
