@@ -18,8 +18,9 @@ from stackbench.cli import main
 from stackbench.errors import StackbenchError
 from stackbench.models import load_model, model_sha256
 from stackbench.sources import open_source
-from stackbench.train import (CHECKPOINT, LOG, RECORD, STATE, SourceDataset, build_model, export_weights, lr_factor,
-                              preset, train, val_transform)
+from stackbench.train import (CHECKPOINT, IMAGENET_MEAN, IMAGENET_STD, LOG, RECORD, STATE, SourceDataset, _seed,
+                              build_model, collate, export_weights, lr_factor, preset, to_input, train, train_augment,
+                              val_transform)
 
 F_cross_entropy = F.cross_entropy
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,39 @@ def test_refusals(tmp_path):
     (tmp_path / "ck" / CHECKPOINT / STATE).write_text("{not json")
     with pytest.raises(StackbenchError, match="corrupt or incomplete"):
         train(None, tmp_path / "ck", resume=True, progress=False)
+
+
+def test_batch_normalisation_is_bitwise_torchvisions_per_image_pipeline():
+    # The trainer augments uint8 images and normalises whole batches (`to_input`); that must be exactly what
+    # torchvision's one-image pipeline gives, seeded per (seed, epoch, item), or the shipped model's recipe changed.
+    from torchvision.transforms import v2
+
+    cfg = preset("mini", crop_scale=(0.3, 1.0))
+    src = open_source("shapes:20", split="train")
+    n = 6
+    reference = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(224, scale=(0.3, 1.0), antialias=True),
+                            v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    ds = SourceDataset(src, train_augment(cfg), cfg.seed)
+    before = torch.get_rng_state()
+    x, y = collate([ds[(2, i)] for i in range(n)])
+    assert torch.equal(torch.get_rng_state(), before)  # items draw from their own seeds, never the caller's RNG
+    assert x.dtype == torch.uint8 and y.tolist() == list(src.labels()[:n])
+    batch = to_input(x, channels_last=True)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    flipped = 0
+    for i in range(n):
+        torch.manual_seed(_seed(cfg.seed, 2, i))
+        expected = reference(src.load(i).image).as_subclass(torch.Tensor)
+        assert torch.equal(batch[i], expected), i
+        flipped += not torch.equal(x[i], ds[(3, i)][0])  # another epoch, another crop
+    assert flipped == n
+    # Validation: geometry per image, normalisation per batch, as torchvision's one-image pipeline.
+    cfg = preset("paper")
+    val_reference = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToImage(),
+                                v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    image = src.load(0).image.resize((300, 260))
+    assert torch.equal(val_transform(cfg)(image), val_reference(image).as_subclass(torch.Tensor))
 
 
 def test_presets_and_schedules():
