@@ -37,9 +37,8 @@ from torch.nn import functional as F
 
 from .datafolder import atomic_write_json
 from .errors import StackbenchError
+from .models.vgg import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.json"
 LOG = "train_log.jsonl"

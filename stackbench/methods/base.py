@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import StackbenchError
+from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD
 
 NEEDS = ("activations", "gradients", "forwards", "input_gradients")
 
@@ -88,8 +89,7 @@ class Backbone:
     forward at construction; turned off (full forward) if it ever disagrees.
     """
 
-    MEAN = (0.485, 0.456, 0.406)
-    STD = (0.229, 0.224, 0.225)
+    MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, model: nn.Module, channels_last: bool = True, live_crop: bool = True):
         if not (hasattr(model, "target_layer") and hasattr(model, "head") and isinstance(model, nn.Sequential)

@@ -14,6 +14,10 @@ from torch.nn import functional as F
 
 from ..wall import Wall, wall_for
 
+# Every zoo model takes RGB in [0, 1] normalised with ImageNet's statistics (torchvision's convention).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # Head (dense layer) initialisations: "normal" is torchvision's N(0, 0.01) (the paper's VGG16); "kaiming" is
 # PyTorch's Linear default (Kaiming-uniform weights and bias), which a narrow head trained from scratch needs: with
 # N(0, 0.01) the mini model's logits start tiny and it stayed near chance for 5 epochs.
