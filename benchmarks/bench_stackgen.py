@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from stackbench.evaluate import pick_device
 from stackbench.generate.pipelines import random_pipeline
 from stackbench.generate.regional import Layout, generate_regional
 from stackbench.wall import Wall
@@ -34,8 +35,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     t0 = time.perf_counter()
     pipe = random_pipeline(args.model, seed=0, dtype=dtype).to(device)

@@ -114,7 +114,7 @@ def main() -> None:
             runs["floor"].append(timed(lambda: floor(photos, pairs)))
             runs["one"].append(timed(lambda: builder(1, r)))
             runs["two"].append(timed(lambda: builder(2, r)))
-        (floor_rate, floor_cpu), (one, cpu1), (two, cpu2) = (max(runs[k]) for k in ("floor", "one", "two"))
+        floor_rate, one, two = (max(rate for rate, _ in runs[k]) for k in ("floor", "one", "two"))
         floor_cpu, cpu1, cpu2 = (min(c for _, c in runs[k]) for k in ("floor", "one", "two"))
         t = time.perf_counter()
         n_shapes = 300

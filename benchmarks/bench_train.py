@@ -17,7 +17,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from stackbench.sources import Source, SourceItem, open_source
+from stackbench.sources import Source, open_source
 from stackbench.train import (IMAGENET_MEAN, IMAGENET_STD, build_model, lr_factor, make_optimizer, preset, train)
 
 

@@ -117,11 +117,12 @@ def write_shard(rows: list[dict], feats: datasets.Features, path: str | Path, me
         writer.close()
 
 
-def shard_metadata(path: str | Path) -> dict:
-    """The `metadata` a shard was written with ({} if none)."""
+def shard_metadata(shard) -> dict:
+    """The `metadata` a shard was written with ({} if none); `shard` is its path or its read footer."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_metadata(path).metadata or {}
+    footer = shard if isinstance(shard, pq.FileMetaData) else pq.read_metadata(shard)
+    meta = footer.metadata or {}
     return json.loads(meta[SHARD_META_KEY]) if SHARD_META_KEY in meta else {}
 
 

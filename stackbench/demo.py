@@ -35,18 +35,15 @@ class Outcome:
 
 
 def _mix(folder: Path, fields: dict, progress: bool):
-    from .generate.stackmix import StackMixRecipe, generate_stack_mix, read_class_spec
+    from .generate.stackmix import StackMixRecipe, generate_stack_mix
 
-    fields = {k: v for k, v in fields.items() if k in StackMixRecipe.__dataclass_fields__}
-    fields["classes"] = read_class_spec(fields.get("classes"))
-    return generate_stack_mix(folder, StackMixRecipe(**fields), progress=progress)
+    return generate_stack_mix(folder, StackMixRecipe.from_fields(fields), progress=progress)
 
 
 def _gen(folder: Path, fields: dict, device: str, progress: bool):
     from .generate.stackgen import StackGenRecipe, generate_stack_gen
 
-    fields = {k: v for k, v in fields.items() if k in StackGenRecipe.__dataclass_fields__}
-    return generate_stack_gen(folder, StackGenRecipe(**fields), device=device, progress=progress)
+    return generate_stack_gen(folder, StackGenRecipe.from_fields(fields), device=device, progress=progress)
 
 
 def _device(device: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import platform
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,12 +23,12 @@ import datasets
 import numpy as np
 import torch
 
-from . import __version__
 from . import metrics as M
 from .datafolder import atomic_write_bytes, atomic_write_json, open_dataset
-from .errors import StackbenchError
+from .errors import StackbenchError, first_line
 from .methods import Backbone, Batch, SaliencyMethod, get_method, list_methods
 from .records import SCHEMA, identity, read_record, validate_record
+from .versions import versions
 
 TARGET_RULES = ("predicted", "label")
 GRID_ITEMS = 4  # images kept for the overlay grid
@@ -176,20 +175,6 @@ def check_maps(out, n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- records
 
-def environment(device: torch.device, dtype: torch.dtype) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def v(dist):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {"stackbench": __version__, "torch": torch.__version__, "grad-cam": v("grad-cam"), "captum": v("captum"),
-            "numpy": np.__version__, "opencv": v("opencv-python-headless"), "python": platform.python_version(),
-            "device": device.type, "dtype": str(dtype).replace("torch.", "")}
-
-
 def items_digest(ids, shas) -> str:
     """sha256 over 'id image-sha256' lines in evaluation order: which exact images were scored."""
     h = hashlib.sha256()
@@ -220,7 +205,7 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
              figure: bool = True) -> list[MethodRun]:
     """Run `methods` (specs or SaliencyMethod instances) and write one record + Parquet per method.
     Returns a MethodRun per method (status done / skipped / failed)."""
-    from .models import load_model, model_sha256
+    from .models import file_sha256, load_model, model_sha256
 
     if target not in TARGET_RULES:
         raise StackbenchError(f"--target {target!r}: expected one of {', '.join(TARGET_RULES)}")
@@ -260,7 +245,8 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
                   "wall": wall.to_dict()},
         "target": target,
         "postprocess": {"name": postprocess, "definition": M.POSTPROCESS[postprocess]},
-        "env": environment(dev, param.dtype),
+        "env": {**versions("torch", "grad-cam", "captum", "numpy", "opencv"), "device": dev.type,
+                "dtype": str(param.dtype).replace("torch.", "")},
         "seeds": {"run": seed, "bootstrap": seed},
         "run": {"limit": limit, "batch_size": batch_size,
                 "preprocess": "RGB, ToTensor, ImageNet mean/std; images used at their stored size"},
@@ -274,8 +260,7 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
             try:
                 old = read_record(r.record_path)
                 probe = {**base, "method": r.method.describe()}
-                if identity(old) == identity(probe) and \
-                        hashlib.sha256((out / f"{stem}.parquet").read_bytes()).hexdigest() == old["rows"]["sha256"]:
+                if identity(old) == identity(probe) and file_sha256(out / f"{stem}.parquet") == old["rows"]["sha256"]:
                     r.status, r.record = "skipped", old
             except StackbenchError:
                 pass  # unreadable or tampered: compute it again
@@ -367,7 +352,7 @@ def _run_one(r: MethodRun, batch: Batch, labels, predicted, postprocess, dead_fr
         except MethodFailure:
             raise
         except Exception as e:  # noqa: BLE001 - a faulty method fails alone
-            raise MethodFailure(f"raised {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "0") \
+            raise MethodFailure(f"raised {first_line(e)}", "0") \
                 from None
         maps = check_maps(out, len(batch.ids))
     except MethodFailure as f:

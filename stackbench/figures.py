@@ -43,7 +43,7 @@ def overlay(ax, image: np.ndarray, sal: np.ndarray, dead_from: int, alpha: float
 
 
 def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], ids: Sequence[str], dead_from: int,
-                 path: str | Path, mus: Mapping[str, Sequence[float]] | None = None) -> Path:
+                 path: str | Path) -> Path:
     """Rows = images, columns = the image then one overlay per method; written as PNG."""
     from .metrics import mu as mu_fn
 
@@ -60,7 +60,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], i
         for j, name in enumerate(names):
             sal = maps[name][i]
             overlay(axes[i, j + 1], images[i], sal, dead_from)
-            val = mus[name][i] if mus else float(mu_fn(sal, dead_from)[0])
+            val = float(mu_fn(sal, dead_from)[0])
             axes[i, j + 1].set_xlabel("empty" if np.isnan(val) else f"mu={100 * val:.1f}", fontsize=7)
             if i == 0:
                 axes[i, j + 1].set_title(name, fontsize=8)

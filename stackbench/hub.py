@@ -14,7 +14,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard
 
 from . import datafolder as df
-from .errors import StackbenchError
+from .errors import StackbenchError, first_line
 
 
 @dataclass
@@ -45,7 +45,6 @@ def _size(n: int) -> str:
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
 
 
 def _files(folder: Path, patterns: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -66,7 +65,7 @@ def _card_metadata(card_path: Path, card_cls, what: str) -> dict:
         card = card_cls.load(card_path)
         data = card.data.to_dict()
     except Exception as e:  # noqa: BLE001 - any YAML / card error is the same user error
-        raise StackbenchError(f"{card_path}: the card's YAML header does not parse ({str(e).splitlines()[0][:200]}); "
+        raise StackbenchError(f"{card_path}: the card's YAML header does not parse ({first_line(e)}); "
                               f"fix or regenerate the {what} card") from None
     if not data:
         raise StackbenchError(f"{card_path}: the card has no YAML metadata; regenerate the {what} card")
@@ -97,7 +96,7 @@ def plan_dataset(folder: str | Path, repo_id: str, private: bool = False, revisi
     if generation.get("shards") and len(shards) != generation["shards"]:
         raise StackbenchError(f"{folder} has {len(shards)} shards but generation.json records {generation['shards']}; "
                               "resume the generation (rerun the same command) before publishing")
-    ds, info = df.open_dataset(str(folder))
+    _, info = df.open_dataset(str(folder))
     if generation.get("n") is not None and info["n"] != generation["n"]:
         raise StackbenchError(f"{folder} holds {info['n']} rows but generation.json records {generation['n']}")
     if generation.get("fingerprint") and info["fingerprint"] != generation["fingerprint"]:
@@ -118,16 +117,17 @@ def plan_model(folder: str | Path, repo_id: str, private: bool = False, revision
         raise StackbenchError(f"model folder {folder} does not exist; write it with `stackbench train` or "
                               "save_pretrained")
     model = load_model(str(folder))
-    checks = [f"loads with from_pretrained ({model.name}, sha256 {model_sha256(model)[:12]})"]
+    sha = model_sha256(model)
+    checks = [f"loads with from_pretrained ({model.name}, sha256 {sha[:12]})"]
     if (folder / "README.md").is_file():
         _card_metadata(folder / "README.md", ModelCard, "model")
         checks.append("card YAML parses (huggingface_hub)")
     result = check(model, model.input_size)
-    if model.walled and not (result.identical and list(model.wall.dead_rows) == result.rows):
+    if model.walled and not result.holds(model.wall):
         raise StackbenchError(f"model folder {folder} fails the wall check ({result.describe()}); not publishing")
     checks.append(f"wall check: {result.describe()}")
     files = _files(folder, ("README.md", "config.json", "model.safetensors", "*.jsonl", "*.csv"))
-    return Plan(repo_id, "model", folder, files, f"stackbench: {model.name} ({model_sha256(model)[:12]})",
+    return Plan(repo_id, "model", folder, files, f"stackbench: {model.name} ({sha[:12]})",
                 private, revision, checks)
 
 
@@ -147,13 +147,12 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
     """The leaderboard store as a Parquet dataset: data/results.parquet (one row per record, the record itself in
     a `record` column), data/rows.parquet (every per-image row), the raw store files and a card. Every row is
     checked first (schema, rows hash, aggregates, pins; no re-run)."""
-    import io
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from . import leaderboard as lb
-    from .datafolder import atomic_write_bytes
+    from .datafolder import atomic_open, atomic_write_bytes
+    from .records import METRICS
 
     store = Path(store)
     bad = [v for v in lb.verify(store=store, rerun=False) if not v.ok]
@@ -169,16 +168,15 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
         results.append({"track": key[0], "dataset": key[1], "model": rec["model"]["ref"], "row": path.stem,
                         "name": sub.get("name"), "author": sub.get("author"), "url": sub.get("url"),
                         "submitted": sub.get("submitted"), "method": rec["method"]["name"],
-                        **{f"{m}_{k}": rec["metrics"][m][k] for m in ("mu", "dead_mass", "leak_rate")
+                        **{f"{m}_{k}": rec["metrics"][m][k] for m in METRICS
                            for k in ("mean", "std", "n", "n_empty")},
                         "dataset_fingerprint": rec["dataset"]["fingerprint"], "model_sha256": rec["model"]["sha256"],
                         "record": json.dumps(rec, sort_keys=True)})
         for r in pq.read_table(path.with_suffix(".parquet")).to_pylist():
             rows.append({"track": key[0], "dataset": key[1], "row": path.stem, **r})
     for name, table in (("results", results), ("rows", rows)):
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(table), buf)
-        atomic_write_bytes(stage / "data" / f"{name}.parquet", buf.getvalue())
+        with atomic_open(stage / "data" / f"{name}.parquet") as f:
+            pq.write_table(pa.Table.from_pylist(table), f)
     card = DatasetCard("""---
 license: mit
 tags: [stackbench, leaderboard, saliency, explainability]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import StackbenchError
+from .errors import StackbenchError, first_line
 
 
 def snapshot(ref: str, repo: str, revision: str | None = None, repo_type: str = "model",
@@ -16,7 +16,6 @@ def snapshot(ref: str, repo: str, revision: str | None = None, repo_type: str = 
         folder = Path(snapshot_download(repo_id=repo, repo_type=repo_type, revision=revision or None,
                                         allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
     except Exception as e:  # noqa: BLE001 - network, auth and not-found all need the same advice
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise StackbenchError(f"{ref}: could not fetch it from the Hugging Face Hub ({type(e).__name__}: {first}); "
+        raise StackbenchError(f"{ref}: could not fetch it from the Hugging Face Hub ({first_line(e)}); "
                               "check the repo id, the revision, the network and your login") from None
     return folder, folder.name

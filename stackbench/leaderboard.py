@@ -27,12 +27,13 @@ from pathlib import Path
 from .datafolder import atomic_write_bytes, atomic_write_json, fingerprint
 from .errors import StackbenchError
 from .generate.resources import ROOT
+from .metrics import mu_cell
+from .records import METRICS
 
 STORE = ROOT / "leaderboard"
 DATASETS = ("stack-mix", "stack-gen")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 REL_TOL = 1e-6
-METRICS = ("mu", "dead_mass", "leak_rate")
 
 
 # ------------------------------------------------------------------------------------------------ tracks
@@ -78,16 +79,13 @@ def cache_dir() -> Path:
 def _generate(kind: str, preset: str, folder: Path, progress: bool) -> None:
     from .generate import load_preset
     from .generate.stackgen import StackGenRecipe, generate_stack_gen
-    from .generate.stackmix import StackMixRecipe, generate_stack_mix, read_class_spec
+    from .generate.stackmix import StackMixRecipe, generate_stack_mix
 
     fields = load_preset(kind, preset)
     if kind == "stack-mix":
-        fields = {k: v for k, v in fields.items() if k in StackMixRecipe.__dataclass_fields__}
-        fields["classes"] = read_class_spec(fields.get("classes"))
-        generate_stack_mix(folder, StackMixRecipe(**fields), progress=progress, overwrite=True)
+        generate_stack_mix(folder, StackMixRecipe.from_fields(fields), progress=progress, overwrite=True)
     else:
-        fields = {k: v for k, v in fields.items() if k in StackGenRecipe.__dataclass_fields__}
-        generate_stack_gen(folder, StackGenRecipe(**fields), progress=progress, overwrite=True)
+        generate_stack_gen(folder, StackGenRecipe.from_fields(fields), progress=progress, overwrite=True)
 
 
 def load_tracks(store: Path = STORE) -> dict[str, Track]:
@@ -192,9 +190,9 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
             record["submission"] = {"name": name, "author": author, "url": url, "description": description,
                                     "method_spec": method, "submitted": record["created"][:10]}
             record["rows"] = {**record["rows"], "file": paths[ds].with_suffix(".parquet").name}
-            check_record(record, (out / run.record_path.with_suffix(".parquet").name).read_bytes(), t,
-                         where=f"{t.name}/{ds}/{name}")
-            staged[ds] = (record, (out / run.record_path.with_suffix(".parquet").name).read_bytes())
+            rows = run.record_path.with_suffix(".parquet").read_bytes()
+            check_record(record, rows, t, where=f"{t.name}/{ds}/{name}")
+            staged[ds] = (record, rows)
         with _locked(store):
             taken = [p for p in paths.values() if p.exists()]
             if taken and not replace:
@@ -353,12 +351,6 @@ def reported(store: Path = STORE) -> list[dict]:
     return out
 
 
-def _fmt(agg: dict | None) -> str:
-    if not agg or agg.get("mean") is None:
-        return "-"
-    return f"{100 * agg['mean']:.1f} ± {100 * (agg.get('std') or 0):.1f}"
-
-
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
 
 
@@ -381,13 +373,18 @@ def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
     for i, e in enumerate(entries, 1):
         leaks = [e["leak"][d] for d in track.datasets if e["leak"].get(d) is not None]
         n = "/".join(str(e["n"].get(d, "-")) for d in track.datasets)
-        rows.append([str(i), e["name"], *[_fmt(e["mu"].get(d)) for d in track.datasets],
+        rows.append([str(i), e["name"], *[mu_cell(e["mu"].get(d)) for d in track.datasets],
                      f"{100 * sum(leaks) / len(leaks):.1f}" if leaks else "-", n, e["submitted"] or "-", e["url"] or ""])
     return rows
 
 
-def render_markdown(store: Path = STORE) -> str:
-    tracks, boards = load_tracks(store), board(store)
+def _view(store: Path, view: tuple | None) -> tuple[dict, dict]:
+    """(tracks, boards): the given snapshot, or read from the store."""
+    return view if view is not None else (load_tracks(store), board(store))
+
+
+def render_markdown(store: Path = STORE, view: tuple | None = None) -> str:
+    tracks, boards = _view(store, view)
     lines = ["# stackbench leaderboard", "",
              "mu x100 (mean ± std over images): the share of a saliency map's L2 norm that falls behind the wall, "
              "where the model provably cannot see (paper eq. 1). Lower is better; rank = mean over the track's "
@@ -420,11 +417,11 @@ def render_markdown(store: Path = STORE) -> str:
     return "\n".join(lines)
 
 
-def render_chart(path: Path, store: Path = STORE) -> Path:
+def render_chart(path: Path, store: Path = STORE, view: tuple | None = None) -> Path:
     """mu x100 per method and dataset with std error bars, one panel per track that has rows."""
     from .figures import _plt, mu_bars_ax, save_figure
 
-    tracks, boards = load_tracks(store), board(store)
+    tracks, boards = _view(store, view)
     shown = [t for t in tracks.values() if boards[t.name]] or list(tracks.values())[:1]
     fig, axes = _plt().subplots(len(shown), 1, figsize=(9, 3.4 * len(shown)), squeeze=False)
     for ax, t in zip(axes[:, 0], shown):
@@ -432,12 +429,12 @@ def render_chart(path: Path, store: Path = STORE) -> Path:
     return save_figure(fig, path)
 
 
-def render_html(store: Path = STORE, chart: bytes | None = None) -> str:
+def render_html(store: Path = STORE, chart: bytes | None = None, view: tuple | None = None) -> str:
     import base64
     import html
 
     esc = lambda s: html.escape(str(s if s is not None else ""), quote=True)  # noqa: E731
-    tracks, boards = load_tracks(store), board(store)
+    tracks, boards = _view(store, view)
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>stackbench leaderboard</title>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -493,7 +490,8 @@ for (const table of document.querySelectorAll('table')) {
 def build(store: Path = STORE) -> list[Path]:
     """Render README.md, mu.png and index.html (deterministic: the same store gives the same bytes)."""
     store = Path(store)
-    chart = render_chart(store / "mu.png", store)
-    atomic_write_bytes(store / "README.md", render_markdown(store).encode())
-    atomic_write_bytes(store / "index.html", render_html(store, chart.read_bytes()).encode())
+    view = (load_tracks(store), board(store))  # one reading of the store: the three files show the same rows
+    chart = render_chart(store / "mu.png", store, view)
+    atomic_write_bytes(store / "README.md", render_markdown(store, view).encode())
+    atomic_write_bytes(store / "index.html", render_html(store, chart.read_bytes(), view).encode())
     return [store / "README.md", store / "index.html", store / "mu.png"]

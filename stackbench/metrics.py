@@ -13,8 +13,6 @@ has no mu: it is NaN here and counted in `n_empty` by `aggregate`, never turned 
 """
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 
@@ -94,7 +92,8 @@ PER_IMAGE = {"mu": mu, "dead_mass": dead_mass, "leak_rate": leaks}
 
 def per_image(maps, dead_from: int = 170) -> dict[str, np.ndarray]:
     """Every per-image metric of post-processed maps."""
-    return {name: fn(maps, dead_from) for name, fn in PER_IMAGE.items()}
+    m = _as_batch(maps)  # once: float64 input passes through the metrics' own _as_batch without a copy
+    return {name: fn(m, dead_from) for name, fn in PER_IMAGE.items()}
 
 
 def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float] | None:
@@ -120,5 +119,8 @@ def aggregate(values, resamples: int = 1000, seed: int = 0) -> dict:
             "n": int(good.size), "n_empty": int(empty.sum())}
 
 
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+def mu_cell(agg: dict | None) -> str:
+    """An aggregate as "mean ± std" x100 (report and leaderboard tables); "-" when it has no mean."""
+    if not agg or agg.get("mean") is None:
+        return "-"
+    return f"{100 * agg['mean']:.1f} ± {100 * (agg.get('std') or 0):.1f}"

@@ -6,12 +6,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 from .datafolder import atomic_write_bytes, atomic_write_json
-
-PAPER_METHODS = ("GradCAM", "GradCAM++", "XGradCAM", "ScoreCAM", "Opti-CAM", "AblationCAM", "EigenCAM", "HiResCAM")
+from .methods import PAPER_METHODS
+from .metrics import mu_cell
 CONTROL = "RandomCAM"
 DATASETS = ("stack-mix", "stack-gen")
 
@@ -24,22 +23,17 @@ def _rows(results_dir: Path, record: dict) -> list[dict]:
 
 def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
     """{method: {dataset: {"record": ..., "rows": [...]}}} from evaluate's output folders."""
+    from .evaluate import file_stem
+    from .records import read_record
+
     out: dict[str, dict[str, dict]] = {}
     for ds, folder in results.items():
         for m in methods:
-            from .evaluate import file_stem
-
             path = Path(folder) / f"{file_stem(m)}.json"
             if path.is_file():
-                rec = json.loads(path.read_text())
+                rec = read_record(path)
                 out.setdefault(m, {})[ds] = {"record": rec, "rows": _rows(Path(folder), rec)}
     return out
-
-
-def _cell(agg) -> str:
-    if not agg or agg.get("mean") is None:
-        return "-"
-    return f"{100 * agg['mean']:.1f} ± {100 * (agg.get('std') or 0):.1f}"
 
 
 def table(found: dict, datasets, reported: dict | None = None) -> str:
@@ -49,7 +43,7 @@ def table(found: dict, datasets, reported: dict | None = None) -> str:
         head += [f"paper {d.upper()}" for d in datasets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, per in found.items():
-        cells = [m, *[_cell(per.get(d, {}).get("record", {}).get("metrics", {}).get("mu")) for d in datasets]]
+        cells = [m, *[mu_cell(per[d]["record"]["metrics"]["mu"] if d in per else None) for d in datasets]]
         if reported:
             rep = reported.get(m)
             cells += [f"{rep[d][0]:.1f} ± {rep[d][1]:.1f}" if rep else "-" for d in datasets]
@@ -75,8 +69,8 @@ def findings(found: dict, datasets) -> list[str]:
             out.append("NOT reproduced: HiResCAM has mu > 0 on some images (" +
                        ", ".join(f"{d}: {n - z} of {n}" for d, n, z, _ in per) + ").")
     others = [m for m in PAPER_METHODS if m != "HiResCAM" and m in found]
-    positive = [m for m in others if all((found[m].get(d, {}).get("record", {}).get("metrics", {}).get("mu", {})
-                                          .get("mean") or 0) > 0 for d in datasets)]
+    positive = [m for m in others if all(d in found[m] and (found[m][d]["record"]["metrics"]["mu"]["mean"] or 0) > 0
+                                         for d in datasets)]
     if others:
         if positive == others:
             out.append(f"Every other method of the paper ({', '.join(others)}) has mean mu > 0 on both sets: it puts "
@@ -111,16 +105,16 @@ def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str
              "json": out / "report.json"}
     md = table(found, datasets, reported)
     facts = findings(found, datasets)
+    mu = {m: {d: per[d]["record"]["metrics"]["mu"] for d in per} for m, per in found.items()}
     atomic_write_bytes(paths["table"], (md + "\n").encode())
-    mu_bars({m: {d: per[d]["record"]["metrics"]["mu"] for d in per} for m, per in found.items()}, paths["chart"],
-            datasets)
+    mu_bars(mu, paths["chart"], datasets)
     for d in datasets:
         grid = Path(results[d]) / "overlays.png"
         if grid.is_file():
             paths[f"overlays-{d}"] = out / f"overlays-{d}.png"
             atomic_write_bytes(paths[f"overlays-{d}"], grid.read_bytes())
     summary = {"title": title, "context": context, "findings": facts,
-               "mu": {m: {d: per[d]["record"]["metrics"]["mu"] for d in per} for m, per in found.items()},
+               "mu": mu,
                "records": {m: {d: str((Path(results[d]) / per[d]["record"]["rows"]["file"]).with_suffix(".json"))
                                for d in per} for m, per in found.items()}}
     atomic_write_json(paths["json"], summary)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -31,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import StackbenchError
+from .versions import versions
 from .wall import Wall, wall_for
 
 SCHEMA_ALPHA = "stackbench.theory.alpha/1"
@@ -239,7 +239,7 @@ def alpha_check(image: torch.Tensor, layers: Sequence[int] = (1, 2, 3), filters:
                        "rel_err": "max_v |closed - autograd| / max_v |autograd| per input",
                        "rng": "torch.Generator().manual_seed(seed); per trial: init_ (conv, dense 1..L), "
                               "noise inputs, target"},
-            "results": rows, "max_rel_err": worst, "passed": bool(worst <= tol), "env": env()}
+            "results": rows, "max_rel_err": worst, "passed": bool(worst <= tol), "env": versions("torch", "numpy", "scikit-learn")}
 
 
 # ----------------------------------------------------------------------------------- Theorem 1, L = 1
@@ -390,15 +390,6 @@ def image_sha256(image: torch.Tensor) -> str:
 
 # ---------------------------------------------------------------------------------------------- reports
 
-def env() -> dict:
-    import sklearn
-
-    from . import __version__
-
-    return {"stackbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
-
-
 def _r(x: float | None) -> float | None:
     """Ten significant digits: JSON stays readable and identical for identical computations."""
     return None if x is None else float(f"{x:.10g}")
@@ -481,4 +472,4 @@ def bound_report(image: torch.Tensor, image_info: dict, filters: Iterable[int] =
             "results": results,
             # None when no V > 20 was asked: there is no claim to check.
             "passed": all(r["share_mean_ge_bound_3se"] == 1.0 for r in claimed) if claimed else None,
-            "env": env()}
+            "env": versions("torch", "numpy", "scikit-learn")}

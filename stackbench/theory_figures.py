@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-WALL_COLOR = "red"
+from .figures import WALL_COLOR
 
 
 def _wall(ax, first_row: int, height: int, width: int, shade: bool = False) -> None:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -36,8 +35,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .datafolder import atomic_write_json
-from .errors import StackbenchError
+from .errors import StackbenchError, first_line
 from .models.vgg import IMAGENET_MEAN, IMAGENET_STD
+from .versions import versions
 
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.json"
@@ -362,6 +362,15 @@ def _file_digests(folder: Path) -> dict[str, str]:
     return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != STATE}
 
 
+def stored_config(out: Path) -> TrainConfig:
+    """The settings of the run in `out` (to resume it with changes); one clear line when there is none."""
+    try:
+        return TrainConfig.from_dict(json.loads((out / CHECKPOINT / STATE).read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StackbenchError(f"nothing to resume in {out}: no readable {CHECKPOINT}/{STATE}; start a new run "
+                              "without --resume") from None
+
+
 def _read_state(out: Path) -> dict:
     ck = out / CHECKPOINT
     fix = f"the checkpoint in {ck} is corrupt or incomplete"
@@ -399,16 +408,6 @@ def _accelerator(cfg: TrainConfig):
     # rng_types=[]: our sampler carries its own seeded generator, nothing to synchronise.
     return Accelerator(cpu=not cuda, mixed_precision=mp, rng_types=[],
                        dataloader_config=DataLoaderConfiguration(even_batches=True))
-
-
-def _versions() -> dict:
-    import accelerate
-    import torchvision
-
-    from . import __version__
-
-    return {"stackbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
 @torch.no_grad()
@@ -516,7 +515,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
             accelerator.load_state(str(out / CHECKPOINT))
         except Exception as e:  # noqa: BLE001 - any failure to read the state is the same user error
             raise StackbenchError(f"the checkpoint in {out / CHECKPOINT} is corrupt or incomplete "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); delete "
+                                  f"({first_line(e, 160)}); delete "
                                   "it and start again with --overwrite") from None
         for k in run:
             run[k] = resumed.get(k, run[k])
@@ -703,11 +702,9 @@ def _finish(model, cfg, out, run, src_info, world, device, mixed_precision, step
     result = check(model, model.input_size, seed=cfg.seed, zone=zone)
     first = model[-1][0]
     dead_max = first.dead_weight_norm() if hasattr(first, "dead_weight_norm") else None
-    declared = list(model.wall.dead_rows)
-    passed = bool(result.identical) and zone.rows == declared if declared else zone.rows == []
     wall = {"declared": model.wall.describe(), "traced_rows": [min(zone.rows), max(zone.rows)] if zone.rows else [],
             "check": result.describe(), "identical": bool(result.identical), "dead_weight_max": dead_max,
-            "verdict": "PASS" if passed else "FAIL"}
+            "verdict": "PASS" if result.holds(model.wall) else "FAIL"}
     model.save_pretrained(out)
     last = run["log"][-1] if run["log"] else {}
     summary = {
@@ -719,7 +716,7 @@ def _finish(model, cfg, out, run, src_info, world, device, mixed_precision, step
         "wall": wall, "steps": run["global_step"], "steps_per_epoch": steps_per_epoch,
         "timing": {"seconds": run["seconds"], "device": device, "processes": world,
                    "mixed_precision": mixed_precision, "torch_threads": torch.get_num_threads()},
-        "env": _versions(), "log": run["log"],
+        "env": versions("torch", "torchvision", "accelerate"), "log": run["log"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(out / RECORD, summary)

@@ -187,6 +187,11 @@ class CheckResult:
     max_abs_diff: float
     trials: int
 
+    def holds(self, wall: Wall) -> bool:
+        """The verdict: the traced dead rows are exactly the declared ones (none for an unwalled model) and noise
+        there left every logit bitwise identical."""
+        return self.identical and self.rows == list(wall.dead_rows)
+
     def describe(self) -> str:
         if not self.rows:
             return "nothing to check (no dead rows)"

@@ -3,7 +3,6 @@ import json
 import re
 
 from click.testing import CliRunner
-from PIL import Image
 
 from stackbench.cli import main
 from stackbench.generate.pipelines import random_pipeline

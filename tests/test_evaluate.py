@@ -1,12 +1,10 @@
 import io
 import json
-import sys
 import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 

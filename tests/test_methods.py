@@ -1,6 +1,5 @@
 import contextlib
 import io
-import warnings
 
 import numpy as np
 import pytest

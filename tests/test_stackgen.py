@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from stackbench import StackbenchError
 from stackbench import datafolder as df

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..generate import load_preset
-from ..generate.stackmix import StackMixRecipe, generate_stack_mix, read_class_spec
+from ..generate.stackmix import StackMixRecipe, generate_stack_mix
 from ..generate.writer import WriteResult
 from ..sources import SOURCE_HELP
 
@@ -76,13 +76,11 @@ def stack_mix(preset, source, split, num_images, per_class, classes, layout, see
     """STACK-MIX: two same-class images stacked, one behind the wall."""
     given = {"source": source, "split": split, "num_images": num_images, "per_class": per_class,
              "classes": classes, "layout": layout, "seed": seed, "format": fmt, "min_size": min_size}
-    fields = {k: v for k, v in (load_preset("stack-mix", preset) if preset else {}).items()
-              if k in StackMixRecipe.__dataclass_fields__}
+    fields = load_preset("stack-mix", preset) if preset else {}
     if num_images is not None or per_class is not None:  # a count given here replaces the preset's count
         fields.pop("num_images", None), fields.pop("per_class", None)
     fields.update({k: v for k, v in given.items() if v is not None})
-    fields["classes"] = read_class_spec(fields.get("classes"))
-    result = generate_stack_mix(out, StackMixRecipe(**fields), num_proc=num_proc, shard_size=shard_size,
+    result = generate_stack_mix(out, StackMixRecipe.from_fields(fields), num_proc=num_proc, shard_size=shard_size,
                                 overwrite=overwrite, progress=not no_progress)
     print_summary(result)
 
@@ -121,33 +119,25 @@ def stack_gen(preset, generator, model, revision, classes, num_images, seed, ste
 
     Many GPUs: `accelerate launch -m stackbench generate stack-gen ...` (or torchrun) splits the shards across
     processes; the same command works unchanged with one process."""
+    from ..evaluate import pick_device
     from ..generate.stackgen import StackGenRecipe, generate_stack_gen, load_prompts
 
-    fields = {k: v for k, v in (load_preset("stack-gen", preset) if preset else {}).items()
-              if k in StackGenRecipe.__dataclass_fields__}
-    given = {"generator": generator, "model": model, "revision": revision, "num_images": num_images, "seed": seed,
+    fields = load_preset("stack-gen", preset) if preset else {}
+    given = {"generator": generator, "model": model, "revision": revision, "classes": classes,
+             "num_images": num_images, "seed": seed,
              "steps": steps, "guidance": guidance, "gen_size": gen_size, "batch_size": batch_size,
              "min_verify": min_verify, "max_attempts": max_attempts, "format": fmt}
     fields.update({k: v for k, v in given.items() if v is not None})
     if verify or verify_model or min_verify is not None:
         fields["verify_model"] = verify_model or fields.get("verify_model") or "openai/clip-vit-base-patch32"
-    if classes:
-        fields["classes"] = read_class_spec(classes)
     if prompts:
         fields["prompts"] = load_prompts(prompts)
     state = _distributed_state()
-    if device == "auto":
-        device = str(state.device) if state is not None else ("cuda" if _cuda() else "cpu")
-    result = generate_stack_gen(out, StackGenRecipe(**fields), device=device, num_proc=num_proc,
+    device = str(state.device) if device == "auto" and state is not None else str(pick_device(device))
+    result = generate_stack_gen(out, StackGenRecipe.from_fields(fields), device=device, num_proc=num_proc,
                                 shard_size=shard_size, overwrite=overwrite, progress=not no_progress, state=state)
     if state is None or state.is_main_process:
         print_summary(result)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _distributed_state():
@@ -156,6 +146,7 @@ def _distributed_state():
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not _cuda())
+    return PartialState(cpu=not torch.cuda.is_available())

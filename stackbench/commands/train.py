@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..train import CHECKPOINT, PRESETS, STATE, TrainConfig, preset as make_preset
+from ..train import PRESETS, preset as make_preset, stored_config
 from ..train import train as run_training
 
 
@@ -44,19 +44,7 @@ def train(model, source, val_source, train_split, val_split, num_classes, epochs
     given = {k: v for k, v in overrides.items() if v is not None}
     if resume:
         # The run's own settings; anything given must agree (train() names what differs).
-        config = None
-        if given or preset:
-            import json
-
-            from ..errors import StackbenchError
-
-            state = Path(out) / CHECKPOINT / STATE
-            try:
-                stored = TrainConfig.from_dict(json.loads(state.read_text())["config"])
-            except (OSError, ValueError, KeyError, TypeError):
-                raise StackbenchError(f"nothing to resume in {out}: no readable {CHECKPOINT}/{STATE}; start a new "
-                                      "run without --resume") from None
-            config = dataclasses.replace(stored, max_steps=None).replace(**given)
+        config = dataclasses.replace(stored_config(Path(out)), max_steps=None).replace(**given) if given else None
     else:
         name = preset or ("mini" if (model or "minivgg").startswith("minivgg") else "paper")
         config = make_preset(name, **given)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import StackbenchError
+from ..errors import StackbenchError, first_line
 
 
 def resolve_checkpoint(ref: str, revision: str | None = None) -> tuple[Path, str | None]:
@@ -46,7 +46,7 @@ def load_pipeline(ref: str, device: str | torch.device = "cpu", revision: str | 
                                                        safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise StackbenchError(f"--model {ref}: cannot load it as a StableDiffusionPipeline "
-                              f"({str(e).splitlines()[0][:200]}); give an SD 1.x/2.x checkpoint") from None
+                              f"({first_line(e)}); give an SD 1.x/2.x checkpoint") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

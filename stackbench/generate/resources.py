@@ -21,6 +21,14 @@ def resource(*parts: str) -> Path:
     return path
 
 
+class FromFields:
+    """For the recipe dataclasses: `Recipe.from_fields(preset)` keeps the keys that are fields of the recipe."""
+
+    @classmethod
+    def from_fields(cls, fields: dict):
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
 def presets(kind: str) -> list[str]:
     return sorted(p.stem for p in resource("generation", kind).glob("*.json"))
 

@@ -22,7 +22,8 @@ from PIL import Image
 from ..errors import StackbenchError, close_matches
 from ..wall import Wall
 from .compose import FORMATS, encode, encoding
-from .resources import resource
+from .resources import FromFields, resource
+from .stackmix import read_class_spec
 from .writer import Report, WriteResult, write_dataset
 
 KIND = "stack-gen"
@@ -46,7 +47,7 @@ def load_prompts(name: str = "default") -> dict:
 
 
 @dataclass
-class StackGenRecipe:
+class StackGenRecipe(FromFields):
     """Everything that decides the bytes of a STACK-GEN set (recorded in generation.json)."""
 
     generator: str = "shapes"
@@ -66,6 +67,9 @@ class StackGenRecipe:
     format: str = "png"
     size: int = 224
     wall_row: int = field(default_factory=lambda: Wall().dead_from)
+
+    def __post_init__(self):
+        self.classes = read_class_spec(self.classes)  # a list, a comma-separated string or a file
 
     def validate(self) -> None:
         if self.generator not in GENERATORS:
@@ -90,16 +94,14 @@ def label_space(generator: str) -> list[str]:
         from ..sources.shapes import CLASSES
 
         return list(CLASSES)
-    from torchvision.models import VGG16_Weights
+    from ..sources.imagefolder import imagenet_names
 
-    return list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    return imagenet_names()
 
 
 def default_classes(generator: str) -> list[str]:
     if generator == "shapes":
         return label_space("shapes")
-    from .stackmix import read_class_spec
-
     return read_class_spec(str(resource("generation", "classes", "imagenette.txt")))
 
 

@@ -16,6 +16,7 @@ from ..errors import StackbenchError, close_matches
 from ..sources import DEFAULT_MIN_SIZE, Source, SkipImage, open_source
 from ..wall import Wall
 from .compose import FORMATS, LAYOUTS, compose, encode, encoding
+from .resources import FromFields
 from .writer import Report, WriteResult, write_dataset
 
 KIND = "stack-mix"
@@ -24,7 +25,7 @@ _CLASS_ORDER, _PAIR, _REPLACE = 1, 2, 3  # seed-stream tags: each use of randomn
 
 
 @dataclass
-class StackMixRecipe:
+class StackMixRecipe(FromFields):
     """Everything that decides the bytes of a STACK-MIX set (recorded in generation.json)."""
 
     source: str = "shapes"
@@ -40,6 +41,7 @@ class StackMixRecipe:
     wall_row: int = field(default_factory=lambda: Wall().dead_from)
 
     def __post_init__(self):
+        self.classes = read_class_spec(self.classes)  # a list, a comma-separated string or a file
         if self.num_images is None and self.per_class is None:
             self.num_images = DEFAULT_NUM_IMAGES
 
@@ -204,8 +206,6 @@ def generate_stack_mix(out: str | Path, recipe: StackMixRecipe | None = None, *,
     from .card import write_card
 
     recipe = recipe or StackMixRecipe(**recipe_fields)
-    if isinstance(recipe.classes, str):
-        recipe.classes = read_class_spec(recipe.classes)
     builder = StackMixBuilder(recipe)
     return write_dataset(out, builder, shard_size=shard_size, num_proc=num_proc, overwrite=overwrite,
                          progress=progress, card=write_card)

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import StackbenchError
+from ..errors import StackbenchError, first_line
 
 TEMPLATE = "a photo of a {}"
 
@@ -23,9 +23,9 @@ class ClipVerifier:
             self.processor = CLIPProcessor.from_pretrained(ref)
         except (OSError, ValueError) as e:
             raise StackbenchError(f"--verify-model {ref}: not a loadable CLIP model and processor "
-                                  f"({str(e).splitlines()[0][:160]}); give a Hub id or a folder saved with "
+                                  f"({first_line(e, 160)}); give a Hub id or a folder saved with "
                                   "CLIPModel.save_pretrained + CLIPProcessor.save_pretrained") from None
-        self.ref, self.device, self.template = ref, torch.device(device), template
+        self.device = torch.device(device)
         text = self.processor(text=[template.format(n) for n in class_names], return_tensors="pt", padding=True)
         with torch.no_grad():
             feats = self.model.get_text_features(**{k: v.to(self.device) for k, v in text.items()})

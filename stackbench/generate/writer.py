@@ -20,6 +20,7 @@ import datasets
 
 from .. import datafolder as df
 from ..errors import StackbenchError
+from ..versions import versions
 
 GENERATION_FORMAT = "stackbench.generation/1"
 IDENTITY_KEYS = ("kind", "recipe", "source", "shard_size", "versions")
@@ -64,18 +65,6 @@ class Builder(Protocol):
 
     def info(self) -> dict:
         """Extra, deterministic facts for generation.json (e.g. classes used, skips found while planning)."""
-
-
-def versions() -> dict:
-    """Library versions that determine the bytes (encoders, Parquet writer)."""
-    import numpy
-    import PIL
-    import pyarrow
-
-    from .. import __version__
-
-    return {"stackbench": __version__, "pillow": PIL.__version__, "numpy": numpy.__version__,
-            "datasets": datasets.__version__, "pyarrow": pyarrow.__version__}
 
 
 @dataclass
@@ -181,7 +170,7 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     folder = Path(folder)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
-    identity = {"kind": builder.kind, **builder.identity(), "shard_size": shard_size, "versions": versions()}
+    identity = {"kind": builder.kind, **builder.identity(), "shard_size": shard_size, "versions": versions("pillow", "numpy", "datasets", "pyarrow", python=False)}
     refusal = None
     if main:
         try:
@@ -242,7 +231,7 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
         state.wait_for_everyone()
     seconds = time.perf_counter() - t0  # all processes' work
     if main:
-        generation = finish(folder, builder, identity, feats, n_shards)
+        generation = finish(folder, builder, identity, n_shards)
         if card is not None:
             card(folder, feats, generation)
         df.atomic_write_json(folder / df.GENERATION, generation)
@@ -253,27 +242,22 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
                        generation)
 
 
-def finish(folder: Path, builder: Builder, identity: dict, feats: datasets.Features, n_shards: int) -> dict:
+def finish(folder: Path, builder: Builder, identity: dict, n_shards: int) -> dict:
     """generation.json's content: a deterministic function of the recipe and the shards (no times, no paths of
     this machine), so a resumed or parallel run ends with the same file."""
     import pyarrow.parquet as pq
 
-    shards = [df.shard_path(folder, s, n_shards) for s in range(n_shards)]
-    skipped: dict[str, str] = {}
-    converted: Counter = Counter()
-    dropped: list[dict] = []
-    n = 0
+    report, n = Report(), 0
     info = builder.info()
     for s in info.pop("skipped", []):
-        skipped.setdefault(s["path"], s["reason"])
-    for p in shards:
-        n += pq.read_metadata(p).num_rows
-        meta = df.shard_metadata(p)
+        report.skip(s["path"], s["reason"])
+    for p in (df.shard_path(folder, s, n_shards) for s in range(n_shards)):
+        footer = pq.read_metadata(p)
+        n += footer.num_rows
+        meta = df.shard_metadata(footer)
         for s in meta.get("skipped", []):
-            skipped.setdefault(s["path"], s["reason"])
-        converted.update(meta.get("converted", {}))
-        dropped += meta.get("dropped", [])
+            report.skip(s["path"], s["reason"])
+        report.converted.update(meta.get("converted", {}))
+        report.dropped += meta.get("dropped", [])
     return {"format": GENERATION_FORMAT, "status": "complete", **identity, **info, "n": n, "shards": n_shards,
-            "fingerprint": df.fingerprint(folder),
-            "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
-            "converted": dict(sorted(converted.items())), "dropped": dropped}
+            "fingerprint": df.fingerprint(folder), **report.to_dict()}

@@ -13,6 +13,11 @@ ACTS = frozenset({"activations"})
 ACTS_GRADS = frozenset({"activations", "gradients"})
 
 
+def weighted_sum(w: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """sum_k w[n, k] A[n, k]: the map of every CAM here, from its (N, K) channel weights."""
+    return (w[:, :, None, None] * A).sum(dim=1)
+
+
 class TargetLayerCAM(SaliencyMethod):
     """A map from (A, G) at the target layer. Subclasses implement `cam(A, G)` or `weights(A, G)`."""
 
@@ -23,8 +28,7 @@ class TargetLayerCAM(SaliencyMethod):
         raise NotImplementedError
 
     def cam(self, A: torch.Tensor, G: torch.Tensor | None, batch: Batch) -> torch.Tensor:
-        w = self.weights(A, G)
-        return (w[:, :, None, None] * A).sum(dim=1)
+        return weighted_sum(self.weights(A, G), A)
 
     def explain(self, batch: Batch):
         return self.cam(batch.activations, batch.gradients, batch)
@@ -140,5 +144,4 @@ class RandomCAM(TargetLayerCAM):
         for i in batch.index:
             gen = torch.Generator().manual_seed(int(self.config["seed"]) * 1_000_003 + int(i))
             rows.append(torch.rand(A.shape[1], generator=gen, dtype=torch.float64) * 2 - 1)
-        w = torch.stack(rows).to(A.device, A.dtype)
-        return (w[:, :, None, None] * A).sum(dim=1)
+        return weighted_sum(torch.stack(rows).to(A.device, A.dtype), A)

@@ -43,8 +43,10 @@ class OptiCAM(TargetLayerCAM):
         t = batch.targets.to(A.device)[:, None]
         steps, lr = int(self.config["steps"]), float(self.config["lr"])
         every = max(1, steps // 10)
-        with torch.no_grad():
-            reference = bb.logits(bb.normalize(x01)).gather(1, t)[:, 0]
+        reference = None  # the unmasked target logit: only the abs-diff loss reads it
+        if self.config["loss"] == "abs-diff":
+            with torch.no_grad():
+                reference = bb.logits(bb.normalize(x01)).gather(1, t)[:, 0]
         w = torch.full((N, K, 1, 1), float(self.config["init"]), device=A.device, dtype=A.dtype, requires_grad=True)
         opt = torch.optim.Adam([w], lr=lr)
         done = torch.zeros(N, dtype=torch.bool, device=A.device)

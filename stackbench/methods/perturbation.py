@@ -13,14 +13,10 @@ import torch
 from torch.nn import functional as F
 
 from .base import Batch
-from .gradient import TargetLayerCAM
+from .gradient import TargetLayerCAM, weighted_sum
 from .registry import register_method
 
 ACTS_FORWARDS = frozenset({"activations", "forwards"})
-
-
-def _weighted(w: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    return (w[:, :, None, None] * A).sum(dim=1)
 
 
 @register_method("ScoreCAM")
@@ -59,7 +55,7 @@ class ScoreCAM(TargetLayerCAM):
                 out = bb.logits(inputs)
                 scores[n, c] = out.gather(1, t[n][:, None])[:, 0].float()
             w = torch.softmax(scores, dim=-1)
-            return _weighted(w.to(A.dtype), A)
+            return weighted_sum(w.to(A.dtype), A)
 
 
 @register_method("AblationCAM")
@@ -89,4 +85,4 @@ class AblationCAM(TargetLayerCAM):
                     ablated[torch.arange(len(chans)), chans] = value
                     new[n, chans] = head(ablated)[:, t[n]]
             w = (original[:, None] - new) / original[:, None]
-            return _weighted(w, A)
+            return weighted_sum(w, A)

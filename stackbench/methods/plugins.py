@@ -13,7 +13,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from ..errors import StackbenchError
+from ..errors import StackbenchError, close_matches
 
 GROUP = "stackbench.methods"
 
@@ -46,7 +46,7 @@ def load_plugin(spec: str):
         path = Path(where)
         if not path.is_file():
             raise StackbenchError(f"method plugin {spec!r}: file {where} does not exist")
-        # A unique module name per file content keeps two plugin files with the same name apart.
+        # A module name unique to the file's resolved path keeps two plugin files with the same name apart.
         modname = "stackbench_plugin_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         try:
             mspec = importlib.util.spec_from_file_location(modname, path)
@@ -64,7 +64,6 @@ def load_plugin(spec: str):
                                   f"{type(e).__name__}: {e}") from None
     if not hasattr(module, attr):
         names = [n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_")]
-        from ..errors import close_matches
         raise StackbenchError(f"method plugin {spec!r}: {where} has no attribute {attr!r}{close_matches(attr, names)}")
     return as_method_class(getattr(module, attr), spec, attr)
 
@@ -80,6 +79,6 @@ def as_method_class(obj, source: str, default_name: str):
         return type(obj.__name__, (obj,), {"name": obj.name or default_name, "source": source,
                                            "__module__": obj.__module__})
     if inspect.isclass(obj) and issubclass(obj, BaseCAM):
-        return from_basecam(obj, source=source, name=default_name if default_name != obj.__name__ else obj.__name__)
+        return from_basecam(obj, source=source, name=default_name)
     raise StackbenchError(f"method plugin {source}: {obj!r} is neither a stackbench.methods.SaliencyMethod subclass "
                           "nor a pytorch_grad_cam BaseCAM subclass")

@@ -4,5 +4,5 @@ from .loading import WallLeakWarning, file_sha256, load_model, model_sha256
 from .registry import Weights, create_model, get_entry, list_models, register_model
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, WalledVGG, WallLinear
 
-__all__ = ["WalledVGG", "WallLinear", "WallLeakWarning", "Weights", "create_model", "get_entry", "list_models",
-           "load_model", "model_sha256", "file_sha256", "register_model"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WalledVGG", "WallLinear", "WallLeakWarning", "Weights", "create_model",
+           "get_entry", "list_models", "load_model", "model_sha256", "file_sha256", "register_model"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import StackbenchError
+from ..errors import StackbenchError, first_line
 from .registry import create_model, get_entry, list_models
 from .vgg import WalledVGG, WallLinear
 
@@ -121,9 +121,8 @@ def load_paper(path: str, arch: str | None = None) -> WalledVGG:
                 raise
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user error
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StackbenchError(f"{ref} is not a plain state_dict of tensors (torch.load with weights_only=True refused "
-                              f"it: {first[:200]}); re-save it with torch.save(model.state_dict(), PATH)") from None
+                              f"it: {first_line(e)}); re-save it with torch.save(model.state_dict(), PATH)") from None
     model = create_model(arch)
     _load_state(model, state, ref)
     return model

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from .images import DEFAULT_MIN_SIZE, SkipImage
+from .images import DEFAULT_MIN_SIZE
 
 
 @dataclass
@@ -27,9 +26,6 @@ class SourceItem:
 class Skip:
     path: str
     reason: str
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
 
 
 class Source(ABC):
@@ -73,11 +69,3 @@ class Source(ABC):
     def describe(self) -> dict:
         return {"kind": self.kind, "ref": self.ref, "split": self.split, "n_items": len(self),
                 "n_classes": self.num_classes, "fingerprint": self.fingerprint()}
-
-    def __iter__(self) -> Iterator[SourceItem]:
-        """Usable items in index order (bad ones are left out; see `load` for the reason)."""
-        for i in range(len(self)):
-            try:
-                yield self.load(i)
-            except SkipImage:
-                continue

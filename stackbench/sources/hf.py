@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 
-from ..errors import StackbenchError
+from ..errors import StackbenchError, first_line
 from .base import Source, SourceItem
 from .images import DEFAULT_MIN_SIZE, decode
 
@@ -13,8 +13,7 @@ PREFERRED_SPLITS = ("validation", "val", "test", "train")
 
 
 def _fail(ref: str, e: Exception, what: str) -> StackbenchError:
-    line = str(e).splitlines()[0] if str(e) else ""
-    return StackbenchError(f"{ref}: could not {what} ({type(e).__name__}: {line}); check the repo id or path, "
+    return StackbenchError(f"{ref}: could not {what} ({first_line(e)}); check the repo id or path, "
                            "the config name, network access and `huggingface-cli login` for gated sets")
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import first_line
+
 # Extensions a class folder may hold (compared lower-cased, so .JPEG counts).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_MIN_SIZE = 64  # px per side: a smaller image carries too little to stretch over a 224 px image
@@ -29,11 +31,6 @@ class SkipImage(Exception):
 class Decoded:
     image: Image.Image  # RGB
     converted_from: str | None  # the original mode when it was not RGB
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
@@ -63,7 +60,7 @@ def decode(data: bytes | str | os.PathLike, name: str, min_size: int = DEFAULT_M
             if os.path.getsize(data) == 0:
                 raise SkipImage(name, "empty file (0 bytes)")
         except OSError as e:
-            raise SkipImage(name, f"cannot read ({_first_line(e)})") from None
+            raise SkipImage(name, f"cannot read ({first_line(e)})") from None
         opener = data
     else:
         if not data:
@@ -83,7 +80,7 @@ def decode(data: bytes | str | os.PathLike, name: str, min_size: int = DEFAULT_M
     except SkipImage:
         raise
     except Exception as e:  # noqa: BLE001 - truncated data, bad headers, decoder errors: all skip the file
-        raise SkipImage(name, f"truncated or corrupt ({_first_line(e)})") from None
+        raise SkipImage(name, f"truncated or corrupt ({first_line(e)})") from None
     w, h = rgb.size
     if min(w, h) < min_size:
         raise SkipImage(name, f"too small ({w}x{h}; needs at least {min_size} px per side)")

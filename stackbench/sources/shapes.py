@@ -255,7 +255,12 @@ def item(seed: int, index: int, split: str = "train", size: int = SIZE) -> tuple
     cx = size / 2 + rng.uniform(-1, 1) * min(0.14 * size, size / 2 - side / 2)
     cy = 0.46 * size + rng.uniform(-1, 1) * min(0.12 * size, 0.46 * size - side / 2)
     draw_object(canvas, label, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng)
-    return finish(canvas, rng), label, f"shapes-{split}-{seed}-{index:07d}"
+    return finish(canvas, rng), label, item_id(seed, index, split)
+
+
+def item_id(seed: int, index: int, split: str = "train") -> str:
+    """The id of item `index` (what STACK sets record for their source images)."""
+    return f"shapes-{split}-{seed}-{index:07d}"
 
 
 class ShapesSource(Source):
@@ -280,7 +285,7 @@ class ShapesSource(Source):
         return np.arange(self.n, dtype=np.int64) % len(CLASSES)
 
     def item_id(self, i: int) -> str:
-        return f"shapes-{self.split}-{self.seed}-{i:07d}"
+        return item_id(self.seed, i, self.split)
 
     def load(self, i: int) -> SourceItem:
         img, label, iid = item(self.seed, i, self.split, self.size)
