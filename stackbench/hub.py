@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,7 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
         raise StackbenchError(f"leaderboard row {bad[0].row} does not verify ({bad[0].message}); fix it before "
                               "publishing")
     stage = store / ".hub"
+    shutil.rmtree(stage, ignore_errors=True)  # derived: staged afresh, so a row removed from the store is not sent
     results, rows = [], []
     for path in lb.stored_rows(store):
         rec = json.loads(path.read_text())

@@ -47,6 +47,14 @@ def test_bad_model_is_one_line_and_exit_2():
     assert r.output.startswith("error: unknown model 'minivgg-maskd'") and "did you mean minivgg-masked" in r.output
 
 
+def test_a_library_error_inside_ours_is_one_line_even_without_a_message():
+    from stackbench.errors import first_line
+
+    assert first_line(OSError()) == "OSError"  # bare exceptions used to crash the message (IndexError)
+    assert first_line(ValueError("  bad header\nTraceback...")) == "ValueError: bad header"
+    assert first_line(RuntimeError("x" * 500), 160) == "RuntimeError: " + "x" * 160
+
+
 def test_console_script_and_module_entry_point():
     out = subprocess.run(["python", "-m", "stackbench", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("stackbench, version")

@@ -165,6 +165,12 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
 
     hub.publish(plan, api=Api())
     assert [c[0] for c in calls].count("create_commit") == 1
+    # A row taken out of the store is not published again from the previous staging folder.
+    gone = next(p for p in lb.stored_rows(store) if p.parent.parent.name == "stack-gen")
+    gone.unlink()
+    gone.with_suffix(".parquet").unlink()
+    staged = {f for f, _ in hub.plan_leaderboard(store, "me/board").files if f.startswith("results/")}
+    assert staged and not any("/stack-gen/" in f for f in staged)
     rec = json.loads(lb.stored_rows(store)[0].read_text())
     rec["metrics"]["mu"]["mean"] = 0.0
     lb.stored_rows(store)[0].write_text(json.dumps(rec))

@@ -50,15 +50,22 @@ def _size_category(n: int) -> str:
 def command_line(generation: dict) -> str:
     """The `stackbench generate` command that rebuilds the recipe."""
     r = generation["recipe"]
-    parts = ["stackbench", "generate", generation["kind"]]
+    parts, notes = ["stackbench", "generate", generation["kind"]], []
     for key, value in r.items():
         if value is None or key in ("size", "wall_row", "encoding"):
             continue
+        if key == "prompts":  # a template object, not a word: the shipped one is the default, any other a file
+            from .stackgen import load_prompts
+
+            if value == load_prompts():
+                continue
+            notes.append("# prompts.json: the recipe's `prompts` object in generation.json")
+            value = "prompts.json"
         if isinstance(value, list):
             value = ",".join(value)
         parts += [f"--{key.replace('_', '-')}", str(value)]
     parts += ["--shard-size", str(generation["shard_size"]), "--out", "DIR"]
-    return shlex.join(parts)
+    return "\n".join(notes + [shlex.join(parts)])
 
 
 def render_card(feats: datasets.Features, generation: dict) -> DatasetCard:
