@@ -183,8 +183,7 @@ def _load_state(model: WalledVGG, state, ref: str) -> None:
         if leak > 0:
             warnings.warn(f"{ref}: weights behind the wall are non-zero (max |w| = {leak:.3g}); the wall is "
                           "structural, so they are ignored, and they were set to zero", WallLeakWarning, stacklevel=3)
-            with torch.no_grad():
-                first.weight[:, first.dead] = 0
+            first.zero_dead_()
 
 
 def file_sha256(path: str | Path) -> str:

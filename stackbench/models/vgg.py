@@ -44,6 +44,11 @@ class WallLinear(nn.Linear):
         """Largest |w| on a column behind the wall (should be 0; harmless either way)."""
         return float(self.weight.detach()[:, self.dead].abs().max()) if self.dead.any() else 0.0
 
+    @torch.no_grad()
+    def zero_dead_(self) -> None:
+        """Set the weights behind the wall to 0 (a clean checkpoint, as in the authors' weights)."""
+        self.weight[:, self.dead] = 0
+
 
 class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
                 tags=["stackbench", "saliency", "image-classification"],
@@ -121,8 +126,7 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
                     nn.init.zeros_(m.bias)
         first = self[-1][0]
         if isinstance(first, WallLinear):
-            with torch.no_grad():  # a clean checkpoint: nothing behind the wall, as in the authors' weights
-                first.weight[:, first.dead] = 0
+            first.zero_dead_()
 
     def count_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
