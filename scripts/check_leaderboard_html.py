@@ -24,7 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--store", type=Path, default=lb.STORE)
+    ap.add_argument("--store", type=Path, default=Path(__file__).resolve().parent.parent / "leaderboard")
     ap.add_argument("--screenshot", type=Path, default=None)
     args = ap.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import time
 
 from stackbench import leaderboard as lb
 from stackbench.errors import StackbenchError
 from stackbench.methods import list_methods
+
+
+STORE = Path(__file__).resolve().parent.parent / "leaderboard"
 
 
 def main() -> int:
@@ -27,12 +31,12 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             lb.submit(name, "mini", author="stackbench", description="built-in method, seeded by the maintainers",
-                      replace=args.replace, progress=False)
+                      replace=args.replace, progress=False, store=STORE)
             print(f"{name}: submitted in {time.perf_counter() - t0:.0f} s", flush=True)
         except StackbenchError as e:
             print(f"{name}: FAILED: {e}", flush=True)
             failed.append(name)
-    for path in lb.build():
+    for path in lb.build(STORE):
         print(f"wrote {path}")
     return 1 if failed else 0
 

@@ -1,24 +1,42 @@
 """The `stackbench` command: a click group. Each subcommand lives in stackbench/commands/ and stays thin."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from . import __version__
 from .commands import COMMANDS
-from .errors import StackbenchError
+from .errors import Refused, StackbenchError, first_line
 
 
 class Group(click.Group):
-    """Bad input ends as one line naming the input and the fix, not a traceback."""
+    """No traceback reaches a user: bad input ends as one line naming the input and the fix (exit 2), refused
+    checks as one line per problem (exit 1). Anything else is a bug, said in one line as well (exit 1;
+    STACKBENCH_DEBUG=1 shows the traceback)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except Refused as e:
+            for problem in e.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(1)
         except StackbenchError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except OSError as e:  # the file system or the network said no: name it, no traceback
+            click.echo(f"error: {first_line(e)}", err=True)
+            sys.exit(2)
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("STACKBENCH_DEBUG"):
+                raise
+            click.echo(f"error: unexpected {first_line(e)}; this is a bug in stackbench: please report it "
+                       "(STACKBENCH_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Sequence
 
 import datasets
 
-from .errors import StackbenchError
+from .errors import StackbenchError, first_line
 
 SPLIT = "test"
 DATA_DIR = "data"
@@ -89,6 +90,21 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
+def writable_folder(out: str | Path, option: str = "--out") -> Path:
+    """`out` as a folder this process can write into (created if needed), or one line saying why not."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StackbenchError(f"{option} {out} is a file; give a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise StackbenchError(f"{option} {out} cannot be written ({first_line(e)}); give a folder you can write "
+                              "to") from None
+    return out
+
+
 SHARD_META_KEY = b"stackbench"  # per-shard facts (e.g. skipped inputs) written atomically with the rows
 ROW_GROUP = 100  # rows per Parquet row group for image data (datasets' record batch size for images)
 
@@ -141,14 +157,59 @@ def digest_files(files: Sequence[tuple[str, Path]]) -> str:
     return h.hexdigest()
 
 
+CONTENT = "stackbench.content/1"
+
+
+def pixel_sha256(img) -> str:
+    """sha256 of a decoded image (mode, size, pixels): the same picture gives the same digest whatever encoded it
+    (PNG bytes differ between zlib builds: Pillow's zlib-ng picks its deflate code by CPU)."""
+    h = hashlib.sha256(f"{img.mode} {img.size[0]}x{img.size[1]}\0".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict) and "bytes" in value:  # an image: its pixels, not its encoding
+        from PIL import Image
+
+        if value.get("bytes") is None:
+            return "image:none"
+        try:
+            with Image.open(io.BytesIO(value["bytes"])) as img:
+                return "image:" + pixel_sha256(img)
+        except Exception:  # noqa: BLE001 - an undecodable image still has an identity: its bytes
+            return "bytes:" + hashlib.sha256(value["bytes"]).hexdigest()
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
 def fingerprint(folder: str | Path) -> str:
-    """sha256 over the shard names and bytes: the dataset's identity in result records."""
-    return digest_files([(p.name, p) for p in list_shards(folder)])
+    """The dataset's identity in result records: sha256 over every row's content, in order (each column's value;
+    an image as its decoded pixels). It does not depend on how the bytes were encoded: the PNG compressor (which
+    can differ by CPU) or the Parquet writer's version."""
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256(CONTENT.encode() + b"\0")
+    for shard in list_shards(folder):
+        table = pq.read_table(shard)
+        names = sorted(table.column_names)
+        for batch in table.to_batches(max_chunksize=64):
+            for row in batch.to_pylist():
+                h.update("\0".join(f"{k}={_cell(row[k])}" for k in names).encode() + b"\n")
+    return h.hexdigest()
 
 
 def read_generation(folder: str | Path) -> dict:
     p = Path(folder) / GENERATION
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        gen = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StackbenchError(f"{p} is not valid JSON ({first_line(e, 80)}); regenerate the dataset with "
+                              "--overwrite") from None
+    if not isinstance(gen, dict):
+        raise StackbenchError(f"{p} is not a JSON object; regenerate the dataset with --overwrite")
+    return gen
 
 
 def resolve(ref: str) -> tuple[Path, str | None]:
@@ -172,27 +233,66 @@ def read_shards(shards: Sequence[str | Path]) -> datasets.Dataset:
     import pyarrow.parquet as pq
     from datasets.table import InMemoryTable
 
-    tables = [pq.read_table(p) for p in shards]
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    feats = datasets.Features.from_arrow_schema(tables[0].schema)
+    tables = []
+    for p in shards:
+        try:
+            tables.append(pq.read_table(p))
+        except (pa.ArrowException, OSError) as e:
+            raise StackbenchError(f"dataset shard {p} is not a readable Parquet file ({first_line(e, 120)}); delete "
+                                  "it and run the same `stackbench generate` command again (it rebuilds missing "
+                                  "shards)") from None
+    try:
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        feats = datasets.Features.from_arrow_schema(tables[0].schema)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise StackbenchError(f"the shards of {Path(shards[0]).parent} do not share one schema ({first_line(e, 120)}); "
+                              "regenerate the dataset") from None
     return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=feats),
                             split=datasets.NamedSplit(SPLIT))
 
 
-def open_dataset(ref: str) -> tuple[datasets.Dataset, dict]:
+def check_complete(folder: Path, ref: str) -> None:
+    """Refuse a folder whose generation was stopped before the end (generation.json says so)."""
+    gen = read_generation(folder)
+    status = gen.get("status")
+    if status not in (None, "complete"):
+        recipe = gen.get("recipe") or {}
+        planned = recipe.get("num_images") or (f"{recipe['per_class']} per class" if recipe.get("per_class") else "?")
+        raise StackbenchError(f"dataset folder {ref} is incomplete (generation.json: status {status!r}, {planned} "
+                              "images planned): run the same `stackbench generate` command again to finish it (it "
+                              "resumes), or pass --allow-incomplete to use what is there")
+
+
+def check_labels(ds: datasets.Dataset, ref: str) -> None:
+    """Every label must name one of the dataset's classes (its ClassLabel)."""
+    import numpy as np
+
+    feat = ds.features.get("label")
+    n = getattr(feat, "num_classes", None)
+    labels = np.asarray(ds.data.column("label").to_numpy(zero_copy_only=False))
+    bad = np.flatnonzero((labels < 0) | (labels >= n)) if n is not None else np.flatnonzero(labels < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise StackbenchError(f"dataset {ref}: item {ds.data.column('id')[i].as_py()!r} has label {int(labels[i])}, "
+                              f"outside its {n} classes ({bad.size} such items); regenerate the dataset")
+
+
+def open_dataset(ref: str, allow_incomplete: bool = False) -> tuple[datasets.Dataset, dict]:
     """Load a dataset folder (or hf:REPO[@REV]) with its features; also return {ref, fingerprint, revision, n,
-    generation}."""
+    generation}. A folder whose generation did not finish is refused unless `allow_incomplete`."""
     folder, rev = resolve(ref)
     shards = list_shards(folder)
     if not shards:
         raise StackbenchError(f"dataset folder {ref} has no {DATA_DIR}/{SPLIT}-*.parquet shards; "
                               "run `stackbench generate` into it")
+    if not allow_incomplete:
+        check_complete(folder, ref)
     ds = read_shards(shards)
     missing = {"id", "image", "label", "wall_row"} - set(ds.column_names)
     if missing:
         raise StackbenchError(f"dataset folder {ref} lacks the columns {sorted(missing)}; it was not written by "
                               "`stackbench generate`")
+    check_labels(ds, ref)
     info = {"ref": ref, "fingerprint": fingerprint(folder), "revision": rev, "n": len(ds),
             "generation": read_generation(folder), "path": str(folder)}
     return ds, info
-

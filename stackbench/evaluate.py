@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .datafolder import atomic_write_bytes, atomic_write_json, open_dataset
-from .errors import StackbenchError, first_line
+from .datafolder import atomic_write_bytes, atomic_write_json, open_dataset, pixel_sha256, writable_folder
+from .errors import StackbenchError, first_line, foreign_failure, watching_ctrl_c
 from .methods import Backbone, Batch, SaliencyMethod, get_method, list_methods
 from .records import SCHEMA, identity, read_record, validate_record
 from .versions import versions
@@ -82,23 +82,33 @@ def resolve_methods(specs, **config) -> list[SaliencyMethod]:
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise StackbenchError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise StackbenchError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise StackbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise StackbenchError(f"--device {device}: unsupported device type; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 # ----------------------------------------------------------------------------------------------- inputs
 
-def decode_image(data: bytes, size: tuple[int, int]) -> torch.Tensor:
-    """PNG/JPEG bytes -> (3, H, W) float in [0, 1], exactly torchvision's ToTensor of the RGB image."""
+def decode_image(data: bytes, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """PNG/JPEG bytes -> ((3, H, W) float in [0, 1], exactly torchvision's ToTensor of the RGB image; the pixel
+    sha256 of the stored image, as the dataset fingerprint counts it)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         if img.size != (size[1], size[0]):
             raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the model takes {size[1]}x{size[0]}")
+        sha = pixel_sha256(img)
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255), sha
 
 
 def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
@@ -116,14 +126,15 @@ def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
             try:
                 if data is None:
                     raise ValueError("no image bytes")
-                xs.append(decode_image(data, size))
+                x, sha = decode_image(data, size)
             except Exception as e:  # noqa: BLE001 - one bad item never stops the run
-                skipped.append({"id": str(ident), "reason": f"{type(e).__name__}: {e}"[:200]})
+                skipped.append({"id": str(ident), "reason": first_line(e)})
                 continue
+            xs.append(x)
             idx.append(start + j)
             ids.append(str(ident))
             labels.append(int(label))
-            shas.append(hashlib.sha256(data).hexdigest())
+            shas.append(sha)
         if xs:
             yield idx, ids, labels, shas, torch.stack(xs)
 
@@ -153,8 +164,9 @@ def choose_targets(logits: torch.Tensor, rule: str, labels) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.long, device=logits.device)
 
 
-def check_maps(out, n: int) -> np.ndarray:
-    """A method's output -> float32 numpy (n, h, w), or MethodFailure naming the first offending item."""
+def check_maps(out, n: int, shapes=()) -> np.ndarray:
+    """A method's output -> float32 numpy (n, h, w), or MethodFailure naming the first offending item. `shapes`:
+    the (h, w) a map may have (the target layer's grid, the input size); anything else is not stretched to fit."""
     if isinstance(out, torch.Tensor):
         if not (out.is_floating_point()):
             raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
@@ -166,6 +178,10 @@ def check_maps(out, n: int) -> np.ndarray:
         raise MethodFailure(f"returned a {type(out).__name__}, expected a tensor or array (N, h, w)", "")
     if out.ndim != 3 or out.shape[0] != n or min(out.shape[1:]) < 1:
         raise MethodFailure(f"returned shape {tuple(out.shape)}, expected ({n}, h, w)", "")
+    if shapes and tuple(out.shape[1:]) not in [tuple(s) for s in shapes]:
+        allowed = " or ".join(f"({n}, {h}, {w})" for h, w in shapes)
+        raise MethodFailure(f"returned maps of shape {tuple(out.shape)}; a map is the target layer's grid or the "
+                            f"input size: {allowed}", "")
     bad = ~np.isfinite(out).all(axis=(1, 2))
     if bad.any():
         i = int(np.argmax(bad))
@@ -176,7 +192,8 @@ def check_maps(out, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- records
 
 def items_digest(ids, shas) -> str:
-    """sha256 over 'id image-sha256' lines in evaluation order: which exact images were scored."""
+    """sha256 over 'id pixel-sha256' lines in evaluation order: which exact images were scored (their pixels, not
+    their encoding)."""
     h = hashlib.sha256()
     for i, s in zip(ids, shas):
         h.update(f"{i} {s}\n".encode())
@@ -202,11 +219,53 @@ def aggregate_rows(rows: list[dict], seed: int) -> dict:
 def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", postprocess: str = "gradcam-lib",
              batch_size: int = 8, limit: int | None = None, device: str = "auto", save_maps: bool = False,
              out: str | Path = "results", seed: int = 0, progress: bool = True, method_config: dict | None = None,
-             figure: bool = True) -> list[MethodRun]:
+             figure: bool = True, allow_incomplete: bool = False) -> list[MethodRun]:
     """Run `methods` (specs or SaliencyMethod instances) and write one record + Parquet per method.
-    Returns a MethodRun per method (status done / skipped / failed)."""
-    from .models import file_sha256, load_model, model_sha256
+    Returns a MethodRun per method (status done / skipped / failed). Everything is checked before any work:
+    the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
+    weights, the dataset's wall; with target="label", the labels within its classes)."""
+    _check_args(target, postprocess, batch_size, limit)
+    out = writable_folder(out)
+    instances = _instances(methods, method_config)
+    dev = pick_device(device)
+    ds, info, net = _open_inputs(dataset, model, dev, seed, target, allow_incomplete)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
+    base = _base_record(dataset, info, net, dev, target, postprocess, seed, limit, batch_size)
+    runs = [MethodRun(m, m.name) for m in instances]
+    _resume(runs, out, base)
+    todo = [r for r in runs if r.status == "pending"]
+    if not todo:
+        return runs
+    size = tuple(net.wall.input_size)
+    with watching_ctrl_c():
+        skipped, all_ids, all_shas, shared_s = _loop(todo, ds, Backbone(net), dev, target, postprocess, batch_size,
+                                                     seed, save_maps, progress)
+    share = shared_s["forward"] / max(1, len(todo))
+    grad_users = [r for r in todo if "gradients" in r.method.needs]
+    for r in todo:
+        if r.status != "pending":
+            continue
+        if not r.rows:
+            why = f"; the first: {skipped[0]['id']}: {skipped[0]['reason']}" if skipped else ""
+            r.status, r.error = "failed", f"no item could be evaluated (all {len(skipped)} were skipped{why})"
+            continue
+        r.seconds += share + (shared_s["backward"] / len(grad_users) if r in grad_users else 0.0)
+        r.record = _write(r, base, out, all_ids, all_shas, skipped, seed, r.seconds, save_maps)
+        r.status = "done"
+    if figure:
+        grid = [r for r in runs if r.grid_maps]
+        if grid:
+            from .figures import overlay_grid
 
+            images, ids = _grid_images(ds, size, GRID_ITEMS)
+            overlay_grid(images, {r.name: np.stack(r.grid_maps)[:len(images)] for r in grid}, ids,
+                         net.wall.dead_from, out / "overlays.png")
+    return runs
+
+
+def _check_args(target, postprocess, batch_size, limit) -> None:
     if target not in TARGET_RULES:
         raise StackbenchError(f"--target {target!r}: expected one of {', '.join(TARGET_RULES)}")
     if postprocess not in M.POSTPROCESS:
@@ -215,34 +274,46 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
         raise StackbenchError(f"--batch-size {batch_size}: must be at least 1")
     if limit is not None and limit < 1:
         raise StackbenchError(f"--limit {limit}: must be at least 1")
+
+
+def _instances(methods, method_config) -> list[SaliencyMethod]:
     if isinstance(methods, (str, SaliencyMethod)):
         methods = [methods]
-    instances = [m if isinstance(m, SaliencyMethod) else None for m in methods]
-    resolved = resolve_methods([m for m in methods if not isinstance(m, SaliencyMethod)], **(method_config or {})) \
-        if any(i is None for i in instances) else []
-    instances = [i for i in instances if i is not None] + resolved
-    dev = pick_device(device)
+    given = [m for m in methods if isinstance(m, SaliencyMethod)]
+    specs = [m for m in methods if not isinstance(m, SaliencyMethod)]
+    return given + (resolve_methods(specs, **(method_config or {})) if specs else [])
 
-    ds, info = open_dataset(dataset)
+
+def _open_inputs(dataset, model, dev, seed, target, allow_incomplete):
+    """(dataset, its info, the model), checked against each other."""
+    from .models import load_model
+
+    ds, info = open_dataset(dataset, allow_incomplete=allow_incomplete)
     net = load_model(model, seed=seed, device=dev)
-    wall = net.wall
     walls = sorted(set(int(v) for v in ds.unique("wall_row")))
-    if walls != [wall.dead_from]:
+    if walls != [net.wall.dead_from]:
         raise StackbenchError(f"dataset {dataset} puts the wall at row {', '.join(map(str, walls))} but model "
-                              f"{net.ref} is blind from row {wall.dead_from}; evaluate it with a model of the same "
+                              f"{net.ref} is blind from row {net.wall.dead_from}; evaluate it with a model of the same "
                               "wall (or regenerate the dataset for this model)")
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if target == "label":
+        top = max(ds["label"], default=-1)
+        if top >= net.num_classes:
+            raise StackbenchError(f"--target label: dataset {dataset} has labels up to {top} but model {net.ref} has "
+                                  f"{net.num_classes} classes; use --target predicted, or a model trained on the "
+                                  "dataset's classes")
+    return ds, info, net
+
+
+def _base_record(dataset, info, net, dev, target, postprocess, seed, limit, batch_size) -> dict:
+    from .models import model_sha256
+
     param = next(net.parameters())
-    base = {
+    return {
         "schema": SCHEMA,
         "dataset": {"ref": dataset, "fingerprint": info["fingerprint"], "n": info["n"], "revision": info.get("revision"),
                     "kind": (info.get("generation") or {}).get("kind")},
         "model": {"ref": net.ref, "name": getattr(net, "name", type(net).__name__), "sha256": model_sha256(net),
-                  "wall": wall.to_dict()},
+                  "wall": net.wall.to_dict()},
         "target": target,
         "postprocess": {"name": postprocess, "definition": M.POSTPROCESS[postprocess]},
         "env": {**versions("torch", "grad-cam", "captum", "numpy", "opencv"), "device": dev.type,
@@ -252,7 +323,11 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
                 "preprocess": "RGB, ToTensor, ImageNet mean/std; images used at their stored size"},
     }
 
-    runs = [MethodRun(m, m.name) for m in instances]
+
+def _resume(runs: list[MethodRun], out: Path, base: dict) -> None:
+    """Mark as skipped the methods whose record of the same identity (and untouched rows) is already in `out`."""
+    from .models import file_sha256
+
     for r in runs:
         stem = file_stem(r.name)
         r.record_path = out / f"{stem}.json"
@@ -264,22 +339,35 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
                     r.status, r.record = "skipped", old
             except StackbenchError:
                 pass  # unreadable or tampered: compute it again
-    todo = [r for r in runs if r.status == "pending"]
-    if not todo:
-        return runs
 
-    backbone = Backbone(net)
+
+def _guarded(r: MethodRun, what: str, call) -> bool:
+    """Run a method's setup/teardown; a failure (SystemExit included) fails that method alone. A real Ctrl-C
+    propagates."""
+    try:
+        call()
+        return True
+    except BaseException as e:  # noqa: BLE001 - foreign code may raise anything
+        reason = foreign_failure(e)
+        if reason is None:
+            raise
+        if r.status == "pending":
+            r.status, r.error = "failed", f"method {r.name}: {what} raised {reason}"
+        return False
+
+
+def _loop(todo, ds, backbone, dev, target, postprocess, batch_size, seed, save_maps, progress):
+    """The batches: one shared pass, then every live method. Returns (skipped, ids, image shas, shared seconds)."""
+    wall = backbone.wall
     for r in todo:
-        try:
-            r.method.setup(backbone, seed=seed)
-        except Exception as e:  # noqa: BLE001
-            r.status, r.error = "failed", f"setup raised {type(e).__name__}: {e}"
+        _guarded(r, "setup", lambda r=r: r.method.setup(backbone, seed=seed))
     need_grads = any("gradients" in r.method.needs for r in todo if r.status == "pending")
     bars = _bars(todo, len(ds), progress)
     skipped: list[dict] = []
     all_ids, all_shas = [], []
     shared_s = {"forward": 0.0, "backward": 0.0}
     size = tuple(wall.input_size)
+    shapes = (tuple(wall.grid), size)
     try:
         for idx, ids, labels, shas, x01 in iter_batches(ds, batch_size, size, skipped):
             live = [r for r in todo if r.status == "pending"]
@@ -292,13 +380,12 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
             t0 = time.perf_counter()
             logits, targets, A, G = shared_pass(backbone, x, target, labels,
                                                 need_grads and any("gradients" in r.method.needs for r in live))
-            t1 = time.perf_counter()
-            shared_s["forward" if G is None else "backward"] += t1 - t0
+            shared_s["forward" if G is None else "backward"] += time.perf_counter() - t0
             predicted = logits.argmax(dim=1).tolist()
             batch = Batch(x=x, x01=x01, targets=targets, logits=logits, index=idx, ids=ids, backbone=backbone,
                           activations=A, gradients=G, seed=seed)
             for r in live:
-                _run_one(r, batch, labels, predicted, postprocess, wall.dead_from, size, save_maps)
+                _run_one(r, batch, labels, predicted, postprocess, wall.dead_from, size, save_maps, shapes)
                 if bars:
                     bars[r.name].update(len(ids))
                     if r.status == "failed":
@@ -307,32 +394,8 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
         for b in (bars or {}).values():
             b.close()
         for r in todo:
-            try:
-                r.method.teardown()
-            except Exception:  # noqa: BLE001 - teardown must not hide results
-                pass
-
-    share = shared_s["forward"] / max(1, len(todo))
-    grad_users = [r for r in todo if "gradients" in r.method.needs]
-    for r in todo:
-        if r.status != "pending":
-            continue
-        if not r.rows:
-            r.status, r.error = "failed", "no item could be evaluated (all were skipped)"
-            continue
-        seconds = r.seconds + share + (shared_s["backward"] / len(grad_users) if r in grad_users else 0.0)
-        r.seconds = seconds
-        r.record = _write(r, base, out, all_ids, all_shas, skipped, seed, seconds, save_maps)
-        r.status = "done"
-    if figure:
-        grid = [r for r in runs if r.grid_maps]
-        if grid:
-            from .figures import overlay_grid
-
-            images, ids = _grid_images(ds, size, GRID_ITEMS)
-            overlay_grid(images, {r.name: np.stack(r.grid_maps)[:len(images)] for r in grid}, ids,
-                         wall.dead_from, out / "overlays.png")
-    return runs
+            _guarded(r, "teardown", r.method.teardown)
+    return skipped, all_ids, all_shas, shared_s
 
 
 def _bars(runs, total, progress):
@@ -344,17 +407,19 @@ def _bars(runs, total, progress):
             for i, r in enumerate(runs)}
 
 
-def _run_one(r: MethodRun, batch: Batch, labels, predicted, postprocess, dead_from, size, save_maps):
+def _run_one(r: MethodRun, batch: Batch, labels, predicted, postprocess, dead_from, size, save_maps, shapes):
     t0 = time.perf_counter()
     try:
         try:
             out = r.method.explain(batch)
         except MethodFailure:
             raise
-        except Exception as e:  # noqa: BLE001 - a faulty method fails alone
-            raise MethodFailure(f"raised {first_line(e)}", "0") \
-                from None
-        maps = check_maps(out, len(batch.ids))
+        except BaseException as e:  # noqa: BLE001 - a faulty method fails alone, even one that calls sys.exit
+            reason = foreign_failure(e)
+            if reason is None:  # the user's Ctrl-C
+                raise
+            raise MethodFailure(f"raised {reason}", "0") from None
+        maps = check_maps(out, len(batch.ids), shapes)
     except MethodFailure as f:
         item = batch.ids[int(f.item)] if f.item else batch.ids[0]
         r.status = "failed"
@@ -405,7 +470,7 @@ def _grid_images(ds, size, k):
     for j in range(min(k, len(ds))):
         row = ds[j]
         try:
-            x = decode_image(row["image"]["bytes"], size)
+            x, _ = decode_image(row["image"]["bytes"], size)
         except Exception:  # noqa: BLE001
             continue
         images.append(x.permute(1, 2, 0).numpy())

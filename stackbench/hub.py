@@ -135,12 +135,17 @@ def plan_model(folder: str | Path, repo_id: str, private: bool = False, revision
 def publish(plan: Plan, api: HfApi | None = None) -> str:
     """Create the repo (and branch) if needed and send every file in one commit; returns the commit URL."""
     api = api or HfApi()
-    api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=plan.private, exist_ok=True)
-    if plan.revision:
-        api.create_branch(plan.repo_id, branch=plan.revision, repo_type=plan.repo_type, exist_ok=True)
     ops = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(plan.folder / path)) for path, _ in plan.files]
-    info = api.create_commit(plan.repo_id, operations=ops, commit_message=plan.message, repo_type=plan.repo_type,
-                             revision=plan.revision)
+    try:
+        api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=plan.private, exist_ok=True)
+        if plan.revision:
+            api.create_branch(plan.repo_id, branch=plan.revision, repo_type=plan.repo_type, exist_ok=True)
+        info = api.create_commit(plan.repo_id, operations=ops, commit_message=plan.message, repo_type=plan.repo_type,
+                                 revision=plan.revision)
+    except Exception as e:  # noqa: BLE001 - the Hub's client raises many kinds (HTTP, connection, auth, OS)
+        raise StackbenchError(f"publishing to {plan.repo_id} on the Hub failed ({first_line(e, 160)}): check the "
+                              "network (HF_ENDPOINT), your token (HF_TOKEN or `hf auth login`) and the repo id, then "
+                              "run the same command again; the commit is all or nothing, so no file was sent") from None
     return getattr(info, "commit_url", str(info))
 
 
@@ -156,7 +161,7 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
     from .records import METRICS
 
     store = Path(store)
-    bad = [v for v in lb.verify(store=store, rerun=False) if not v.ok]
+    bad = [v for v in lb.verify(store=store, rerun=False) if v.failed]
     if bad:
         raise StackbenchError(f"leaderboard row {bad[0].row} does not verify ({bad[0].message}); fix it before "
                               "publishing")
@@ -197,10 +202,12 @@ falls behind the wall of a walled model (mu, lower is better). `results`: one ro
 `stackbench leaderboard verify` recomputes any row.
 """)
     atomic_write_bytes(stage / "README.md", str(card).encode())
-    for p in sorted((store / "results").rglob("*")) + [store / "tracks.json"]:
+    for p in sorted((store / "results").rglob("*")) + sorted((store / lb.METHODS_DIR).rglob("*")) + \
+            [store / "tracks.json", store / lb.VERIFIED]:
         if p.is_file():
             dst = stage / p.relative_to(store)
             atomic_write_bytes(dst, p.read_bytes())
-    files = _files(stage, ("README.md", "data/*.parquet", "results/*", "tracks.json"))
+    files = _files(stage, ("README.md", "data/*.parquet", "results/*", f"{lb.METHODS_DIR}/*", "tracks.json",
+                           lb.VERIFIED))
     return Plan(repo_id, "dataset", stage, files, f"stackbench leaderboard: {len(results)} records", private, revision,
                 [f"{len(results)} records verify (schema, rows, aggregates, pins)"])

@@ -21,19 +21,37 @@ import math
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datafolder import atomic_write_bytes, atomic_write_json, fingerprint
-from .errors import StackbenchError
-from .generate.resources import ROOT
+from .errors import Refused, StackbenchError, close_matches, first_line, foreign_failure, watching_ctrl_c
 from .metrics import mu_cell
-from .records import METRICS
+from .records import METRICS, safe_url, validate_record
 
-STORE = ROOT / "leaderboard"
 DATASETS = ("stack-mix", "stack-gen")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-REL_TOL = 1e-6
+REL_TOL = 1e-6            # stored aggregates must be what their own per-image rows give, to round-off
+# A re-run reproduces a number when it agrees to within this (on mu in [0, 1]: 0.01 on the board's x100 scale).
+# Not tighter: the same images through the same weights differ by float round-off between CPUs (oneDNN and
+# OpenCV pick their kernels by CPU; up to 3e-4 on one image's mu, 1e-5 on a mean, measured AVX-512 vs AVX2).
+RERUN_ATOL = 1e-4
+VERIFIED = "verified.json"  # the rows the last `verify` of the store reproduced
+METHODS_DIR = "methods"   # submitted plugin code, one folder per row name
+
+
+def default_store() -> Path:
+    """`./leaderboard` when the current folder holds a board (a clone of it); never the installed package's."""
+    here = Path.cwd() / "leaderboard"
+    if (here / "tracks.json").is_file():
+        return here
+    raise StackbenchError("no leaderboard store here: run from a clone of the board (a folder with "
+                          "leaderboard/tracks.json) or pass --store DIR")
+
+
+def resolve_store(store) -> Path:
+    return default_store() if store is None else Path(store)
 
 
 # ------------------------------------------------------------------------------------------------ tracks
@@ -88,21 +106,23 @@ def _generate(kind: str, preset: str, folder: Path, progress: bool) -> None:
         generate_stack_gen(folder, StackGenRecipe.from_fields(fields), progress=progress, overwrite=True)
 
 
-def load_tracks(store: Path = STORE) -> dict[str, Track]:
-    path = Path(store) / "tracks.json"
+def load_tracks(store: Path | None = None) -> dict[str, Track]:
+    path = resolve_store(store) / "tracks.json"
     if not path.is_file():
         raise StackbenchError(f"{path} is missing: the leaderboard store must define its tracks")
-    raw = json.loads(path.read_text())
-    return {name: Track(name=name, **spec) for name, spec in raw["tracks"].items()}
+    try:
+        raw = json.loads(path.read_text())
+        return {name: Track(name=name, **spec) for name, spec in raw["tracks"].items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise StackbenchError(f"{path} is not a tracks file ({first_line(e, 80)}); restore it from the board's "
+                              "repository") from None
 
 
-def get_track(track: str | Track, store: Path = STORE) -> Track:
+def get_track(track: str | Track, store: Path | None = None) -> Track:
     if isinstance(track, Track):
         return track
     tracks = load_tracks(store)
     if track not in tracks:
-        from .errors import close_matches
-
         raise StackbenchError(f"unknown track {track!r}{close_matches(track, tracks)}; tracks: {', '.join(tracks)}")
     return tracks[track]
 
@@ -121,15 +141,6 @@ def stem_for(name: str) -> str:
     return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def safe_url(url: str | None) -> str | None:
-    """http(s) links only; anything else (javascript:, data:, file:) is refused."""
-    if url is None or url == "":
-        return None
-    if not re.match(r"^https?://[^\s<>\"']+$", url, flags=re.I):
-        raise StackbenchError(f"--url {url!r}: only http:// or https:// links are accepted")
-    return url
-
-
 def row_path(store: Path, track: str, dataset: str, model: str, name: str) -> Path:
     base = (Path(store) / "results").resolve()
     path = base / stem_for(track) / stem_for(dataset) / stem_for(re.sub(r"[@/:]", "_", model)) / f"{stem_for(name)}.json"
@@ -138,38 +149,66 @@ def row_path(store: Path, track: str, dataset: str, model: str, name: str) -> Pa
     return path
 
 
+def row_key(store: Path, path: Path) -> str:
+    """'track/dataset/model/name': how verify and the board name a row."""
+    return path.relative_to(Path(store) / "results").with_suffix("").as_posix()
+
+
 @contextlib.contextmanager
 def _locked(store: Path):
-    """One writer at a time in a store (concurrent submits both land, one after the other)."""
+    """One writer at a time in a store (concurrent submits both land, one after the other). The lock is taken on
+    the store folder itself: nothing is left behind."""
     Path(store).mkdir(parents=True, exist_ok=True)
-    with open(Path(store) / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = os.open(store, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
-def stored_rows(store: Path = STORE, track: str | None = None, method: str | None = None) -> list[Path]:
-    base = Path(store) / "results"
+def stored_rows(store: Path | None = None, track: str | None = None, method: str | None = None) -> list[Path]:
+    base = resolve_store(store) / "results"
     pattern = f"{track or '*'}/*/*/{method or '*'}.json"
     return sorted(base.glob(pattern))
 
 
 # ------------------------------------------------------------------------------------------------ submit
 
+def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
+    """(store-relative method source, destination, bytes) for a plugin whose code must travel with the row, or
+    None for a built-in or an installed package. A module that no distribution provides cannot be re-run by a
+    reviewer: it is refused with the fix."""
+    from .methods.plugins import is_file_spec
+
+    if m.source == "stackbench" or m.package:
+        return None
+    if not (m.code and is_file_spec(m.source)):
+        raise StackbenchError(f"method {m.source!r} comes from a module that no installed distribution provides, so "
+                              "a reviewer could not install it: submit the file as path/file.py:Class, or install "
+                              "it as a package (pip install .) first")
+    where, _, attr = m.source.rpartition(":")
+    data = Path(where).read_bytes()
+    if hashlib.sha256(data).hexdigest() != m.code["sha256"]:
+        raise StackbenchError(f"{where} changed while it was evaluated; submit again")
+    rel = f"{METHODS_DIR}/{stem_for(name)}/{m.code['file']}"
+    return f"{rel}:{attr}", Path(store) / rel, data
+
+
 def submit(method: str, track: str | Track = "mini", *, name: str | None = None, author: str | None = None,
-           url: str | None = None, description: str | None = None, replace: bool = False, store: Path = STORE,
+           url: str | None = None, description: str | None = None, replace: bool = False, store: Path | None = None,
            device: str = "auto", progress: bool = True, method_config: dict | None = None) -> list[Path]:
     """Run the track's official evaluation of `method` on each of its datasets and write the records into the
-    store. Returns the written record paths."""
+    store, with the method's code when it is a plugin file (methods/<name>/). Returns the written record paths."""
     from .evaluate import evaluate, resolve_methods
 
+    store = resolve_store(store)
     t = get_track(track, store)
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]
     name = name or m.name
     stem_for(name)
     url = safe_url(url)
+    code = _code_to_store(m, store, name)
     paths = {ds: row_path(store, t.name, ds, t.model, name) for ds in t.datasets}
     taken = [p for p in paths.values() if p.exists()]
     if taken and not replace:
@@ -178,14 +217,15 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     with tempfile.TemporaryDirectory(prefix="stackbench-submit-") as tmp:
         for ds in t.datasets:
             folder = t.dataset_folder(ds, progress=progress)
-            out = Path(tmp) / ds
             (run,) = evaluate([m], str(folder), t.model, target=t.target, postprocess=t.postprocess,
-                              batch_size=t.batch_size, device=device, out=out, seed=t.seed, progress=progress,
-                              figure=False)
+                              batch_size=t.batch_size, device=device, out=Path(tmp) / ds, seed=t.seed,
+                              progress=progress, figure=False)
             if run.status != "done":
                 raise StackbenchError(f"{name} failed on {t.name}/{ds}: {run.error}; nothing was written")
             record = dict(run.record)
             record["dataset"] = {**record["dataset"], "ref": f"{t.name}:{ds}", "name": ds}
+            if code:
+                record["method"] = {**record["method"], "source": code[0]}
             record["track"] = t.name
             record["submission"] = {"name": name, "author": author, "url": url, "description": description,
                                     "method_spec": method, "submitted": record["created"][:10]}
@@ -198,6 +238,8 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
             if taken and not replace:
                 raise StackbenchError(f"{name} was submitted to the {t.name} board meanwhile ({taken[0]}); pass "
                                       "--replace to overwrite it")
+            if code:
+                atomic_write_bytes(code[1], code[2])
             for ds, (record, rows) in staged.items():
                 atomic_write_bytes(paths[ds].with_suffix(".parquet"), rows)
                 atomic_write_json(paths[ds], record)  # last: a record means its rows are there
@@ -209,23 +251,28 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
 def _rows_from(data: bytes) -> list[dict]:
     import io
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(data)).to_pylist()
+    try:
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    except pa.ArrowException as e:
+        raise StackbenchError(f"its per-image rows are not a readable Parquet file ({first_line(e, 80)})") from None
 
 
-def _close(a, b) -> bool:
+def _close(a, b, rel: float = REL_TOL, abs_: float = 1e-12) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-12)
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, rel, abs_) for x, y in zip(a, b))
+    if isinstance(a, (bool, str, int)) or isinstance(b, (bool, str, int)):
+        return a == b
+    return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
 
 
 def check_record(record: dict, rows_bytes: bytes, track: Track, where: str) -> None:
     """Schema, rows hash, rows -> summary, pinned fingerprints. Raises StackbenchError naming the row."""
     from .evaluate import aggregate_rows
-    from .records import validate_record
 
     validate_record(record, where=where)
     for f in ("track", "submission"):
@@ -233,10 +280,13 @@ def check_record(record: dict, rows_bytes: bytes, track: Track, where: str) -> N
             raise StackbenchError(f"{where}: field {f} is missing")
     if hashlib.sha256(rows_bytes).hexdigest() != record["rows"]["sha256"]:
         raise StackbenchError(f"{where}: the per-image rows file does not match rows.sha256 (edited?)")
-    rows = _rows_from(rows_bytes)
+    try:
+        rows = _rows_from(rows_bytes)
+        again = aggregate_rows(rows, record["seeds"].get("bootstrap", 0))
+    except (StackbenchError, KeyError, TypeError) as e:
+        raise StackbenchError(f"{where}: the per-image rows cannot be aggregated ({first_line(e, 120)})") from None
     if len(rows) != record["items"]["n"]:
         raise StackbenchError(f"{where}: {len(rows)} per-image rows but items.n = {record['items']['n']}")
-    again = aggregate_rows(rows, record["seeds"]["bootstrap"])
     for metric, agg in again.items():
         for key, value in agg.items():
             stored = record["metrics"].get(metric, {}).get(key)
@@ -253,101 +303,247 @@ def check_record(record: dict, rows_bytes: bytes, track: Track, where: str) -> N
                               f"{track.model_sha256[:12]}")
 
 
+REPRODUCED, FAILED, NOT_RERUN = "reproduced", "failed", "not re-run"
+
+
 @dataclass
 class Verdict:
+    """One row's verdict: reproduced (re-run here, every metric within REL_TOL), failed (named: the field and both
+    values), or not re-run (with the reason; never counted as passed)."""
+
     row: str
-    ok: bool
-    rerun: bool
+    status: str
     message: str
 
+    @property
+    def passed(self) -> bool:
+        return self.status == REPRODUCED
 
-def verify(track: str | None = None, method: str | None = None, store: Path = STORE, rerun: bool = True,
-           device: str = "auto", progress: bool = False, skip: tuple[str, ...] = ()) -> list[Verdict]:
-    """Check every stored row (of a track / method): record, rows, pins; re-run it when its method is here."""
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+
+class _NotRerun(Exception):
+    """The row's method cannot be re-created here (the reason says what is missing)."""
+
+
+def _load_record(path: Path, row: str) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StackbenchError(f"{row}: not valid JSON ({first_line(e, 80)})") from None
+    if not isinstance(record, dict):
+        raise StackbenchError(f"{row}: not a JSON object (a {type(record).__name__})")
+    return record
+
+
+def check_stored_row(store: Path, path: Path, tracks: dict) -> tuple[dict, Track]:
+    """The static checks of one stored row (`verify --no-rerun`): (record, track), or StackbenchError."""
+    row = row_key(store, path)
+    record = _load_record(path, row)
+    t = tracks.get(path.relative_to(Path(store) / "results").parts[0])
+    if t is None:
+        raise StackbenchError(f"{row}: no track of that name in tracks.json")
+    validate_record(record, where=row)
+    rows_file = path.with_suffix(".parquet")
+    if not rows_file.is_file():
+        raise StackbenchError(f"{row}: per-image rows file {rows_file.name} is missing")
+    check_record(record, rows_file.read_bytes(), t, where=row)
+    return record, t
+
+
+def method_for(record: dict, store: Path):
+    """The method instance that re-runs a stored row: a built-in, the plugin file copied into the store (its
+    sha256 checked), or an installed package at the recorded version. _NotRerun says what is missing;
+    StackbenchError means the row is wrong."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+    from .methods import get_method, list_methods
+    from .methods.plugins import file_digest, is_file_spec
+
+    m = record["method"]
+    if m["source"] == "stackbench":
+        if m["name"] not in list_methods():
+            made = record["env"].get("stackbench")
+            if made == __version__:
+                raise StackbenchError(f"method {m['name']!r} is not a built-in of stackbench {made}, the version the "
+                                      "record names")
+            raise _NotRerun(f"stackbench {__version__} has no built-in method {m['name']!r} (the record was made "
+                            f"with stackbench {made})")
+        return get_method(m["name"], **m["config"])
+    if m.get("package"):
+        want = m["package"]
+        try:
+            have = version(want["name"])
+        except PackageNotFoundError:
+            have = None
+        if have != want["version"]:
+            raise _NotRerun(f"needs package {want['name']}=={want['version']}"
+                            + (f" ({have} is installed)" if have else ""))
+        spec = m["source"]
+        return get_method(spec.split(":", 1)[1].split("=", 1)[0] if spec.startswith("entry-point:") else spec,
+                          **m["config"])
+    if not (m.get("code") and is_file_spec(m["source"])):
+        raise _NotRerun(f"the record carries neither the code nor the package of method {m['source']!r}")
+    where, _, attr = m["source"].rpartition(":")
+    path = Path(where) if Path(where).is_absolute() else Path(store) / where
+    if not path.is_file():
+        raise _NotRerun(f"its method code {where} is not in the store (submit copies it there; add it to the pull "
+                        "request)")
+    if file_digest(path) != m["code"]["sha256"]:
+        raise StackbenchError(f"method code {where} has sha256 {file_digest(path)[:12]}, the record says "
+                              f"{m['code']['sha256'][:12]} (edited after submission?)")
+    return get_method(f"{path}:{attr}", **m["config"])
+
+
+def rerun_row(record: dict, t: Track, inst, device: str, progress: bool) -> list[str]:
+    """Re-run one row; the differences from the record (empty when it reproduces)."""
     from .evaluate import evaluate
-    from .methods import get_method
 
+    with tempfile.TemporaryDirectory(prefix="stackbench-verify-") as tmp:
+        folder = t.dataset_folder(record["dataset"]["name"], progress=progress)
+        (run,) = evaluate([inst], str(folder), t.model, target=record["target"],
+                          postprocess=record["postprocess"]["name"], batch_size=t.batch_size, device=device,
+                          out=tmp, seed=record["seeds"]["run"], progress=progress, figure=False)
+        if run.status != "done":
+            return [f"the re-run failed: {run.error}"]
+        again = run.record
+        bad = [f"metrics.{k}.{f}: stored {record['metrics'].get(k, {}).get(f)}, recomputed {again['metrics'][k][f]}"
+               for k in METRICS for f in ("mean", "std", "n", "n_empty")
+               if not _close(again["metrics"][k][f], record["metrics"].get(k, {}).get(f), 0.0, RERUN_ATOL)]
+        if record["items"]["digest"] != again["items"]["digest"]:
+            bad.append("items.digest differs (other images were scored)")
+    return bad
+
+
+def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, progress: bool,
+               skip: tuple[str, ...]) -> Verdict:
+    row = row_key(store, path)
+    try:
+        record, t = check_stored_row(store, path, tracks)
+        if not rerun:
+            return Verdict(row, NOT_RERUN, "record, rows and pins check (--no-rerun)")
+        if path.stem in skip or record["method"]["name"] in skip:
+            return Verdict(row, NOT_RERUN, "record, rows and pins check; skipped with --skip")
+        bad = rerun_row(record, t, method_for(record, store), device, progress)
+    except _NotRerun as e:
+        return Verdict(row, NOT_RERUN, f"record, rows and pins check; {e}")
+    except StackbenchError as e:
+        return Verdict(row, FAILED, str(e) if str(e).startswith(row) else f"{row}: {e}")
+    except BaseException as e:  # noqa: BLE001 - a row's method must never end the whole verification
+        reason = foreign_failure(e)
+        if reason is None:
+            raise
+        return Verdict(row, FAILED, f"{row}: {reason}")
+    if bad:
+        return Verdict(row, FAILED, f"{row}: {'; '.join(bad)}")
+    return Verdict(row, REPRODUCED, f"re-run here: every metric within {RERUN_ATOL:g}, the same images")
+
+
+def verify(track: str | None = None, method: str | None = None, store: Path | None = None, rerun: bool = True,
+           device: str = "auto", progress: bool = False, skip: tuple[str, ...] = ()) -> list[Verdict]:
+    """Check every stored row (of a track / method): record, rows, pins; then re-run it. Each row gets one
+    verdict (see Verdict). With rerun, the reproduced rows are recorded in the store's verified.json, which the
+    board shows."""
+    store = resolve_store(store)
     tracks = load_tracks(store)
     out = []
-    for path in stored_rows(store, track, method):
-        row = path.relative_to(Path(store) / "results").with_suffix("").as_posix()
-        try:
-            record = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            out.append(Verdict(row, False, False, f"not valid JSON ({e})"))
-            continue
-        t = tracks.get(path.relative_to(Path(store) / "results").parts[0])
-        try:
-            if t is None:
-                raise StackbenchError(f"{row}: no track of that name in tracks.json")
-            rows_file = path.with_suffix(".parquet")
-            if not rows_file.is_file():
-                raise StackbenchError(f"{row}: per-image rows file {rows_file.name} is missing")
-            check_record(record, rows_file.read_bytes(), t, where=row)
-        except StackbenchError as e:
-            out.append(Verdict(row, False, False, str(e)))
-            continue
-        m = record["method"]
-        if not rerun or path.stem in skip or m["name"] in skip:
-            out.append(Verdict(row, True, False, "record, rows and pins check; not re-run"))
-            continue
-        try:
-            spec = m["name"] if m["source"] == "stackbench" else m["source"]
-            inst = get_method(spec, **m["config"])
-        except StackbenchError as e:
-            out.append(Verdict(row, True, False, f"record, rows and pins check; method unavailable here ({e})"))
-            continue
-        with tempfile.TemporaryDirectory(prefix="stackbench-verify-") as tmp:
-            folder = t.dataset_folder(record["dataset"]["name"], progress=progress)
-            (run,) = evaluate([inst], str(folder), t.model, target=record["target"],
-                              postprocess=record["postprocess"]["name"], batch_size=t.batch_size, device=device,
-                              out=tmp, seed=record["seeds"]["run"], progress=progress, figure=False)
-            if run.status != "done":
-                out.append(Verdict(row, False, True, f"{row}: re-run failed: {run.error}"))
-                continue
-            bad = [f"metrics.{k}.{f}: stored {record['metrics'][k][f]}, recomputed {run.record['metrics'][k][f]}"
-                   for k in METRICS for f in ("mean", "std", "n", "n_empty")
-                   if not _close(run.record["metrics"][k][f], record["metrics"][k][f])]
-            if record["items"]["digest"] != run.record["items"]["digest"]:
-                bad.append("items.digest differs (other images were scored)")
-            if bad:
-                out.append(Verdict(row, False, True, f"{row}: {'; '.join(bad)}"))
-            else:
-                out.append(Verdict(row, True, True, "record, rows and pins check; re-run reproduces every metric"))
+    with watching_ctrl_c():
+        for path in stored_rows(store, track, method):
+            out.append(verify_row(store, path, tracks, rerun, device, progress, tuple(skip)))
+    if rerun:
+        record_verdicts(store, out)
     return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_verdicts(store: Path, verdicts: list[Verdict]) -> None:
+    """Keep verified.json in step: a reproduced row is entered with the hashes of its record and rows; a row that
+    failed or could not be re-run is taken out; rows this run did not look at keep their entry."""
+    from . import __version__
+
+    store = Path(store)
+    with _locked(store):
+        entries = read_verified(store)
+        for v in verdicts:
+            entries.pop(v.row, None)
+            path = store / "results" / f"{v.row}.json"
+            if v.passed and path.is_file():
+                entries[v.row] = {"record_sha256": _sha(path), "rows_sha256": _sha(path.with_suffix(".parquet")),
+                                  "date": time.strftime("%Y-%m-%d", time.gmtime()), "stackbench": __version__}
+        atomic_write_json(store / VERIFIED, {"schema": "stackbench.verified/1", "rows": dict(sorted(entries.items()))})
+
+
+def read_verified(store: Path) -> dict:
+    """{row: entry} of verified.json ({} when absent or unreadable: then no row shows as reproduced)."""
+    try:
+        data = json.loads((Path(store) / VERIFIED).read_text())
+        rows = data.get("rows", {}) if isinstance(data, dict) else {}
+        return {k: v for k, v in rows.items() if isinstance(v, dict)}
+    except (OSError, ValueError):
+        return {}
+
+
+def reproduced(store: Path, path: Path, entries: dict) -> str | None:
+    """The date the last verify reproduced this row, if its record and rows are unchanged since; else None."""
+    e = entries.get(row_key(store, path))
+    if not e or e.get("record_sha256") != _sha(path) or e.get("rows_sha256") != _sha(path.with_suffix(".parquet")):
+        return None
+    return e.get("date") or "yes"
 
 
 # ------------------------------------------------------------------------------------------------ render
 
-def board(store: Path = STORE) -> dict:
+def board(store: Path | None = None) -> dict:
     """{track: [entry...]} with entry = {name, mu: {dataset: agg}, leak: {dataset: mean}, n, submitted, url,
-    author, description, rank_key}, ranked by mean mu over the datasets (lower is better)."""
+    author, description, reproduced: {dataset: date or None}, rank_key}, ranked by mean mu over the datasets
+    (lower is better). Every record must pass the checks of `verify --no-rerun` first: otherwise Refused, with one
+    line per bad record (a board never shows a number its rows do not give)."""
+    store = resolve_store(store)
     tracks = load_tracks(store)
+    entries_of, problems = {}, []
+    verified = read_verified(store)
+    for path in stored_rows(store):
+        try:
+            rec, t = check_stored_row(store, path, tracks)
+        except StackbenchError as e:
+            problems.append(str(e))
+            continue
+        sub = rec["submission"]
+        e = entries_of.setdefault(t.name, {}).setdefault(path.stem, {
+            "name": sub["name"], "mu": {}, "leak": {}, "n": {}, "reproduced": {}, "submitted": sub.get("submitted"),
+            "url": sub.get("url"), "author": sub.get("author"), "description": sub.get("description"),
+            "method": rec["method"]["name"]})
+        ds = rec["dataset"].get("name", path.parent.parent.name)
+        e["mu"][ds] = rec["metrics"]["mu"]
+        e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
+        e["n"][ds] = rec["items"]["n"]
+        e["reproduced"][ds] = reproduced(store, path, verified)
+    if problems:
+        raise Refused([f"{p} (the board shows only records that pass `stackbench leaderboard verify --no-rerun`)"
+                       for p in problems])
     out = {}
     for t in tracks.values():
-        entries: dict[str, dict] = {}
-        for path in stored_rows(store, t.name):
-            rec = json.loads(path.read_text())
-            sub = rec.get("submission", {})
-            e = entries.setdefault(path.stem, {"name": sub.get("name", path.stem), "mu": {}, "leak": {}, "n": {},
-                                               "submitted": sub.get("submitted"), "url": sub.get("url"),
-                                               "author": sub.get("author"), "description": sub.get("description"),
-                                               "method": rec["method"]["name"]})
-            ds = rec["dataset"].get("name", path.parent.parent.name)
-            e["mu"][ds] = rec["metrics"]["mu"]
-            e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
-            e["n"][ds] = rec["items"]["n"]
-        for e in entries.values():
+        entries = list(entries_of.get(t.name, {}).values())
+        for e in entries:
             means = [e["mu"][d]["mean"] for d in t.datasets if d in e["mu"] and e["mu"][d]["mean"] is not None]
             e["rank_key"] = sum(means) / len(means) if means else math.inf
-        out[t.name] = sorted(entries.values(), key=lambda e: (e["rank_key"], e["name"]))
+        out[t.name] = sorted(entries, key=lambda e: (e["rank_key"], e["name"]))
     return out
 
 
-def reported(store: Path = STORE) -> list[dict]:
+def reported(store: Path | None = None) -> list[dict]:
     out = []
-    for path in sorted((Path(store) / "reported").glob("*.json")):
-        out.append(json.loads(path.read_text()))
+    for path in sorted((resolve_store(store) / "reported").glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise Refused([f"reported/{path.name}: not valid JSON ({first_line(e, 80)})"]) from None
     return out
 
 
@@ -359,7 +555,8 @@ def md_text(s) -> str:
     import html
 
     s = " ".join(str(s or "").split())  # no newlines: they would break the table
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(s, quote=True))
+    # Only &, < and > become entities: a quote is inert in Markdown, and an entity's '#' would be escaped again.
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(s, quote=False))
 
 
 def _md_link(text: str, url: str | None) -> str:
@@ -368,34 +565,43 @@ def _md_link(text: str, url: str | None) -> str:
     return f"[{md_text(text)}]({url})"
 
 
+def verified_cell(track: Track, e: dict) -> str:
+    """'reproduced DATE' when the last verify of the store re-ran every dataset's row unchanged since, else
+    'not re-run'."""
+    dates = [e["reproduced"].get(d) for d in track.datasets if d in e["mu"]]
+    return f"reproduced {max(dates)}" if dates and all(dates) else "not re-run"
+
+
 def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
     rows = []
     for i, e in enumerate(entries, 1):
         leaks = [e["leak"][d] for d in track.datasets if e["leak"].get(d) is not None]
         n = "/".join(str(e["n"].get(d, "-")) for d in track.datasets)
         rows.append([str(i), e["name"], *[mu_cell(e["mu"].get(d)) for d in track.datasets],
-                     f"{100 * sum(leaks) / len(leaks):.1f}" if leaks else "-", n, e["submitted"] or "-", e["url"] or ""])
+                     f"{100 * sum(leaks) / len(leaks):.1f}" if leaks else "-", n, verified_cell(track, e),
+                     e["submitted"] or "-", e["url"] or ""])
     return rows
 
 
-def _view(store: Path, view: tuple | None) -> tuple[dict, dict]:
+def _view(store: Path | None, view: tuple | None) -> tuple[dict, dict]:
     """(tracks, boards): the given snapshot, or read from the store."""
     return view if view is not None else (load_tracks(store), board(store))
 
 
-def render_markdown(store: Path = STORE, view: tuple | None = None) -> str:
+def render_markdown(store: Path | None = None, view: tuple | None = None) -> str:
     tracks, boards = _view(store, view)
     lines = ["# stackbench leaderboard", "",
              "mu x100 (mean ± std over images): the share of a saliency map's L2 norm that falls behind the wall, "
              "where the model provably cannot see (paper eq. 1). Lower is better; rank = mean over the track's "
              "datasets. Every row is a `stackbench.result/1` record under `results/` with its per-image rows; "
-             "`stackbench leaderboard verify` recomputes it.", ""]
+             "`stackbench leaderboard verify` re-runs it. *verified*: the rows that the last verify of this store "
+             "reproduced, unchanged since; any other row is *not re-run*.", ""]
     for t in tracks.values():
         lines += [f"## Track `{t.name}`", "", md_text(t.description), "",
                   f"Model `{t.model}`" + (f" (sha256 `{t.model_sha256[:12]}`)" if t.model_sha256 else "") +
                   f"; target: {t.target}; post-processing: {t.postprocess}.", ""]
-        header = ["#", "method", *[f"{d.upper()} mu x100" for d in t.datasets], "leak rate x100", "n", "submitted",
-                  "source"]
+        header = ["#", "method", *[f"{d.upper()} mu x100" for d in t.datasets], "leak rate x100", "n", "verified",
+                  "submitted", "source"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         entries = boards[t.name]
         for row, e in zip(table_rows(t, entries), entries):
@@ -406,7 +612,7 @@ def render_markdown(store: Path = STORE, view: tuple | None = None) -> str:
             lines.append("| - | (no submissions yet) |" + " |" * (len(header) - 2))
         lines.append("")
     for rep in reported(store):
-        lines += [f"## Reported: {md_text(rep['title'])}", "", f"*Reported, not re-run here.* {md_text(rep['note'])}", "",
+        lines += [f"## Reported: {md_text(rep['title'])}", "", f"*Reported, not re-run here.* {md_text(rep.get('note'))}", "",
                   "| method | " + " | ".join(f"{d.upper()} mu x100" for d in rep["datasets"]) + " |",
                   "|---|" + "---|" * len(rep["datasets"])]
         for r in rep["rows"]:
@@ -417,7 +623,7 @@ def render_markdown(store: Path = STORE, view: tuple | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_chart(path: Path, store: Path = STORE, view: tuple | None = None) -> Path:
+def render_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
     """mu x100 per method and dataset with std error bars, one panel per track that has rows."""
     from .figures import _plt, mu_bars_ax, save_figure
 
@@ -429,7 +635,7 @@ def render_chart(path: Path, store: Path = STORE, view: tuple | None = None) -> 
     return save_figure(fig, path)
 
 
-def render_html(store: Path = STORE, chart: bytes | None = None, view: tuple | None = None) -> str:
+def render_html(store: Path | None = None, chart: bytes | None = None, view: tuple | None = None) -> str:
     import base64
     import html
 
@@ -449,17 +655,17 @@ def render_html(store: Path = STORE, chart: bytes | None = None, view: tuple | N
         entries = boards[t.name]
         parts.append(f"<h2>Track <code>{esc(t.name)}</code></h2><p>{esc(t.description.rstrip('.'))}. Model "
                      f"<code>{esc(t.model)}</code>.</p>")
-        header = ["#", "method", *[f"{d.upper()} mu x100" for d in t.datasets], "leak rate x100", "n", "submitted",
-                  "author", "source"]
+        header = ["#", "method", *[f"{d.upper()} mu x100" for d in t.datasets], "leak rate x100", "n", "verified",
+                  "submitted", "author", "source"]
         parts.append(f"<table class='board' id='track-{esc(t.name)}'><thead><tr>" +
                      "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
         for row, e in zip(table_rows(t, entries), entries):
             link = (f"<a href='{esc(e['url'])}' rel='noopener noreferrer nofollow'>link</a>"
                     if e["url"] and re.match(r"^https?://", e["url"], flags=re.I) else "")
             cells = [f"<td class='num'>{esc(row[0])}</td>", f"<td title='{esc(e['description'])}'>{esc(row[1])}</td>"]
-            cells += [f"<td class='num' data-v='{esc(v)}'>{esc(v)}</td>" for v in row[2:-3]]
-            cells += [f"<td class='num'>{esc(row[-3])}</td>", f"<td>{esc(row[-2])}</td>", f"<td>{esc(e['author'])}</td>",
-                      f"<td>{link}</td>"]
+            cells += [f"<td class='num' data-v='{esc(v)}'>{esc(v)}</td>" for v in row[2:-4]]
+            cells += [f"<td class='num'>{esc(row[-4])}</td>", f"<td class='verified'>{esc(row[-3])}</td>",
+                      f"<td>{esc(row[-2])}</td>", f"<td>{esc(e['author'])}</td>", f"<td>{link}</td>"]
             parts.append("<tr class='row'>" + "".join(cells) + "</tr>")
         parts.append("</tbody></table>")
     if chart:
@@ -487,10 +693,12 @@ for (const table of document.querySelectorAll('table')) {
     return "\n".join(parts)
 
 
-def build(store: Path = STORE) -> list[Path]:
-    """Render README.md, mu.png and index.html (deterministic: the same store gives the same bytes)."""
-    store = Path(store)
+def build(store: Path | None = None) -> list[Path]:
+    """Render README.md, mu.png and index.html (deterministic: the same store gives the same bytes). Refused,
+    with nothing written, when any record fails the checks of `verify --no-rerun`."""
+    store = resolve_store(store)
     view = (load_tracks(store), board(store))  # one reading of the store: the three files show the same rows
+    reported(store)  # a broken reported file is refused before anything is written
     chart = render_chart(store / "mu.png", store, view)
     atomic_write_bytes(store / "README.md", render_markdown(store, view).encode())
     atomic_write_bytes(store / "index.html", render_html(store, chart.read_bytes(), view).encode())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from .errors import StackbenchError
@@ -18,44 +19,65 @@ VOLATILE = ("timing", "created")
 
 _num = (int, float)
 _opt_num = (int, float, type(None))
+_opt_str = (str, type(None))
 _sha = "sha256"
+_url = "url"
+ANY = object()  # any JSON value (a method's own config)
 
-# dotted field -> accepted types (a string check "sha256" means 64 lowercase hex digits).
-FIELDS = {
+# The whole schema: a dict is an object whose keys are exactly these (a key ending in "?" may be absent); a type
+# or tuple of types is a leaf; "sha256" is 64 lowercase hex digits; "url" is null or an http(s) link. A field
+# that is not listed fails validation: a record carries what reproduces it and nothing else.
+AGG = {"mean": _opt_num, "std": _opt_num, "ci95": (list, type(None)), "n": int, "n_empty": int}
+SCHEMA_FIELDS = {
     "schema": str,
-    "method": dict, "method.name": str, "method.source": str, "method.version": str, "method.config": dict,
-    "dataset": dict, "dataset.ref": str, "dataset.fingerprint": _sha, "dataset.n": int,
-    "model": dict, "model.ref": str, "model.sha256": _sha, "model.wall": dict, "model.wall.dead_from": int,
+    "method": {"name": str, "source": str, "version": str, "config": ANY, "needs?": [str], "reference?": _opt_str,
+               "family?": str,
+               "code?": {"file": str, "sha256": _sha},          # a plugin file: the exact code that ran
+               "package?": {"name": str, "version": str}},     # an installed distribution: what to install
+    "dataset": {"ref": str, "fingerprint": _sha, "n": int, "revision?": _opt_str, "kind?": _opt_str,
+                "name?": str},
+    "model": {"ref": str, "name?": str, "sha256": _sha, "revision?": _opt_str,
+              "wall": {"dead_from": int, "grid": [int], "input_size": [int], "masked_rows": int, "side": str}},
     "target": str,
-    "postprocess": dict, "postprocess.name": str, "postprocess.definition": str,
-    "metrics": dict,
-    "items": dict, "items.n": int, "items.digest": _sha, "items.skipped": list,
-    "rows": dict, "rows.file": str, "rows.sha256": _sha,
-    "env": dict, "env.stackbench": str, "env.torch": str, "env.grad-cam": str, "env.device": str, "env.dtype": str,
-    "seeds": dict,
-    "timing": dict, "timing.seconds": _num, "timing.images_per_s": _opt_num,
+    "postprocess": {"name": str, "definition": str},
+    "metrics": "metrics",
+    "items": {"n": int, "digest": _sha, "skipped": [{"id": str, "reason": str}]},
+    "rows": {"file": str, "sha256": _sha, "columns?": [str]},
+    "env": {str: str},
+    "seeds": {str: int},
+    "run?": {"limit": (int, type(None)), "batch_size": int, "preprocess": str},
+    "timing": {"seconds": _num, "images_per_s": _opt_num},
     "created": str,
+    "track?": str,
+    "submission?": {"name": str, "author": _opt_str, "url": _url, "description": _opt_str, "method_spec": str,
+                    "submitted": str},
 }
-AGG_FIELDS = {"mean": _opt_num, "std": _opt_num, "ci95": (list, type(None)), "n": int, "n_empty": int}
+URL_RE = re.compile(r"^https?://[^\s<>\"'()]+$", flags=re.I)
 
 
-def _get(d: dict, dotted: str):
-    cur = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            raise KeyError(dotted)
-        cur = cur[part]
-    return cur
+def safe_url(url, what: str = "--url") -> str | None:
+    """http(s) links only (no spaces, quotes, brackets or parentheses); anything else (javascript:, data:, file:)
+    is refused."""
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str) or not URL_RE.match(url):
+        raise StackbenchError(f"{what} {url!r:.80}: only http:// or https:// links are accepted")
+    return url
 
 
 def _is_sha(v) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
-def _check(name: str, value, kind, where: str) -> None:
+def _leaf(name: str, value, kind, where: str) -> None:
+    if kind is ANY:
+        return
     if kind == _sha:
         if not _is_sha(value):
             raise StackbenchError(f"{where}: field {name} must be a sha256 hex digest, got {value!r:.80}")
+        return
+    if kind == _url:
+        safe_url(value, what=f"{where}: field {name}")
         return
     if isinstance(value, bool) and kind in (int, _num, _opt_num):
         raise StackbenchError(f"{where}: field {name} must be a number, got a boolean")
@@ -66,27 +88,49 @@ def _check(name: str, value, kind, where: str) -> None:
         raise StackbenchError(f"{where}: field {name} is not finite ({value})")
 
 
+def _walk(name: str, value, spec, where: str) -> None:
+    """Check `value` against `spec` (see SCHEMA_FIELDS), naming the first bad field."""
+    if spec == "metrics":
+        spec = {f"{m}?": AGG for m in METRICS}
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise StackbenchError(f"{where}: field {name} must be a list, got {type(value).__name__}")
+        for i, v in enumerate(value):
+            _walk(f"{name}[{i}]", v, spec[0], where)
+        return
+    if not isinstance(spec, dict):
+        _leaf(name, value, spec, where)
+        return
+    if not isinstance(value, dict):
+        raise StackbenchError(f"{where}: field {name} must be an object, got {type(value).__name__}")
+    prefix = f"{name}." if name else ""
+    if str in spec:  # a map: any string key, values of one kind
+        for k, v in value.items():
+            _walk(prefix + str(k), v, spec[str], where)
+        return
+    known = {k.rstrip("?"): (k.endswith("?"), s) for k, s in spec.items()}
+    for key in value:
+        if key not in known:
+            raise StackbenchError(f"{where}: field {prefix}{key} is not part of {SCHEMA}; remove it")
+    for key, (optional, sub) in known.items():
+        if key not in value:
+            if optional:
+                continue
+            raise StackbenchError(f"{where}: field {prefix}{key} is missing")
+        _walk(prefix + key, value[key], sub, where)
+
+
 def validate_record(record: dict, where: str = "result record") -> dict:
-    """Check a record against `stackbench.result/1`; raise StackbenchError naming the first bad field."""
+    """Check a record against `stackbench.result/1`; raise StackbenchError naming the first bad field (missing,
+    of the wrong type, or not part of the schema)."""
     if not isinstance(record, dict):
         raise StackbenchError(f"{where}: not a JSON object")
     if record.get("schema") != SCHEMA:
         raise StackbenchError(f"{where}: field schema is {record.get('schema')!r}, expected {SCHEMA!r}")
-    for name, kind in FIELDS.items():
-        try:
-            value = _get(record, name)
-        except KeyError:
-            raise StackbenchError(f"{where}: field {name} is missing") from None
-        _check(name, value, kind, where)
+    _walk("", record, SCHEMA_FIELDS, where)
     if "mu" not in record["metrics"]:
         raise StackbenchError(f"{where}: field metrics.mu is missing")
     for metric, agg in record["metrics"].items():
-        if not isinstance(agg, dict):
-            raise StackbenchError(f"{where}: field metrics.{metric} must be an object")
-        for f, kind in AGG_FIELDS.items():
-            if f not in agg:
-                raise StackbenchError(f"{where}: field metrics.{metric}.{f} is missing")
-            _check(f"metrics.{metric}.{f}", agg[f], kind, where)
         ci = agg["ci95"]
         if ci is not None and (len(ci) != 2 or not all(isinstance(v, _num) for v in ci) or ci[0] > ci[1]):
             raise StackbenchError(f"{where}: field metrics.{metric}.ci95 must be [low, high], got {ci!r}")
@@ -114,7 +158,7 @@ def read_record(path: str | Path) -> dict:
 
 def identity(record: dict) -> dict:
     """The part of a record that must match for a finished result to be reused (resume)."""
-    return {"method": {k: record["method"].get(k) for k in ("name", "source", "version", "config")},
+    return {"method": {k: record["method"].get(k) for k in ("name", "source", "version", "config", "code", "package")},
             "dataset": {k: record["dataset"].get(k) for k in ("fingerprint", "n")},
             "model": {k: record["model"].get(k) for k in ("sha256", "wall")},
             "target": record["target"], "postprocess": record["postprocess"]["name"],

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .datafolder import atomic_write_json
+from .datafolder import atomic_write_bytes, atomic_write_json
 from .errors import StackbenchError, first_line
 from .models.vgg import IMAGENET_MEAN, IMAGENET_STD
 from .versions import versions
@@ -101,6 +102,36 @@ class TrainConfig:
         if "crop_scale" in d:
             d["crop_scale"] = tuple(d["crop_scale"])
         return cls(**d)
+
+    def check(self) -> "TrainConfig":
+        """Refuse settings that cannot train (one line naming the option), before anything is written."""
+        finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+        rules = [
+            ("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", finite(self.lr) and self.lr > 0, "a positive number"),
+            ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "zero or more"),
+            ("step_epochs", self.step_epochs >= 1, "at least 1"), ("gamma", finite(self.gamma) and self.gamma > 0,
+                                                                   "a positive number"),
+            ("warmup_fraction", finite(self.warmup_fraction) and 0 < self.warmup_fraction < 1, "in (0, 1)"),
+            ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("dropout", self.dropout is None or (finite(self.dropout) and 0 <= self.dropout < 1), "in [0, 1)"),
+            ("crop_scale", len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+             "two numbers 0 < low <= high <= 1"),
+            ("val_resize", self.val_resize >= self.image_size, f"at least the image size {self.image_size}"),
+            ("num_classes", self.num_classes is None or self.num_classes >= 2, "at least 2"),
+            ("workers", self.workers is None or self.workers >= 0, "zero or more"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "at least 1"),
+            ("save_every", self.save_every >= 0, "zero or more"),
+            ("optimizer", self.optimizer in ("sgd", "adamw"), "sgd or adamw"),
+            ("schedule", self.schedule in ("step", "onecycle", "cosine"), "step, onecycle or cosine"),
+            ("mixed_precision", self.mixed_precision in ("auto", "no", "fp16", "bf16"), "auto, no, fp16 or bf16"),
+        ]
+        for name, ok, want in rules:
+            if not ok:
+                raise StackbenchError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be {want}; nothing "
+                                      "was written")
+        return self
 
     def replace(self, **changes) -> "TrainConfig":
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -339,6 +370,8 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if out.exists() and not out.is_dir():
         raise StackbenchError(f"output {out} is a file; give a folder for --out")
+    for stale in out.glob(".weights-*"):  # the staging folder of a run killed while saving its weights
+        shutil.rmtree(stale, ignore_errors=True)
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not present:
         return
@@ -448,6 +481,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
     """
     out = Path(out_dir)
     accelerator = None
+    if config is not None:
+        config.check()  # before the output folder is touched
     from accelerate import PartialState
 
     state0 = PartialState(cpu=not torch.cuda.is_available())
@@ -686,8 +721,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
 
 
 def _write_log(out: Path, log: list[dict]) -> None:
-    from .datafolder import atomic_write_bytes
-
     atomic_write_bytes(out / LOG, "".join(json.dumps(r, sort_keys=True) + "\n" for r in log).encode())
 
 
@@ -705,7 +738,6 @@ def _finish(model, cfg, out, run, src_info, world, device, mixed_precision, step
     wall = {"declared": model.wall.describe(), "traced_rows": [min(zone.rows), max(zone.rows)] if zone.rows else [],
             "check": result.describe(), "identical": bool(result.identical), "dead_weight_max": dead_max,
             "verdict": "PASS" if result.holds(model.wall) else "FAIL"}
-    model.save_pretrained(out)
     last = run["log"][-1] if run["log"] else {}
     summary = {
         "schema": "stackbench.train/1", "finished": True, "out": str(out), "model": model.name,
@@ -721,7 +753,20 @@ def _finish(model, cfg, out, run, src_info, world, device, mixed_precision, step
     }
     atomic_write_json(out / RECORD, summary)
     write_card(out, summary)
+    save_weights(model, out)  # last: a loadable folder means the run finished and its record and card are there
     return summary
+
+
+def save_weights(model, out: Path) -> None:
+    """save_pretrained through a staging folder: model.safetensors, then config.json (what makes the folder
+    loadable) appear whole, or not at all."""
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".weights-"))
+    try:
+        model.save_pretrained(stage)
+        for name in ("model.safetensors", "config.json"):
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_card(out: Path, summary: dict) -> None:
@@ -740,7 +785,7 @@ def write_card(out: Path, summary: dict) -> None:
     card = ModelCard.from_template(data, template_str=template, s=summary, cfg=cfg, m=m,
                                    minutes=summary["timing"]["seconds"] / 60,
                                    config_json=json.dumps(cfg, indent=2, sort_keys=True))
-    (out / "README.md").write_text(str(card))
+    atomic_write_bytes(out / "README.md", str(card).encode())
 
 
 def export_weights(model_ref: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> str:

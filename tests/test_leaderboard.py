@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stackbench import StackbenchError
+from stackbench.errors import Refused
 from stackbench import leaderboard as lb
 from stackbench.cli import main
 from stackbench.generate import generate_stack_mix
@@ -88,13 +89,9 @@ def test_untrusted_strings_render_inert(store):
     evil = "<img src=x onerror=alert(1)>"
     paths = submit(store, "GradCAM", name=evil, description="</td><script>alert(2)</script>", author="[x](javascript:y)")
     for p in paths:  # a name with markup or path separators stays a file inside the store
-        assert lb.STORE.name not in str(p) and store.resolve() in p.resolve().parents
+        assert store.resolve() in p.resolve().parents
     with pytest.raises(StackbenchError, match="only http"):
         submit(store, "GradCAM", name="other", url="javascript:alert(1)")
-    for p in paths:  # a hand-edited record (e.g. from a pull request) with a javascript: link
-        rec = json.loads(p.read_text())
-        rec["submission"]["url"] = "javascript:alert(3)"
-        p.write_text(json.dumps(rec))
     lb.build(store)
     html = (store / "index.html").read_text()
     assert "<img src=x" not in html and "<script>alert" not in html
@@ -104,18 +101,26 @@ def test_untrusted_strings_render_inert(store):
     assert "<img" not in md and "<script" not in md and "](javascript:" not in md
     with pytest.raises(StackbenchError, match="outside|empty"):
         lb.row_path(store, "test", "stack-mix", "m", "")
+    for p in paths:  # a hand-edited record (e.g. from a pull request) with a javascript: link is refused
+        rec = json.loads(p.read_text())
+        rec["submission"]["url"] = "javascript:alert(3)"
+        p.write_text(json.dumps(rec))
+    before = (store / "index.html").read_bytes()
+    with pytest.raises(Refused, match="submission.url 'javascript:alert.3.': only http"):
+        lb.build(store)
+    assert (store / "index.html").read_bytes() == before
 
 
 def test_verify_reruns_and_catches_a_hand_edited_number(store):
     paths = submit(store, "GradCAM")
     verdicts = lb.verify("test", store=store, device="cpu")
-    assert len(verdicts) == 2 and all(v.ok and v.rerun for v in verdicts)
+    assert len(verdicts) == 2 and all(v.passed for v in verdicts), [v.message for v in verdicts]
     rec = json.loads(paths[0].read_text())
     rec["metrics"]["mu"]["mean"] *= 0.5  # a better-looking number
     paths[0].write_text(json.dumps(rec))
     r = CliRunner().invoke(main, ["leaderboard", "verify", "--track", "test", "--store", str(store), "--no-rerun"])
     assert r.exit_code == 1
-    assert "FAIL test/stack-mix/minivgg-masked_random/GradCAM: " in r.output and "metrics.mu.mean" in r.output
+    assert "FAILED      test/stack-mix/minivgg-masked_random/GradCAM: " in r.output and "metrics.mu.mean" in r.output
 
 
 def test_verify_catches_edited_rows_and_a_missing_field(store):
@@ -126,7 +131,7 @@ def test_verify_catches_edited_rows_and_a_missing_field(store):
     del rec["model"]["sha256"]
     paths[1].write_text(json.dumps(rec))
     verdicts = {v.row: v for v in lb.verify("test", store=store, rerun=False)}
-    assert not verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].ok
+    assert verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].failed
     assert "does not match rows.sha256" in verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].message
     assert "field model.sha256 is missing" in verdicts["test/stack-gen/minivgg-masked_random/HiResCAM"].message
 
@@ -140,7 +145,8 @@ def test_two_concurrent_submits_both_land(store):
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
     stored = {p.stem for p in lb.stored_rows(store, "test")}
     assert stored == {"GradCAM", "XGradCAM"}
-    assert all(v.ok for v in lb.verify("test", store=store, rerun=False))
+    assert not any(v.failed for v in lb.verify("test", store=store, rerun=False))
+    assert not (store / ".lock").exists() and sorted(p.name for p in store.iterdir() if p.name.startswith("."))  == []
 
 
 def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
@@ -183,12 +189,18 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
 CHEAP = ("GradCAM", "GradCAM++", "XGradCAM", "HiResCAM", "LayerCAM", "GradCAMElementWise", "AblationCAM", "RandomCAM")
 
 
-def test_committed_mini_board_verifies():
+def test_committed_mini_board_verifies(tmp_path):
     from stackbench.methods import list_methods
 
-    rows = lb.stored_rows(lb.STORE, "mini")
+    board = shutil.copytree(ROOT / "leaderboard", tmp_path / "leaderboard")  # verify records its verdicts
+    rows = lb.stored_rows(board, "mini")
     assert {p.stem for p in rows} == set(list_methods()), "every built-in method is on the mini board"
     costly = tuple(sorted({p.stem for p in rows} - set(CHEAP)))
-    verdicts = lb.verify("mini", store=lb.STORE, device="cpu", skip=costly)
-    assert verdicts and all(v.ok for v in verdicts), [v.message for v in verdicts if not v.ok]
-    assert sum(v.rerun for v in verdicts) == 2 * len(CHEAP)
+    verdicts = lb.verify("mini", store=board, device="cpu", skip=costly)
+    assert verdicts and not any(v.failed for v in verdicts), [v.message for v in verdicts if v.failed]
+    assert sum(v.passed for v in verdicts) == 2 * len(CHEAP)
+    assert {v.status for v in verdicts if not v.passed} == {lb.NOT_RERUN}
+    # The committed board was built from records that all pass the static checks, and marks the rows its last
+    # verify reproduced.
+    assert not any(v.failed for v in lb.verify("mini", store=ROOT / "leaderboard", rerun=False))
+    assert "reproduced" in (ROOT / "leaderboard" / "README.md").read_text()

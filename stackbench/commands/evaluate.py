@@ -25,12 +25,13 @@ from .common import format_table, model_option, seed_option
 @click.option("--out", default="results", show_default=True, metavar="DIR", help="output folder")
 @seed_option
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--allow-incomplete", is_flag=True, help="evaluate a dataset folder whose generation did not finish")
 def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit, device, save_maps, out, seed,
-             no_progress):
+             no_progress, allow_incomplete):
     """Score saliency methods by how much of their maps falls behind the wall (mu, paper eq. 1)."""
     runs = run_evaluate(list(methods), dataset, model_ref, target=target, postprocess=postprocess,
                         batch_size=batch_size, limit=limit, device=device, save_maps=save_maps, out=out, seed=seed,
-                        progress=not no_progress)
+                        progress=not no_progress, allow_incomplete=allow_incomplete)
     click.echo(format_table(summary_rows(runs), SUMMARY_HEADERS))
     click.echo(f"records: {out}/<method>.json, per-image rows: {out}/<method>.parquet")
     failed = [r for r in runs if r.status == "failed"]

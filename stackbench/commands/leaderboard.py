@@ -9,8 +9,8 @@ import click
 from .. import leaderboard as lb
 from .common import format_table
 
-store_option = click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=lb.STORE,
-                            show_default=True, help="the leaderboard store (a folder)")
+store_option = click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+                            help="the leaderboard store (a folder with tracks.json)  [default: ./leaderboard]")
 
 
 @click.command()
@@ -25,12 +25,15 @@ store_option = click.option("--store", type=click.Path(file_okay=False, path_typ
 @click.option("--no-progress", is_flag=True)
 @store_option
 def submit(method, track, name, author, url, description, replace, device, no_progress, store):
-    """Run the track's official evaluation of a method on both datasets and add it to the store."""
+    """Run the track's official evaluation of a method on both datasets and add it to the store (a plugin file is
+    copied into the store's methods/ folder, so anyone can re-run it)."""
+    store = lb.resolve_store(store)
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
                       store=store, device=device, progress=not no_progress)
     for p in paths:
         click.echo(f"wrote {p} (+ {p.with_suffix('.parquet').name})")
-    files = " ".join(str(x) for p in paths for x in (p, p.with_suffix(".parquet")))
+    code = sorted((store / lb.METHODS_DIR / lb.stem_for(name or paths[0].stem)).glob("*"))
+    files = " ".join(str(x) for p in paths for x in (p, p.with_suffix(".parquet"))) + "".join(f" {c}" for c in code)
     click.echo("next: stackbench leaderboard build, then commit the rows and the rendered board:")
     click.echo(f"  git add {files} {store / 'README.md'} {store / 'index.html'} {store / 'mu.png'}")
 
@@ -40,27 +43,43 @@ def leaderboard():
     """Verify, render and show the leaderboard store."""
 
 
+LABEL = {lb.REPRODUCED: "reproduced", lb.FAILED: "FAILED", lb.NOT_RERUN: "not re-run"}
+
+
 @leaderboard.command()
 @click.option("--track", default=None)
 @click.option("--method", default=None, help="only rows of this submission name")
-@click.option("--no-rerun", is_flag=True, help="check records, rows and pins only; do not re-run methods")
+@click.option("--no-rerun", is_flag=True, help="check records, rows and pins only; re-run nothing (every row is "
+              "reported 'not re-run')")
 @click.option("--skip", multiple=True, help="do not re-run these rows (repeatable; e.g. costly methods)")
+@click.option("--allow-not-rerun", is_flag=True, help="exit 0 even when rows could not be re-run (they are still "
+              "listed)")
 @click.option("--device", default="auto", show_default=True)
 @store_option
-def verify(track, method, no_rerun, skip, device, store):
-    """Re-check every stored row; exit 1 naming each row that does not hold."""
+def verify(track, method, no_rerun, skip, allow_not_rerun, device, store):
+    """Re-run every stored row. Each row is reproduced (every metric within the tolerance), FAILED (the field and
+    both values) or not re-run (the reason). Exit 1 when a row failed or was not re-run (see --allow-not-rerun)."""
     verdicts = lb.verify(track, method, store=store, rerun=not no_rerun, device=device, skip=tuple(skip))
+    width = max(len(v) for v in LABEL.values())
     for v in verdicts:
-        click.echo(f"{'ok  ' if v.ok else 'FAIL'} {v.row}: {v.message}")
-    bad = [v for v in verdicts if not v.ok]
-    click.echo(f"{len(verdicts) - len(bad)} passed, {len(bad)} failed" if verdicts else "no stored rows")
-    sys.exit(1 if bad else 0)
+        click.echo(f"{LABEL[v.status]:<{width}}  {v.row}: {v.message}")
+    if not verdicts:
+        click.echo("no stored rows" + (" match" if track or method else ""))
+        sys.exit(1)
+    count = {s: sum(v.status == s for v in verdicts) for s in LABEL}
+    if no_rerun:
+        click.echo(f"{len(verdicts) - count[lb.FAILED]} rows: records, rows and pins check, not re-run (--no-rerun); "
+                   f"{count[lb.FAILED]} failed")
+        sys.exit(1 if count[lb.FAILED] else 0)
+    click.echo(f"{count[lb.REPRODUCED]} reproduced, {count[lb.FAILED]} failed, {count[lb.NOT_RERUN]} not re-run "
+               f"(reproduced: every metric within {lb.RERUN_ATOL:g}, the same images)")
+    sys.exit(1 if count[lb.FAILED] or (count[lb.NOT_RERUN] and not allow_not_rerun) else 0)
 
 
 @leaderboard.command()
 @store_option
 def build(store):
-    """Render README.md, index.html and mu.png from the store."""
+    """Render README.md, index.html and mu.png from the store (refused when a record does not check)."""
     for p in lb.build(store):
         click.echo(f"wrote {p}")
 
@@ -69,11 +88,12 @@ def build(store):
 @click.option("--track", default=None)
 @store_option
 def show(track, store):
-    """Print the board in the terminal."""
+    """Print the board in the terminal (refused when a record does not check)."""
     tracks, boards = lb.load_tracks(store), lb.board(store)
     for t in tracks.values():
         if track and t.name != track:
             continue
         click.echo(f"track {t.name} (model {t.model})")
-        header = ["#", "method", *[f"{d} mu x100" for d in t.datasets], "leak x100", "n", "submitted", "source"]
+        header = ["#", "method", *[f"{d} mu x100" for d in t.datasets], "leak x100", "n", "verified", "submitted",
+                  "source"]
         click.echo(format_table(lb.table_rows(t, boards[t.name]), header) if boards[t.name] else "  no submissions yet")

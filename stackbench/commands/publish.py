@@ -47,9 +47,9 @@ def publish_model(folder, repo_id, private, revision, dry_run):
 @click.option("--private", is_flag=True)
 @click.option("--revision", default=None, metavar="BRANCH")
 @click.option("--dry-run", is_flag=True, help="print what would be sent and exit; no network")
-@click.option("--store", type=click.Path(file_okay=False), default=None, help="the leaderboard store [default: leaderboard/]")
+@click.option("--store", type=click.Path(file_okay=False), default=None, help="the leaderboard store [default: ./leaderboard]")
 def publish_leaderboard(repo_id, private, revision, dry_run, store):
     """The leaderboard store as a Parquet dataset (every row verified first)."""
     from .. import leaderboard as lb
 
-    _run(hub.plan_leaderboard(store or lb.STORE, repo_id, private, revision), dry_run)
+    _run(hub.plan_leaderboard(lb.resolve_store(store), repo_id, private, revision), dry_run)

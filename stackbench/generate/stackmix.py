@@ -132,6 +132,22 @@ class StackMixBuilder:
         perm = np.random.default_rng([recipe.seed, _CLASS_ORDER]).permutation(len(usable))
         self.class_order = [usable[j] for j in perm]
         self.n_items = recipe.num_images if recipe.num_images is not None else recipe.per_class * len(usable)
+        self._check_capacity()
+
+    def _check_capacity(self) -> None:
+        """Refuse, before any shard is planned, more items than the source gives before a class runs out of new
+        pairs (item i takes pair i // classes of its class, so the first repeat is at the smallest
+        slot + classes x pairs of that slot's class)."""
+        n_cls = len(self.class_order)
+        pairs = [len(self.pools[c]) // 2 for c in self.class_order]
+        cap = min(s + n_cls * p for s, p in enumerate(pairs))
+        if self.n_items > cap:
+            per = "--per-class" if self.recipe.per_class is not None else "--num-images"
+            ask = self.recipe.per_class if self.recipe.per_class is not None else self.n_items
+            most = min(pairs) if self.recipe.per_class is not None else cap
+            raise StackbenchError(f"{per} {ask}: {self.source.ref} ({self.source.split} split, {n_cls} classes, the "
+                                  f"smallest with {min(pairs)} distinct pairs) gives at most {cap} STACK-MIX items "
+                                  f"without repeating a pair; ask for at most {most}, or give a larger source")
 
     def _has_pair(self, c: int) -> bool:
         """At least two usable images (checked in file order, stopping at the second)."""

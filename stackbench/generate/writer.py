@@ -96,6 +96,7 @@ def prepare_folder(folder: Path, identity: dict, overwrite: bool) -> None:
     """Create, resume or (with overwrite) clear the folder; refuse a folder that holds something else."""
     if folder.exists() and not folder.is_dir():
         raise StackbenchError(f"--out {folder} is a file; give a folder")
+    df.writable_folder(folder)
     old = df.read_generation(folder) if folder.is_dir() else {}
     if old:
         same = {k: old.get(k) for k in IDENTITY_KEYS} == identity

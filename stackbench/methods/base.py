@@ -37,6 +37,8 @@ class SaliencyMethod:
     source: ClassVar[str] = "stackbench"          # "stackbench" for built-ins; module:attr / path:attr / entry point
     reference: ClassVar[str | None] = None       # the implementation it reproduces, if any
     family: ClassVar[str] = "other"
+    code: ClassVar[dict | None] = None            # a plugin file's {file, sha256}: the exact code that ran
+    package: ClassVar[dict | None] = None         # an installed plugin's distribution {name, version}
 
     def __init__(self, **config):
         unknown = set(config) - set(self.defaults)
@@ -56,8 +58,10 @@ class SaliencyMethod:
 
     def describe(self) -> dict:
         """The method part of a result record: enough to re-create this exact method."""
-        return {"name": self.name, "source": self.source, "version": self.version, "config": dict(self.config),
-                "needs": sorted(self.needs), "reference": self.reference}
+        out = {"name": self.name, "source": self.source, "version": self.version, "config": dict(self.config),
+               "needs": sorted(self.needs), "reference": self.reference}
+        out.update({k: dict(v) for k, v in (("code", self.code), ("package", self.package)) if v})
+        return out
 
 
 @dataclass

@@ -2,7 +2,10 @@
 entry-point group (`name = "package.module:Class"` in a package's pyproject.toml).
 
 The object may be a SaliencyMethod subclass, or any pytorch-grad-cam BaseCAM subclass, taken unchanged
-(wrapped by `stackbench.methods.adapters.from_basecam`)."""
+(wrapped by `stackbench.methods.adapters.from_basecam`). Every loaded class says where its code came from, and
+that goes into result records: a file's sha256 (`code`), or an installed distribution's name and version
+(`package`). Importing plugin code can never end the process: SystemExit, or a KeyboardInterrupt that is not the
+user's Ctrl-C, becomes a one-line error naming the plugin."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +16,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from ..errors import StackbenchError, close_matches
+from ..errors import StackbenchError, close_matches, foreign_failure
 
 GROUP = "stackbench.methods"
 
@@ -22,14 +25,23 @@ def entry_point_names() -> dict:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
+def _guarded_import(load, what: str):
+    """Run `load()` (an import of someone else's code); any failure is one line naming `what`."""
+    try:
+        return load()
+    except BaseException as e:  # noqa: BLE001 - plugin code may raise anything, SystemExit included
+        reason = foreign_failure(e)
+        if reason is None:
+            raise
+        raise StackbenchError(f"{what} failed to import: {reason}") from None
+
+
 def load_entry_point(name: str):
     ep = entry_point_names()[name]
-    try:
-        obj = ep.load()
-    except Exception as e:  # noqa: BLE001 - any import failure is the plugin author's to fix
-        raise StackbenchError(f"entry point {name!r} ({ep.value}) of group {GROUP} failed to load: "
-                              f"{type(e).__name__}: {e}") from None
-    return as_method_class(obj, f"entry-point:{name}={ep.value}", name)
+    obj = _guarded_import(ep.load, f"entry point {name!r} ({ep.value}) of group {GROUP}")
+    dist = getattr(ep, "dist", None)
+    package = {"name": dist.name, "version": dist.version} if dist is not None else None
+    return as_method_class(obj, f"entry-point:{name}={ep.value}", name, package=package)
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -39,36 +51,70 @@ def _split(spec: str) -> tuple[str, str]:
     return head, attr
 
 
+def is_file_spec(spec: str) -> bool:
+    where = spec.rpartition(":")[0]
+    return where.endswith(".py") or "/" in where or "\\" in where
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _exec_file(path: Path, digest: str, spec: str):
+    """The module of a plugin file. Its name comes from the file's content, so loading the same code again (a
+    second dataset, a copy in a leaderboard store) reuses the module instead of running it twice, and its
+    classes keep one identity for the registry."""
+    modname = f"stackbench_plugin_{digest[:16]}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    mspec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules[modname] = module
+    try:
+        _guarded_import(lambda: mspec.loader.exec_module(module), f"method plugin {spec!r}: {path}")
+    except BaseException:
+        sys.modules.pop(modname, None)
+        raise
+    return module
+
+
+def _package_of(module) -> dict | None:
+    """{name, version} of the installed distribution that provides `module`, or None."""
+    from importlib.metadata import packages_distributions, version
+
+    top = module.__name__.partition(".")[0]
+    for dist in packages_distributions().get(top, []):
+        try:
+            return {"name": dist, "version": version(dist)}
+        except Exception:  # noqa: BLE001 - a broken distribution's metadata: try the next one
+            continue
+    return None
+
+
 def load_plugin(spec: str):
-    """`module:attr` or `path/to/file.py:attr` -> a SaliencyMethod class."""
+    """`module:attr` or `path/to/file.py:attr` -> a SaliencyMethod class (with its `code` or `package`)."""
     where, attr = _split(spec)
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    code = package = None
+    if is_file_spec(spec):
         path = Path(where)
         if not path.is_file():
             raise StackbenchError(f"method plugin {spec!r}: file {where} does not exist")
-        # A module name unique to the file's resolved path keeps two plugin files with the same name apart.
-        modname = "stackbench_plugin_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        try:
-            mspec = importlib.util.spec_from_file_location(modname, path)
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[modname] = module
-            mspec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001
-            sys.modules.pop(modname, None)
-            raise StackbenchError(f"method plugin {spec!r}: {where} failed to import: {type(e).__name__}: {e}") from None
+        digest = file_digest(path)
+        module = _exec_file(path, digest, spec)
+        code = {"file": path.name, "sha256": digest}
     else:
-        try:
-            module = importlib.import_module(where)
-        except Exception as e:  # noqa: BLE001
-            raise StackbenchError(f"method plugin {spec!r}: module {where!r} failed to import: "
-                                  f"{type(e).__name__}: {e}") from None
+        module = _guarded_import(lambda: importlib.import_module(where), f"method plugin {spec!r}: module {where!r}")
+        package = _package_of(module)
+        file = getattr(module, "__file__", None)
+        if package is None and file and Path(file).is_file():  # a module of no distribution: hash its file
+            code = {"file": Path(file).name, "sha256": file_digest(Path(file))}
     if not hasattr(module, attr):
         names = [n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_")]
         raise StackbenchError(f"method plugin {spec!r}: {where} has no attribute {attr!r}{close_matches(attr, names)}")
-    return as_method_class(getattr(module, attr), spec, attr)
+    return as_method_class(getattr(module, attr), spec, attr, code=code, package=package)
 
 
-def as_method_class(obj, source: str, default_name: str):
+def as_method_class(obj, source: str, default_name: str, code: dict | None = None, package: dict | None = None):
     """Accept a SaliencyMethod subclass or a pytorch-grad-cam BaseCAM subclass; refuse anything else."""
     from pytorch_grad_cam.base_cam import BaseCAM
 
@@ -76,9 +122,12 @@ def as_method_class(obj, source: str, default_name: str):
     from .base import SaliencyMethod
 
     if inspect.isclass(obj) and issubclass(obj, SaliencyMethod):
-        return type(obj.__name__, (obj,), {"name": obj.name or default_name, "source": source,
-                                           "__module__": obj.__module__})
-    if inspect.isclass(obj) and issubclass(obj, BaseCAM):
-        return from_basecam(obj, source=source, name=default_name)
-    raise StackbenchError(f"method plugin {source}: {obj!r} is neither a stackbench.methods.SaliencyMethod subclass "
-                          "nor a pytorch_grad_cam BaseCAM subclass")
+        cls = type(obj.__name__, (obj,), {"name": obj.name or default_name, "source": source,
+                                          "__module__": obj.__module__})
+    elif inspect.isclass(obj) and issubclass(obj, BaseCAM):
+        cls = from_basecam(obj, source=source, name=default_name)
+    else:
+        raise StackbenchError(f"method plugin {source}: {obj!r} is neither a stackbench.methods.SaliencyMethod "
+                              "subclass nor a pytorch_grad_cam BaseCAM subclass")
+    cls.code, cls.package = code, package
+    return cls

@@ -13,14 +13,19 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_method(name: str | None = None, aliases: tuple[str, ...] = ()):
-    """Decorator: register a SaliencyMethod subclass under `name` (default: its `name` attribute)."""
+    """Decorator: register a SaliencyMethod subclass under `name` (default: its `name` attribute).
+
+    The same class registered again (its module re-imported, a notebook cell run twice) replaces the old entry;
+    another class under a taken name is refused."""
 
     def deco(cls):
         key = name or cls.name
         if not key:
             raise ValueError(f"{cls.__qualname__} needs a name")
-        if key in _METHODS and _METHODS[key] is not cls:
-            raise ValueError(f"method {key!r} is already registered")
+        old = _METHODS.get(key)
+        if old is not None and _origin(old) != _origin(cls):
+            raise ValueError(f"method {key!r} is already registered (by {_origin(old)}); register "
+                             f"{_origin(cls)} under another name")
         cls.name = key
         _METHODS[key] = cls
         for a in aliases:
@@ -28,6 +33,10 @@ def register_method(name: str | None = None, aliases: tuple[str, ...] = ()):
         return cls
 
     return deco
+
+
+def _origin(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def list_methods(pattern: str = "*", family: str | None = None) -> list[str]:

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 
+import inspect
+
 from ..errors import StackbenchError, first_line
 from .registry import create_model, get_entry, list_models
 from .vgg import WalledVGG, WallLinear
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+
+
+_DEFAULTS = {k: p.default for k, p in inspect.signature(WalledVGG.__init__).parameters.items()
+             if p.default is not inspect.Parameter.empty}
 
 
 class WallLeakWarning(UserWarning):
@@ -87,12 +93,36 @@ def load_folder(path: str | Path, ref: str | None = None) -> WalledVGG:
         raise StackbenchError(f"model folder {ref} has no {WEIGHTS}{hint}")
     try:
         config = json.loads(cfg_file.read_text())
+        check_config(config, ref)
         model = WalledVGG(**config)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise StackbenchError(f"model folder {ref}: {CONFIG} is not a stackbench model config ({e}); "
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise StackbenchError(f"model folder {ref}: {CONFIG} is not a stackbench model config ({first_line(e, 120)}); "
                               "write it with save_pretrained") from None
     _load_state(model, _read_safetensors(weights, ref), ref)
     return model
+
+
+# What a zoo name fixes about a network (num_classes, dropout and the head's init may differ per run).
+ARCHITECTURE = ("width_divisor", "last_channels", "hidden", "masked_rows", "batch_norm", "input_size")
+
+
+def check_config(config, ref: str) -> None:
+    """A folder's config.json must name a zoo architecture and agree with it: a config that says one network and
+    builds another (a wrong name, another wall) would put a false name into every record."""
+    if not isinstance(config, dict):
+        raise TypeError("not a JSON object")
+    name = config.get("name", "vgg16-masked")
+    if name not in list_models():
+        raise StackbenchError(f"model folder {ref}: {CONFIG} names architecture {name!r}, which is not a stackbench "
+                              f"walled architecture ({', '.join(list_models())}); fix its name or re-save the model "
+                              "with save_pretrained")
+    with torch.device("meta"):  # the zoo's config without allocating its weights
+        zoo = create_model(name, seed=None)._hub_mixin_config
+    differ = [f"{k} {config[k]!r} (the zoo's {name} has {zoo.get(k)!r})" for k in ARCHITECTURE
+              if k in config and config[k] != zoo.get(k, _DEFAULTS.get(k))]
+    if differ:
+        raise StackbenchError(f"model folder {ref}: {CONFIG} says {name} but sets {'; '.join(differ)}: that is another "
+                              f"network than its name; fix {CONFIG} or re-save the model with save_pretrained")
 
 
 def load_hub(spec: str) -> WalledVGG:
@@ -176,6 +206,10 @@ def _load_state(model: WalledVGG, state, ref: str) -> None:
             raise StackbenchError(f"{ref} does not fit {model.name}: {k} has shape {tuple(state[k].shape)}, "
                                   f"expected {tuple(v.shape)}; is it a checkpoint of this architecture "
                                   "(num_classes, width)?")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise StackbenchError(f"{ref} has non-finite weights (NaN or inf in {bad}); it cannot be evaluated: re-export "
+                              "the model from a healthy checkpoint")
     model.load_state_dict(state, strict=True)
     first = model.head[-1][0]
     if isinstance(first, WallLinear):
