@@ -170,7 +170,7 @@ def test_an_incomplete_dataset_is_refused_unless_allowed(folder, tmp_path):
 
 def test_an_absurd_generation_plan_is_refused_before_planning(tmp_path):
     line = run("generate", "stack-mix", "--preset", "mini", "--num-images", "1000000000", "--out", tmp_path / "x")
-    assert "gives at most 5000 STACK-MIX items without repeating a pair" in line
+    assert "gives at most 5000 STACK-MIX items before it uses an image twice" in line and "--allow-repeats" in line
     assert not (tmp_path / "x").exists()
 
 

@@ -159,13 +159,13 @@ def test_cut_rows_come_from_top_and_bottom_images(shapes_cut, tmp_path, bad_fold
     _check_cut(out, open_source("shapes", split="test"), 5)
     # photos of other sizes are resized and centre-cropped first
     generate_stack_mix(tmp_path / "c", source=f"imagefolder:{bad_folder}", classes="beta", num_images=3,
-                       progress=False)
+                       progress=False, allow_repeats=True)
     _check_cut(tmp_path / "c", open_source(f"imagefolder:{bad_folder}"), 3)
 
 
 def test_fit_puts_the_whole_bottom_image_in_the_band(tmp_path, bad_folder):
     res = generate_stack_mix(tmp_path / "fit", source=f"imagefolder:{bad_folder}", classes=["beta"], num_images=3,
-                             layout="fit", format="png", progress=False)
+                             layout="fit", format="png", progress=False, allow_repeats=True)
     ds, _ = df.open_dataset(str(tmp_path / "fit"))
     src = open_source(f"imagefolder:{bad_folder}")
     idx = _index(src)
@@ -190,8 +190,10 @@ def bad_folder(tmp_path_factory):
 
 def test_bad_inputs_give_a_finished_dataset_and_a_skip_report(tmp_path, bad_folder):
     out = tmp_path / "bad"
-    r = run("--source", f"imagefolder:{bad_folder}", "--per-class", 5, "--shard-size", 3, "--num-proc", 2,
-            "--out", out)
+    args = ("--source", f"imagefolder:{bad_folder}", "--per-class", 5, "--shard-size", 3, "--num-proc", 2, "--out", out)
+    r = run(*args)  # 5 per class is more than these few images give without using one twice
+    assert r.exit_code == 2 and "before it uses an image twice; ask for at most 2" in r.output
+    r = run(*args, "--allow-repeats")
     assert r.exit_code == 0, r.output
     expected = {"alpha/notes.txt": "not an image file", "alpha/tiny.png": "too small (10x10",
                 "alpha/truncated.jpg": "truncated or corrupt", "alpha/empty.jpg": "empty file (0 bytes)",

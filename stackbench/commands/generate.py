@@ -70,9 +70,11 @@ def print_summary(result: WriteResult) -> None:
 @click.option("--seed", type=int, default=None, help="recipe seed [default: 0]")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding [default: png]")
 @click.option("--min-size", type=int, default=None, help="skip inputs smaller than this per side [default: 64]")
+@click.option("--allow-repeats", is_flag=True, help="allow more images than the source gives before it uses an "
+              "image twice")
 @writer_options
-def stack_mix(preset, source, split, num_images, per_class, classes, layout, seed, fmt, min_size, out, num_proc,
-              shard_size, overwrite, no_progress):
+def stack_mix(preset, source, split, num_images, per_class, classes, layout, seed, fmt, min_size, allow_repeats, out,
+              num_proc, shard_size, overwrite, no_progress):
     """STACK-MIX: two same-class images stacked, one behind the wall."""
     given = {"source": source, "split": split, "num_images": num_images, "per_class": per_class,
              "classes": classes, "layout": layout, "seed": seed, "format": fmt, "min_size": min_size}
@@ -81,7 +83,7 @@ def stack_mix(preset, source, split, num_images, per_class, classes, layout, see
         fields.pop("num_images", None), fields.pop("per_class", None)
     fields.update({k: v for k, v in given.items() if v is not None})
     result = generate_stack_mix(out, StackMixRecipe.from_fields(fields), num_proc=num_proc, shard_size=shard_size,
-                                overwrite=overwrite, progress=not no_progress)
+                                overwrite=overwrite, progress=not no_progress, allow_repeats=allow_repeats)
     print_summary(result)
 
 

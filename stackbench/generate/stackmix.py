@@ -110,7 +110,7 @@ class StackMixBuilder:
 
     kind = KIND
 
-    def __init__(self, recipe: StackMixRecipe, source: Source | None = None):
+    def __init__(self, recipe: StackMixRecipe, source: Source | None = None, allow_repeats: bool = False):
         recipe.validate()
         self.recipe = recipe
         self.source = source or open_source(recipe.source, recipe.split, recipe.min_size)
@@ -132,12 +132,13 @@ class StackMixBuilder:
         perm = np.random.default_rng([recipe.seed, _CLASS_ORDER]).permutation(len(usable))
         self.class_order = [usable[j] for j in perm]
         self.n_items = recipe.num_images if recipe.num_images is not None else recipe.per_class * len(usable)
-        self._check_capacity()
+        if not allow_repeats:
+            self._check_capacity()
 
     def _check_capacity(self) -> None:
-        """Refuse, before any shard is planned, more items than the source gives before a class runs out of new
-        pairs (item i takes pair i // classes of its class, so the first repeat is at the smallest
-        slot + classes x pairs of that slot's class)."""
+        """Refuse, before any shard is planned, more items than the source gives before an image is used twice
+        (item i takes pair i // classes of its class, so the first reuse is at the smallest slot + classes x pairs
+        of that slot's class; after it, pairs are drawn again from a new permutation)."""
         n_cls = len(self.class_order)
         pairs = [len(self.pools[c]) // 2 for c in self.class_order]
         cap = min(s + n_cls * p for s, p in enumerate(pairs))
@@ -145,9 +146,11 @@ class StackMixBuilder:
             per = "--per-class" if self.recipe.per_class is not None else "--num-images"
             ask = self.recipe.per_class if self.recipe.per_class is not None else self.n_items
             most = min(pairs) if self.recipe.per_class is not None else cap
-            raise StackbenchError(f"{per} {ask}: {self.source.ref} ({self.source.split} split, {n_cls} classes, the "
-                                  f"smallest with {min(pairs)} distinct pairs) gives at most {cap} STACK-MIX items "
-                                  f"without repeating a pair; ask for at most {most}, or give a larger source")
+            split = f"{self.source.split} split, " if self.source.split else ""
+            raise StackbenchError(f"{per} {ask}: {self.source.ref} ({split}{n_cls} classes, the smallest with "
+                                  f"{min(pairs)} pairs of images) gives at most {cap} STACK-MIX items before it uses "
+                                  f"an image twice; ask for at most {most}, give a larger source, or pass "
+                                  "--allow-repeats")
 
     def _has_pair(self, c: int) -> bool:
         """At least two usable images (checked in file order, stopping at the second)."""
@@ -217,11 +220,12 @@ class StackMixBuilder:
 
 def generate_stack_mix(out: str | Path, recipe: StackMixRecipe | None = None, *, num_proc: int = 1,
                        shard_size: int = 500, overwrite: bool = False, progress: bool = True,
-                       **recipe_fields) -> WriteResult:
-    """Build (or resume) a STACK-MIX dataset folder. `recipe_fields` are StackMixRecipe fields."""
+                       allow_repeats: bool = False, **recipe_fields) -> WriteResult:
+    """Build (or resume) a STACK-MIX dataset folder. `recipe_fields` are StackMixRecipe fields. More items than
+    the source gives before an image is used twice are refused unless `allow_repeats` (it changes no item)."""
     from .card import write_card
 
     recipe = recipe or StackMixRecipe(**recipe_fields)
-    builder = StackMixBuilder(recipe)
+    builder = StackMixBuilder(recipe, allow_repeats=allow_repeats)
     return write_dataset(out, builder, shard_size=shard_size, num_proc=num_proc, overwrite=overwrite,
                          progress=progress, card=write_card)
