@@ -28,6 +28,7 @@ from pathlib import Path
 from .datafolder import atomic_write_bytes, atomic_write_json, fingerprint
 from .errors import Refused, StackbenchError, close_matches, first_line, foreign_failure, watching_ctrl_c
 from .metrics import mu_cell
+from .models import file_sha256
 from .records import METRICS, safe_url, validate_record
 
 DATASETS = ("stack-mix", "stack-gen")
@@ -189,7 +190,7 @@ def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
                               "it as a package (pip install .) first")
     where, _, attr = m.source.rpartition(":")
     data = Path(where).read_bytes()
-    if hashlib.sha256(data).hexdigest() != m.code["sha256"]:
+    if hashlib.sha256(data).hexdigest() != m.code["sha256"]:  # the bytes copied are the bytes that ran
         raise StackbenchError(f"{where} changed while it was evaluated; submit again")
     rel = f"{METHODS_DIR}/{stem_for(name)}/{m.code['file']}"
     return f"{rel}:{attr}", Path(store) / rel, data
@@ -361,7 +362,7 @@ def method_for(record: dict, store: Path):
 
     from . import __version__
     from .methods import get_method, list_methods
-    from .methods.plugins import file_digest, is_file_spec
+    from .methods.plugins import is_file_spec
 
     m = record["method"]
     if m["source"] == "stackbench":
@@ -392,8 +393,8 @@ def method_for(record: dict, store: Path):
     if not path.is_file():
         raise _NotRerun(f"its method code {where} is not in the store (submit copies it there; add it to the pull "
                         "request)")
-    if file_digest(path) != m["code"]["sha256"]:
-        raise StackbenchError(f"method code {where} has sha256 {file_digest(path)[:12]}, the record says "
+    if file_sha256(path) != m["code"]["sha256"]:
+        raise StackbenchError(f"method code {where} has sha256 {file_sha256(path)[:12]}, the record says "
                               f"{m['code']['sha256'][:12]} (edited after submission?)")
     return get_method(f"{path}:{attr}", **m["config"])
 
@@ -458,10 +459,6 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
     return out
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def record_verdicts(store: Path, verdicts: list[Verdict]) -> None:
     """Keep verified.json in step: a reproduced row is entered with the hashes of its record and rows; a row that
     failed or could not be re-run is taken out; rows this run did not look at keep their entry."""
@@ -474,7 +471,7 @@ def record_verdicts(store: Path, verdicts: list[Verdict]) -> None:
             entries.pop(v.row, None)
             path = store / "results" / f"{v.row}.json"
             if v.passed and path.is_file():
-                entries[v.row] = {"record_sha256": _sha(path), "rows_sha256": _sha(path.with_suffix(".parquet")),
+                entries[v.row] = {"record_sha256": file_sha256(path), "rows_sha256": file_sha256(path.with_suffix(".parquet")),
                                   "date": time.strftime("%Y-%m-%d", time.gmtime()), "stackbench": __version__}
         atomic_write_json(store / VERIFIED, {"schema": "stackbench.verified/1", "rows": dict(sorted(entries.items()))})
 
@@ -492,7 +489,7 @@ def read_verified(store: Path) -> dict:
 def reproduced(store: Path, path: Path, entries: dict) -> str | None:
     """The date the last verify reproduced this row, if its record and rows are unchanged since; else None."""
     e = entries.get(row_key(store, path))
-    if not e or e.get("record_sha256") != _sha(path) or e.get("rows_sha256") != _sha(path.with_suffix(".parquet")):
+    if not e or e.get("record_sha256") != file_sha256(path) or e.get("rows_sha256") != file_sha256(path.with_suffix(".parquet")):
         return None
     return e.get("date") or "yes"
 

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from stackbench import leaderboard as lb
 from stackbench.cli import main
-from stackbench.errors import Refused
 from stackbench.evaluate import aggregate_rows, evaluate, rows_table
 from stackbench.methods import SaliencyMethod, register_method
 from stackbench.methods.registry import _METHODS
@@ -57,22 +56,22 @@ def forge(path, factor=0.3, name=None):
     rows = pq.read_table(rows_file).to_pylist()
     for r in rows:
         r["mu"] = None if r["mu"] is None else r["mu"] * factor
-    data = rows_table(rows)
+    blob = rows_table(rows)
     rec = json.loads(path.read_text())
     rec["metrics"] = aggregate_rows(rows, rec["seeds"]["bootstrap"])
-    rec["rows"]["sha256"] = hashlib.sha256(data).hexdigest()
+    rec["rows"]["sha256"] = hashlib.sha256(blob).hexdigest()
     if name:
         rec["method"]["name"] = rec["submission"]["name"] = name
         rec["rows"]["file"] = f"{name}.parquet"
         path.unlink()
         rows_file.unlink()
         path, rows_file = path.with_name(f"{name}.json"), path.with_name(f"{name}.parquet")
-    rows_file.write_bytes(data)
+    rows_file.write_bytes(blob)
     path.write_text(json.dumps(rec))
     return path
 
 
-def verify_cli(store, *args, cwd=None):
+def verify_cli(store, *args):
     return CliRunner().invoke(main, ["leaderboard", "verify", "--store", str(store), "--device", "cpu", *args])
 
 

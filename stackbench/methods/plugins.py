@@ -8,7 +8,6 @@ that goes into result records: a file's sha256 (`code`), or an installed distrib
 user's Ctrl-C, becomes a one-line error naming the plugin."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -17,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from ..errors import StackbenchError, close_matches, foreign_failure
+from ..models.loading import file_sha256
 
 GROUP = "stackbench.methods"
 
@@ -54,10 +54,6 @@ def _split(spec: str) -> tuple[str, str]:
 def is_file_spec(spec: str) -> bool:
     where = spec.rpartition(":")[0]
     return where.endswith(".py") or "/" in where or "\\" in where
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _exec_file(path: Path, digest: str, spec: str):
@@ -99,7 +95,7 @@ def load_plugin(spec: str):
         path = Path(where)
         if not path.is_file():
             raise StackbenchError(f"method plugin {spec!r}: file {where} does not exist")
-        digest = file_digest(path)
+        digest = file_sha256(path)
         module = _exec_file(path, digest, spec)
         code = {"file": path.name, "sha256": digest}
     else:
@@ -107,7 +103,7 @@ def load_plugin(spec: str):
         package = _package_of(module)
         file = getattr(module, "__file__", None)
         if package is None and file and Path(file).is_file():  # a module of no distribution: hash its file
-            code = {"file": Path(file).name, "sha256": file_digest(Path(file))}
+            code = {"file": Path(file).name, "sha256": file_sha256(Path(file))}
     if not hasattr(module, attr):
         names = [n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_")]
         raise StackbenchError(f"method plugin {spec!r}: {where} has no attribute {attr!r}{close_matches(attr, names)}")
