@@ -182,14 +182,26 @@ def _cell(value) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # shards' (path, size, mtime) -> fingerprint: decoding every image once
+
+
 def fingerprint(folder: str | Path) -> str:
     """The dataset's identity in result records: sha256 over every row's content, in order (each column's value;
     an image as its decoded pixels). It does not depend on how the bytes were encoded: the PNG compressor (which
-    can differ by CPU) or the Parquet writer's version."""
+    can differ by CPU) or the Parquet writer's version. Remembered in this process while the shards are unchanged
+    (a track's dataset is checked, then evaluated)."""
+    shards = list_shards(folder)
+    key = tuple((str(p.resolve()), st.st_size, st.st_mtime_ns) for p in shards for st in (p.stat(),))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _content_digest(shards)
+    return _FINGERPRINTS[key]
+
+
+def _content_digest(shards: Sequence[Path]) -> str:
     import pyarrow.parquet as pq
 
     h = hashlib.sha256(CONTENT.encode() + b"\0")
-    for shard in list_shards(folder):
+    for shard in shards:
         table = pq.read_table(shard)
         names = sorted(table.column_names)
         for batch in table.to_batches(max_chunksize=64):
@@ -251,9 +263,8 @@ def read_shards(shards: Sequence[str | Path]) -> datasets.Dataset:
                             split=datasets.NamedSplit(SPLIT))
 
 
-def check_complete(folder: Path, ref: str) -> None:
-    """Refuse a folder whose generation was stopped before the end (generation.json says so)."""
-    gen = read_generation(folder)
+def check_complete(gen: dict, ref: str) -> None:
+    """Refuse a folder whose generation was stopped before the end (its generation.json `gen` says so)."""
     status = gen.get("status")
     if status not in (None, "complete"):
         recipe = gen.get("recipe") or {}
@@ -285,8 +296,9 @@ def open_dataset(ref: str, allow_incomplete: bool = False) -> tuple[datasets.Dat
     if not shards:
         raise StackbenchError(f"dataset folder {ref} has no {DATA_DIR}/{SPLIT}-*.parquet shards; "
                               "run `stackbench generate` into it")
+    gen = read_generation(folder)
     if not allow_incomplete:
-        check_complete(folder, ref)
+        check_complete(gen, ref)
     ds = read_shards(shards)
     missing = {"id", "image", "label", "wall_row"} - set(ds.column_names)
     if missing:
@@ -294,5 +306,5 @@ def open_dataset(ref: str, allow_incomplete: bool = False) -> tuple[datasets.Dat
                               "`stackbench generate`")
     check_labels(ds, ref)
     info = {"ref": ref, "fingerprint": fingerprint(folder), "revision": rev, "n": len(ds),
-            "generation": read_generation(folder), "path": str(folder)}
+            "generation": gen, "path": str(folder)}
     return ds, info

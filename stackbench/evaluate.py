@@ -225,10 +225,10 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
     weights, the dataset's wall; with target="label", the labels within its classes)."""
     _check_args(target, postprocess, batch_size, limit)
-    out = writable_folder(out)
     instances = _instances(methods, method_config)
     dev = pick_device(device)
     ds, info, net = _open_inputs(dataset, model, dev, seed, target, allow_incomplete)
+    out = writable_folder(out)  # created only once every input checks
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
@@ -296,7 +296,7 @@ def _open_inputs(dataset, model, dev, seed, target, allow_incomplete):
                               f"{net.ref} is blind from row {net.wall.dead_from}; evaluate it with a model of the same "
                               "wall (or regenerate the dataset for this model)")
     if target == "label":
-        top = max(ds["label"], default=-1)
+        top = int(max(ds.data.column("label").to_numpy(zero_copy_only=False), default=-1))
         if top >= net.num_classes:
             raise StackbenchError(f"--target label: dataset {dataset} has labels up to {top} but model {net.ref} has "
                                   f"{net.num_classes} classes; use --target predicted, or a model trained on the "

@@ -149,6 +149,26 @@ def publish(plan: Plan, api: HfApi | None = None) -> str:
     return getattr(info, "commit_url", str(info))
 
 
+LEADERBOARD_CARD = """---
+license: mit
+tags: [stackbench, leaderboard, saliency, explainability]
+pretty_name: stackbench leaderboard
+configs:
+- config_name: results
+  data_files: data/results.parquet
+- config_name: rows
+  data_files: data/rows.parquet
+---
+# stackbench leaderboard
+
+Result records of [stackbench](https://github.com/stackbench/stackbench): how much of each saliency method's map
+falls behind the wall of a walled model (mu, lower is better). `results`: one row per record (the full
+`stackbench.result/1` record in `record`); `rows`: every per-image row. `results/` holds the store as committed,
+`methods/` the code of submitted plugin files, `verified.json` the rows the last verify reproduced;
+`stackbench leaderboard verify` re-runs any row.
+"""
+
+
 def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> Plan:
     """The leaderboard store as a Parquet dataset: data/results.parquet (one row per record, the record itself in
     a `record` column), data/rows.parquet (every per-image row), the raw store files and a card. Every row is
@@ -158,7 +178,6 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
 
     from . import leaderboard as lb
     from .datafolder import atomic_open, atomic_write_bytes
-    from .records import METRICS
 
     store = Path(store)
     bad = [v for v in lb.verify(store=store, rerun=False) if v.failed]
@@ -167,6 +186,28 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
                               "publishing")
     stage = store / ".hub"
     shutil.rmtree(stage, ignore_errors=True)  # derived: staged afresh, so a row removed from the store is not sent
+    results, rows = _board_tables(store)
+    for name, table in (("results", results), ("rows", rows)):
+        with atomic_open(stage / "data" / f"{name}.parquet") as f:
+            pq.write_table(pa.Table.from_pylist(table), f)
+    atomic_write_bytes(stage / "README.md", str(DatasetCard(LEADERBOARD_CARD)).encode())
+    for p in sorted((store / "results").rglob("*")) + sorted((store / lb.METHODS_DIR).rglob("*")) + \
+            [store / "tracks.json", store / lb.VERIFIED]:
+        if p.is_file():
+            atomic_write_bytes(stage / p.relative_to(store), p.read_bytes())
+    files = _files(stage, ("README.md", "data/*.parquet", "results/*", f"{lb.METHODS_DIR}/*", "tracks.json",
+                           lb.VERIFIED))
+    return Plan(repo_id, "dataset", stage, files, f"stackbench leaderboard: {len(results)} records", private, revision,
+                [f"{len(results)} records verify (schema, rows, aggregates, pins)"])
+
+
+def _board_tables(store: Path) -> tuple[list[dict], list[dict]]:
+    """(one row per record, every per-image row) of a store."""
+    import pyarrow.parquet as pq
+
+    from . import leaderboard as lb
+    from .records import METRICS
+
     results, rows = [], []
     for path in lb.stored_rows(store):
         rec = json.loads(path.read_text())
@@ -181,33 +222,4 @@ def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, rev
                         "record": json.dumps(rec, sort_keys=True)})
         for r in pq.read_table(path.with_suffix(".parquet")).to_pylist():
             rows.append({"track": key[0], "dataset": key[1], "row": path.stem, **r})
-    for name, table in (("results", results), ("rows", rows)):
-        with atomic_open(stage / "data" / f"{name}.parquet") as f:
-            pq.write_table(pa.Table.from_pylist(table), f)
-    card = DatasetCard("""---
-license: mit
-tags: [stackbench, leaderboard, saliency, explainability]
-pretty_name: stackbench leaderboard
-configs:
-- config_name: results
-  data_files: data/results.parquet
-- config_name: rows
-  data_files: data/rows.parquet
----
-# stackbench leaderboard
-
-Result records of [stackbench](https://github.com/stackbench/stackbench): how much of each saliency method's map
-falls behind the wall of a walled model (mu, lower is better). `results`: one row per record (the full
-`stackbench.result/1` record in `record`); `rows`: every per-image row. `results/` holds the store as committed;
-`stackbench leaderboard verify` recomputes any row.
-""")
-    atomic_write_bytes(stage / "README.md", str(card).encode())
-    for p in sorted((store / "results").rglob("*")) + sorted((store / lb.METHODS_DIR).rglob("*")) + \
-            [store / "tracks.json", store / lb.VERIFIED]:
-        if p.is_file():
-            dst = stage / p.relative_to(store)
-            atomic_write_bytes(dst, p.read_bytes())
-    files = _files(stage, ("README.md", "data/*.parquet", "results/*", f"{lb.METHODS_DIR}/*", "tracks.json",
-                           lb.VERIFIED))
-    return Plan(repo_id, "dataset", stage, files, f"stackbench leaderboard: {len(results)} records", private, revision,
-                [f"{len(results)} records verify (schema, rows, aggregates, pins)"])
+    return results, rows

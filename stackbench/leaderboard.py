@@ -271,14 +271,17 @@ def _close(a, b, rel: float = REL_TOL, abs_: float = 1e-12) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
 
 
-def check_record(record: dict, rows_bytes: bytes, track: Track, where: str) -> None:
-    """Schema, rows hash, rows -> summary, pinned fingerprints. Raises StackbenchError naming the row."""
+def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: str) -> None:
+    """Schema, rows hash, rows -> summary, pinned fingerprints. Raises StackbenchError naming the row.
+    `rows_bytes` None: the rows file is missing."""
     from .evaluate import aggregate_rows
 
     validate_record(record, where=where)
     for f in ("track", "submission"):
         if f not in record:
             raise StackbenchError(f"{where}: field {f} is missing")
+    if rows_bytes is None:
+        raise StackbenchError(f"{where}: per-image rows file {record['rows']['file']} is missing")
     if hashlib.sha256(rows_bytes).hexdigest() != record["rows"]["sha256"]:
         raise StackbenchError(f"{where}: the per-image rows file does not match rows.sha256 (edited?)")
     try:
@@ -346,11 +349,8 @@ def check_stored_row(store: Path, path: Path, tracks: dict) -> tuple[dict, Track
     t = tracks.get(path.relative_to(Path(store) / "results").parts[0])
     if t is None:
         raise StackbenchError(f"{row}: no track of that name in tracks.json")
-    validate_record(record, where=row)
     rows_file = path.with_suffix(".parquet")
-    if not rows_file.is_file():
-        raise StackbenchError(f"{row}: per-image rows file {rows_file.name} is missing")
-    check_record(record, rows_file.read_bytes(), t, where=row)
+    check_record(record, rows_file.read_bytes() if rows_file.is_file() else None, t, where=row)
     return record, t
 
 
