@@ -206,7 +206,7 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     store = resolve_store(store)
     t = get_track(track, store)
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]
-    name = name or m.name
+    name = m.name if name is None else name
     stem_for(name)
     url = safe_url(url)
     code = _code_to_store(m, store, name)
@@ -389,7 +389,10 @@ def method_for(record: dict, store: Path):
     if not (m.get("code") and is_file_spec(m["source"])):
         raise _NotRerun(f"the record carries neither the code nor the package of method {m['source']!r}")
     where, _, attr = m["source"].rpartition(":")
-    path = Path(where) if Path(where).is_absolute() else Path(store) / where
+    path = (Path(store) / where).resolve()
+    if Path(where).is_absolute() or (Path(store) / METHODS_DIR).resolve() not in path.parents:
+        raise StackbenchError(f"method source {where} is not inside the store's {METHODS_DIR}/ folder: a stored row "
+                              "runs only code the store holds (submit copies it there)")
     if not path.is_file():
         raise _NotRerun(f"its method code {where} is not in the store (submit copies it there; add it to the pull "
                         "request)")
@@ -466,7 +469,7 @@ def record_verdicts(store: Path, verdicts: list[Verdict]) -> None:
 
     store = Path(store)
     with _locked(store):
-        entries = read_verified(store)
+        entries = read_verified(store, strict=False)  # a broken file is replaced by this run's verdicts
         for v in verdicts:
             entries.pop(v.row, None)
             path = store / "results" / f"{v.row}.json"
@@ -476,22 +479,32 @@ def record_verdicts(store: Path, verdicts: list[Verdict]) -> None:
         atomic_write_json(store / VERIFIED, {"schema": "stackbench.verified/1", "rows": dict(sorted(entries.items()))})
 
 
-def read_verified(store: Path) -> dict:
-    """{row: entry} of verified.json ({} when absent or unreadable: then no row shows as reproduced)."""
-    try:
-        data = json.loads((Path(store) / VERIFIED).read_text())
-        rows = data.get("rows", {}) if isinstance(data, dict) else {}
-        return {k: v for k, v in rows.items() if isinstance(v, dict)}
-    except (OSError, ValueError):
+def read_verified(store: Path, strict: bool = True) -> dict:
+    """{row: entry} of verified.json ({} when absent). An unreadable file is refused (strict) or ignored."""
+    path = Path(store) / VERIFIED
+    if not path.is_file():
         return {}
+    try:
+        data = json.loads(path.read_text())
+        rows = data["rows"]
+        if not isinstance(rows, dict):
+            raise TypeError("rows is not an object")
+        return {k: v for k, v in rows.items() if isinstance(v, dict)}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not strict:
+            return {}
+        raise Refused([f"{VERIFIED}: not a verify record ({first_line(e, 80)}); delete it and run `stackbench "
+                       "leaderboard verify` to write it again"]) from None
 
 
-def reproduced(store: Path, path: Path, entries: dict) -> str | None:
-    """The date the last verify reproduced this row, if its record and rows are unchanged since; else None."""
+def reproduced(store: Path, path: Path, entries: dict, submitted: str | None) -> str | None:
+    """The date the last verify reproduced this row, if its record and rows are unchanged since (and that date is
+    not before the row's submission); else None."""
     e = entries.get(row_key(store, path))
     if not e or e.get("record_sha256") != file_sha256(path) or e.get("rows_sha256") != file_sha256(path.with_suffix(".parquet")):
         return None
-    return e.get("date") or "yes"
+    date = str(e.get("date") or "")
+    return date if date and date >= str(submitted or "") else None
 
 
 # ------------------------------------------------------------------------------------------------ render
@@ -520,7 +533,7 @@ def board(store: Path | None = None) -> dict:
         e["mu"][ds] = rec["metrics"]["mu"]
         e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
         e["n"][ds] = rec["items"]["n"]
-        e["reproduced"][ds] = reproduced(store, path, verified)
+        e["reproduced"][ds] = reproduced(store, path, verified, sub.get("submitted"))
     if problems:
         raise Refused([f"{p} (the board shows only records that pass `stackbench leaderboard verify --no-rerun`)"
                        for p in problems])

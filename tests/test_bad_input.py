@@ -172,6 +172,9 @@ def test_an_absurd_generation_plan_is_refused_before_planning(tmp_path):
     line = run("generate", "stack-mix", "--preset", "mini", "--num-images", "1000000000", "--out", tmp_path / "x")
     assert "gives at most 5000 STACK-MIX items before it uses an image twice" in line and "--allow-repeats" in line
     assert not (tmp_path / "x").exists()
+    line = run("generate", "stack-mix", "--preset", "mini", "--num-images", "1000000000000", "--allow-repeats",
+               "--out", tmp_path / "y")
+    assert "make 2000000000 shards, more than 100000" in line and not (tmp_path / "y").exists()
 
 
 def test_skip_reasons_are_stable_and_an_all_skipped_run_says_why(tmp_path):

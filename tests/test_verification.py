@@ -243,3 +243,35 @@ def test_rendered_markdown_escapes_once_and_says_not_re_run_once(store):
     assert md.count("not re-run here") == 1
     committed = (ROOT / "leaderboard" / "README.md").read_text()
     assert "&\\#x27;" not in committed and committed.count("not re-run here") == 1
+
+
+def test_a_stored_row_runs_only_code_inside_the_store(store, tmp_path):
+    plugin = tmp_path / "outside.py"
+    plugin.write_text(REGISTERED)
+    paths = submit(store, f"{plugin}:MeanAct")
+    for path, source in zip(paths, (f"{plugin}:MeanAct", "../../outside.py:MeanAct")):
+        rec = json.loads(path.read_text())
+        rec["method"]["source"] = source  # the same code, but not the store's copy
+        path.write_text(json.dumps(rec))
+    verdicts = lb.verify("test", store=store, device="cpu")
+    assert [v.status for v in verdicts] == [lb.FAILED] * 2
+    assert all("is not inside the store's methods/ folder" in v.message for v in verdicts)
+
+
+def test_verified_json_that_is_broken_or_predates_the_row_marks_nothing(store):
+    paths = submit(store, "HiResCAM")
+    entries = {lb.row_key(store, p): {"record_sha256": lb.file_sha256(p), "date": "2020-01-01",
+                                      "rows_sha256": lb.file_sha256(p.with_suffix(".parquet"))} for p in paths}
+    (store / lb.VERIFIED).write_text(json.dumps({"rows": entries}))  # forged by hand, dated before submission
+    lb.build(store)
+    assert "reproduced" not in [ln for ln in (store / "README.md").read_text().splitlines() if "HiResCAM" in ln][0]
+    (store / lb.VERIFIED).write_text("{bad")
+    r = CliRunner().invoke(main, ["leaderboard", "build", "--store", str(store)])
+    assert r.exit_code == 1 and r.stderr.startswith("error: verified.json: not a verify record")
+    assert all(v.passed for v in lb.verify("test", store=store, device="cpu"))  # verify writes it anew
+    assert len(json.loads((store / lb.VERIFIED).read_text())["rows"]) == 2
+
+
+def test_an_empty_name_is_refused(store):
+    with pytest.raises(lb.StackbenchError, match="--name is empty"):
+        submit(store, "HiResCAM", name="")

@@ -24,6 +24,7 @@ from ..versions import versions
 
 GENERATION_FORMAT = "stackbench.generation/1"
 IDENTITY_KEYS = ("kind", "recipe", "source", "shard_size", "versions")
+MAX_SHARDS = 100_000  # planning lists every shard: a larger plan is refused before anything is written
 
 
 class Report:
@@ -168,6 +169,10 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
         raise StackbenchError(f"--shard-size must be at least 1, got {shard_size}")
     if num_proc < 1:
         raise StackbenchError(f"--num-proc must be at least 1, got {num_proc}")
+    if math.ceil(builder.n_items / shard_size) > MAX_SHARDS:
+        raise StackbenchError(f"{builder.n_items} images in shards of {shard_size} make "
+                              f"{math.ceil(builder.n_items / shard_size)} shards, more than {MAX_SHARDS}: ask for fewer "
+                              "images or a larger --shard-size")
     folder = Path(folder)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
