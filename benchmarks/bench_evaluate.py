@@ -59,7 +59,7 @@ def reference(net, x, name):
 def ours(net, x, names):
     """Times for `names` run together the way the harness does, and the post-processed maps."""
     from stackbench import metrics as M
-    from stackbench.evaluate import shared_pass
+    from stackbench.passes import shared_pass
     from stackbench.methods import Backbone, Batch, get_method
 
     t0 = time.perf_counter()

@@ -2,12 +2,14 @@
 
     evaluate(["GradCAM", "HiResCAM"], "stack-mix-mini", "minivgg-masked@random", out="results")
 
-Per batch: one forward to the target layer serves every method (targets, activations, logits); methods
-that need gradients share one backward through the head only; other methods run their own extra passes.
-Each method's maps are checked (shape, dtype, finite), post-processed as the metric defines, and scored per
-image. Per method it writes `<out>/<method>.parquet` (per-image rows) then `<out>/<method>.json` (the
-`stackbench.result/1` record), both atomically; a method whose record is already there with the same
-identity is skipped (resume). A faulty method is reported with its first offending item; the others finish.
+Per batch and view of the model (`stackbench.passes`): one forward to the target layer serves every method
+(targets, activations, logits); methods that need gradients share one backward through the head only; other
+methods run their own extra passes. Each method's maps are checked (shape, dtype, finite), post-processed as the
+metric defines, and scored per image: mu and friends on the model as it is, then the board's axes
+(`stackbench.axes`): mu behind a hidden wall, deletion in the seen part, the randomisation check. Per method it
+writes `<out>/<method>.parquet` (per-image rows) then `<out>/<method>.json` (the `stackbench.result/2` record),
+both atomically; a method whose record is already there with the same identity is skipped (resume). A faulty
+method is reported with its first offending item and the pass it failed in; the others finish.
 """
 from __future__ import annotations
 
@@ -25,19 +27,16 @@ import torch
 
 from . import metrics as M
 from .datafolder import atomic_write_bytes, atomic_write_json, open_dataset, pixel_sha256, writable_folder
+from .axes import Axes, Instances, Views, deletion_ends, deletion_probs, orientation_for
 from .errors import StackbenchError, first_line, foreign_failure, watching_ctrl_c
-from .methods import Backbone, Batch, SaliencyMethod, get_method, list_methods
+from .methods import SaliencyMethod, get_method, list_methods
+from .passes import MethodFailure, make_batch, scored_maps
 from .records import SCHEMA, identity, read_record, validate_record
+from .wall import apply, inverse
 from .versions import versions
 
 TARGET_RULES = ("predicted", "label")
 GRID_ITEMS = 4  # images kept for the overlay grid
-
-
-class MethodFailure(Exception):
-    def __init__(self, reason: str, item: str):
-        super().__init__(reason)
-        self.reason, self.item = reason, item
 
 
 @dataclass
@@ -52,6 +51,7 @@ class MethodRun:
     seconds: float = 0.0
     record: dict | None = None
     record_path: Path | None = None
+    views: Instances | None = None    # one set-up instance per view of the model
 
     @property
     def name(self) -> str:
@@ -139,56 +139,6 @@ def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
             yield idx, ids, labels, shas, torch.stack(xs)
 
 
-# ----------------------------------------------------------------------------------------------- passes
-
-def shared_pass(backbone: Backbone, x: torch.Tensor, rule: str, labels, need_grads: bool):
-    """One forward to the target layer (and, if needed, one backward through the head only).
-    Returns (logits, targets, activations, gradients or None)."""
-    A = backbone.activations(x)
-    if not need_grads:
-        with torch.no_grad():
-            logits = backbone.head(A)
-        targets = choose_targets(logits, rule, labels)
-        return logits, targets, A, None
-    with torch.enable_grad():
-        leaf = A.detach().requires_grad_(True)
-        logits = backbone.head(leaf)
-        targets = choose_targets(logits, rule, labels)
-        (G,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
-    return logits.detach(), targets, A, G
-
-
-def choose_targets(logits: torch.Tensor, rule: str, labels) -> torch.Tensor:
-    if rule == "predicted":
-        return logits.detach().argmax(dim=1)
-    return torch.as_tensor(labels, dtype=torch.long, device=logits.device)
-
-
-def check_maps(out, n: int, shapes=()) -> np.ndarray:
-    """A method's output -> float32 numpy (n, h, w), or MethodFailure naming the first offending item. `shapes`:
-    the (h, w) a map may have (the target layer's grid, the input size); anything else is not stretched to fit."""
-    if isinstance(out, torch.Tensor):
-        if not (out.is_floating_point()):
-            raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
-        out = out.detach().float().cpu().numpy()
-    elif isinstance(out, np.ndarray):
-        if not np.issubdtype(out.dtype, np.floating):
-            raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
-    else:
-        raise MethodFailure(f"returned a {type(out).__name__}, expected a tensor or array (N, h, w)", "")
-    if out.ndim != 3 or out.shape[0] != n or min(out.shape[1:]) < 1:
-        raise MethodFailure(f"returned shape {tuple(out.shape)}, expected ({n}, h, w)", "")
-    if shapes and tuple(out.shape[1:]) not in [tuple(s) for s in shapes]:
-        allowed = " or ".join(f"({n}, {h}, {w})" for h, w in shapes)
-        raise MethodFailure(f"returned maps of shape {tuple(out.shape)}; a map is the target layer's grid or the "
-                            f"input size: {allowed}", "")
-    bad = ~np.isfinite(out).all(axis=(1, 2))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise MethodFailure("returned NaN or inf", str(i))
-    return out.astype(np.float32, copy=False)
-
-
 # ----------------------------------------------------------------------------------------------- records
 
 def items_digest(ids, shas) -> str:
@@ -210,16 +160,46 @@ def rows_table(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+# Which empty-map column counts an empty map for each metric (schema 2: empty maps are scored, EMPTY_RULE).
+EMPTY_COLUMN = {"mu": "map_empty", "dead_mass": "map_empty", "leak_rate": "map_empty", "mu_hidden": "hidden_empty",
+                "deletion_auc": "map_empty", "rand_corr": "map_empty"}
+
+
 def aggregate_rows(rows: list[dict], seed: int) -> dict:
-    return {m: M.aggregate([np.nan if r[m] is None else r[m] for r in rows], seed=seed) for m in M.PER_IMAGE}
+    """The record's metrics from its per-image rows (schema 1 rows: the three mu metrics, NaN for an empty map)."""
+    v2 = bool(rows) and "map_empty" in rows[0]
+    names = EMPTY_COLUMN if v2 else M.PER_IMAGE
+    return {m: M.aggregate([np.nan if r[m] is None else r[m] for r in rows], seed=seed,
+                           empty=[bool(r[EMPTY_COLUMN[m]]) for r in rows] if v2 else None) for m in names}
 
 
 # ----------------------------------------------------------------------------------------------- harness
 
+@dataclass
+class Setting:
+    """What every pass of one evaluation shares."""
+
+    target: str
+    postprocess: str
+    seed: int
+    save_maps: bool
+    wall: object                       # the model's Wall (the bottom one: the paper's geometry)
+    axes: Axes = field(default_factory=Axes)
+    clock: dict = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.wall.input_size)
+
+    @property
+    def shapes(self) -> tuple:
+        return (tuple(self.wall.grid), self.size)
+
+
 def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", postprocess: str = "gradcam-lib",
              batch_size: int = 8, limit: int | None = None, device: str = "auto", save_maps: bool = False,
              out: str | Path = "results", seed: int = 0, progress: bool = True, method_config: dict | None = None,
-             figure: bool = True, allow_incomplete: bool = False) -> list[MethodRun]:
+             figure: bool = True, allow_incomplete: bool = False, axes: Axes | None = None) -> list[MethodRun]:
     """Run `methods` (specs or SaliencyMethod instances) and write one record + Parquet per method.
     Returns a MethodRun per method (status done / skipped / failed). Everything is checked before any work:
     the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
@@ -232,17 +212,30 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
-    base = _base_record(dataset, info, net, dev, target, postprocess, seed, limit, batch_size)
+    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes or Axes())
+    base = _base_record(dataset, info, net, dev, setting, limit, batch_size)
     runs = [MethodRun(m, m.name) for m in instances]
     _resume(runs, out, base)
     todo = [r for r in runs if r.status == "pending"]
     if not todo:
         return runs
-    size = tuple(net.wall.input_size)
     with watching_ctrl_c():
-        skipped, all_ids, all_shas, shared_s = _loop(todo, ds, Backbone(net), dev, target, postprocess, batch_size,
-                                                     seed, save_maps, progress)
-    share = shared_s["forward"] / max(1, len(todo))
+        skipped, all_ids, all_shas = _loop(todo, ds, Views(net, seed), setting, batch_size, progress)
+    _finish(todo, setting, base, out, all_ids, all_shas, skipped)
+    if figure:
+        grid = [r for r in runs if r.grid_maps]
+        if grid:
+            from .figures import overlay_grid
+
+            images, ids = _grid_images(ds, setting.size, GRID_ITEMS)
+            overlay_grid(images, {r.name: np.stack(r.grid_maps)[:len(images)] for r in grid}, ids,
+                         net.wall.dead_from, out / "overlays.png")
+    return runs
+
+
+def _finish(todo, setting: Setting, base, out, all_ids, all_shas, skipped) -> None:
+    """Share the shared passes' time among the methods and write each finished method's rows and record."""
+    share = setting.clock["forward"] / max(1, len(todo))
     grad_users = [r for r in todo if "gradients" in r.method.needs]
     for r in todo:
         if r.status != "pending":
@@ -251,18 +244,9 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
             why = f"; the first: {skipped[0]['id']}: {skipped[0]['reason']}" if skipped else ""
             r.status, r.error = "failed", f"no item could be evaluated (all {len(skipped)} were skipped{why})"
             continue
-        r.seconds += share + (shared_s["backward"] / len(grad_users) if r in grad_users else 0.0)
-        r.record = _write(r, base, out, all_ids, all_shas, skipped, seed, r.seconds, save_maps)
+        r.seconds += share + (setting.clock["backward"] / len(grad_users) if r in grad_users else 0.0)
+        r.record = _write(r, base, out, all_ids, all_shas, skipped, setting)
         r.status = "done"
-    if figure:
-        grid = [r for r in runs if r.grid_maps]
-        if grid:
-            from .figures import overlay_grid
-
-            images, ids = _grid_images(ds, size, GRID_ITEMS)
-            overlay_grid(images, {r.name: np.stack(r.grid_maps)[:len(images)] for r in grid}, ids,
-                         net.wall.dead_from, out / "overlays.png")
-    return runs
 
 
 def _check_args(target, postprocess, batch_size, limit) -> None:
@@ -304,7 +288,7 @@ def _open_inputs(dataset, model, dev, seed, target, allow_incomplete):
     return ds, info, net
 
 
-def _base_record(dataset, info, net, dev, target, postprocess, seed, limit, batch_size) -> dict:
+def _base_record(dataset, info, net, dev, setting: Setting, limit, batch_size) -> dict:
     from .models import model_sha256
 
     param = next(net.parameters())
@@ -314,11 +298,12 @@ def _base_record(dataset, info, net, dev, target, postprocess, seed, limit, batc
                     "kind": (info.get("generation") or {}).get("kind")},
         "model": {"ref": net.ref, "name": getattr(net, "name", type(net).__name__), "sha256": model_sha256(net),
                   "wall": net.wall.to_dict()},
-        "target": target,
-        "postprocess": {"name": postprocess, "definition": M.POSTPROCESS[postprocess]},
-        "env": {**versions("torch", "grad-cam", "captum", "numpy", "opencv"), "device": dev.type,
+        "target": setting.target,
+        "postprocess": {"name": setting.postprocess, "definition": M.POSTPROCESS[setting.postprocess]},
+        "axes": setting.axes.describe(setting.seed),
+        "env": {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
                 "dtype": str(param.dtype).replace("torch.", "")},
-        "seeds": {"run": seed, "bootstrap": seed},
+        "seeds": {"run": setting.seed, "bootstrap": setting.seed},
         "run": {"limit": limit, "batch_size": batch_size,
                 "preprocess": "RGB, ToTensor, ImageNet mean/std; images used at their stored size"},
     }
@@ -356,46 +341,34 @@ def _guarded(r: MethodRun, what: str, call) -> bool:
         return False
 
 
-def _loop(todo, ds, backbone, dev, target, postprocess, batch_size, seed, save_maps, progress):
-    """The batches: one shared pass, then every live method. Returns (skipped, ids, image shas, shared seconds)."""
-    wall = backbone.wall
+def _loop(todo, ds, views: Views, setting: Setting, batch_size, progress):
+    """The batches: every view's shared pass, then every live method. Returns (skipped, ids, image shas)."""
     for r in todo:
-        _guarded(r, "setup", lambda r=r: r.method.setup(backbone, seed=seed))
-    need_grads = any("gradients" in r.method.needs for r in todo if r.status == "pending")
+        r.views = Instances(r.method, views, setting.seed)
+        _guarded(r, "setup", lambda r=r: r.views.get("canonical"))
     bars = _bars(todo, len(ds), progress)
     skipped: list[dict] = []
     all_ids, all_shas = [], []
-    shared_s = {"forward": 0.0, "backward": 0.0}
-    size = tuple(wall.input_size)
-    shapes = (tuple(wall.grid), size)
     try:
-        for idx, ids, labels, shas, x01 in iter_batches(ds, batch_size, size, skipped):
+        for idx, ids, labels, shas, x01 in iter_batches(ds, batch_size, setting.size, skipped):
             live = [r for r in todo if r.status == "pending"]
             if not live:
                 break
             all_ids += ids
             all_shas += shas
-            x01 = x01.to(dev)
-            x = backbone.normalize(x01)
-            t0 = time.perf_counter()
-            logits, targets, A, G = shared_pass(backbone, x, target, labels,
-                                                need_grads and any("gradients" in r.method.needs for r in live))
-            shared_s["forward" if G is None else "backward"] += time.perf_counter() - t0
-            predicted = logits.argmax(dim=1).tolist()
-            batch = Batch(x=x, x01=x01, targets=targets, logits=logits, index=idx, ids=ids, backbone=backbone,
-                          activations=A, gradients=G, seed=seed)
-            for r in live:
-                _run_one(r, batch, labels, predicted, postprocess, wall.dead_from, size, save_maps, shapes)
-                if bars:
-                    bars[r.name].update(len(ids))
-                    if r.status == "failed":
-                        bars[r.name].set_postfix_str("FAILED")
+            _batch(live, views, setting, x01, idx, ids, labels)
+            for r in live if bars else ():
+                bars[r.name].update(len(ids))
+                if r.status == "failed":
+                    bars[r.name].set_postfix_str("FAILED")
     finally:
         for b in (bars or {}).values():
             b.close()
         for r in todo:
-            _guarded(r, "teardown", r.method.teardown)
-    return skipped, all_ids, all_shas, shared_s
+            reason = r.views.teardown() if r.views is not None else None
+            if reason and r.status == "pending":
+                r.status, r.error = "failed", f"method {r.name}: teardown raised {reason}"
+    return skipped, all_ids, all_shas
 
 
 def _bars(runs, total, progress):
@@ -407,62 +380,127 @@ def _bars(runs, total, progress):
             for i, r in enumerate(runs)}
 
 
-def _run_one(r: MethodRun, batch: Batch, labels, predicted, postprocess, dead_from, size, save_maps, shapes):
+def _attempt(r: MethodRun, what: str, ids, call):
+    """Run one step of a method; on failure (its own, or a failed setup of a view) mark it failed and return None."""
+    if r.status != "pending":
+        return None
     t0 = time.perf_counter()
     try:
-        try:
-            out = r.method.explain(batch)
-        except MethodFailure:
-            raise
-        except BaseException as e:  # noqa: BLE001 - a faulty method fails alone, even one that calls sys.exit
-            reason = foreign_failure(e)
-            if reason is None:  # the user's Ctrl-C
-                raise
-            raise MethodFailure(f"raised {reason}", "0") from None
-        maps = check_maps(out, len(batch.ids), shapes)
+        return call()
     except MethodFailure as f:
-        item = batch.ids[int(f.item)] if f.item else batch.ids[0]
-        r.status = "failed"
-        r.error = f"method {r.name} {f.reason} (first offending item: {item!r})"
-        r.rows, r.maps, r.grid_maps = [], [], []
-        return
-    pp = M.postprocess(maps, postprocess, size)
-    r.seconds += time.perf_counter() - t0
-    vals = M.per_image(pp, dead_from)
-    empty = M.is_empty(pp)
+        item = ids[int(f.item)] if f.item else ids[0]
+        where = "" if what == "main" else f" in the {what} pass"
+        r.status, r.error = "failed", f"method {r.name} {f.reason}{where} (first offending item: {item!r})"
+    except BaseException as e:  # noqa: BLE001 - a view's setup is foreign code too
+        reason = foreign_failure(e)
+        if reason is None:
+            raise
+        r.status, r.error = "failed", f"method {r.name}: setup for the {what} pass raised {reason}"
+    finally:
+        r.seconds += time.perf_counter() - t0
+    r.rows, r.maps, r.grid_maps = [], [], []
+    return None
+
+
+def _need_grads(runs) -> bool:
+    return any("gradients" in r.method.needs for r in runs if r.status == "pending")
+
+
+def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
+    """One batch through every view; appends each live method's per-image rows."""
+    wall, n = st.wall, len(ids)
+    canon = views.backbone("canonical")
+    batch = make_batch(canon, x01, st.target, labels, idx, ids, st.seed, _need_grads(live), st.clock)
+    got = {}
+    seen = wall.seen_mask()
+    ends = deletion_ends(canon, batch.x, batch.targets, seen)
+    for r in live:
+        def main(r=r):
+            maps, empty = scored_maps(r.views.get("canonical"), batch, st.shapes, st.postprocess, st.size)
+            probs = deletion_probs(canon, batch.x, maps, batch.targets, seen, st.axes.deletion_steps, st.seed, idx,
+                                   st.axes.deletion_chunk, ends)
+            return {"maps": maps, "empty": empty, **M.per_image(maps, wall.dead_from),
+                    "deletion_auc": M.deletion_auc(probs), "mu_hidden": np.full(n, np.nan),
+                    "hidden_empty": np.zeros(n, bool)}
+        got[r.name] = _attempt(r, "main", ids, main)
+    orientation = [orientation_for(st.seed, i) for i in idx]
+    for g in dict.fromkeys(orientation):
+        pos = [j for j, o in enumerate(orientation) if o == g]
+        runs = [r for r in live if r.status == "pending"]
+        if not runs:
+            break
+        sub = make_batch(views.backbone(g), apply(x01[pos], g), st.target, None, [idx[j] for j in pos],
+                         [ids[j] for j in pos], st.seed, _need_grads(runs), st.clock, targets=batch.targets[pos])
+        for r in runs:
+            def hidden(r=r, g=g, sub=sub):
+                return scored_maps(r.views.get(g), sub, st.shapes, st.postprocess, st.size)
+            res = _attempt(r, f"hidden-wall ({g})", sub.ids, hidden)
+            if res is not None:
+                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), wall.dead_from)
+                got[r.name]["hidden_empty"][pos] = res[1]
+    runs = [r for r in live if r.status == "pending"]
+    if runs:
+        sub = make_batch(views.backbone("random"), x01, st.target, None, idx, ids, st.seed, _need_grads(runs), st.clock,
+                         targets=batch.targets)
+        for r in runs:
+            res = _attempt(r, "randomisation", ids, lambda r=r: scored_maps(r.views.get("random"), sub, st.shapes,
+                                                                             st.postprocess, st.size))
+            if res is not None:
+                got[r.name]["rand_corr"] = M.rank_correlation(got[r.name]["maps"], res[0], wall.read_cells().numpy())
+    predicted = batch.logits.argmax(dim=1).tolist()
+    for r in live:
+        if r.status == "pending":
+            _add_rows(r, got[r.name], batch, labels, predicted, orientation, st.save_maps)
+
+
+def _add_rows(r: MethodRun, v: dict, batch, labels, predicted, orientation, save_maps) -> None:
+    maps = v["maps"]
+    num = lambda a, j: None if np.isnan(a[j]) else float(a[j])  # noqa: E731
     for j, ident in enumerate(batch.ids):
         r.rows.append({"id": ident, "index": int(batch.index[j]), "label": int(labels[j]),
                        "target": int(batch.targets[j]), "predicted": int(predicted[j]),
-                       **{k: (None if np.isnan(v[j]) else float(v[j])) for k, v in vals.items()},
-                       "empty": bool(empty[j])})
+                       **{k: num(v[k], j) for k in M.PER_IMAGE}, "map_empty": bool(v["empty"][j]),
+                       "orientation": orientation[j], "mu_hidden": num(v["mu_hidden"], j),
+                       "hidden_empty": bool(v["hidden_empty"][j]), "deletion_auc": num(v["deletion_auc"], j),
+                       "rand_corr": num(v["rand_corr"], j),
+                       "map_sha256": hashlib.sha256(np.ascontiguousarray(maps[j], dtype=np.float32)).hexdigest()})
     if len(r.grid_maps) < GRID_ITEMS:
-        r.grid_maps.extend(pp[: GRID_ITEMS - len(r.grid_maps)])
+        r.grid_maps.extend(maps[: GRID_ITEMS - len(r.grid_maps)])
     if save_maps:
-        r.maps.append(pp.astype(np.float16))
+        r.maps.append(maps.astype(np.float16))
 
 
-def _write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, seed, seconds, save_maps) -> dict:
+def _write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Setting) -> dict:
     stem = file_stem(r.name)
     data = rows_table(r.rows)
     atomic_write_bytes(out / f"{stem}.parquet", data)
     n = len(r.rows)
-    if save_maps and r.maps:
+    if setting.save_maps and r.maps:
         buf = io.BytesIO()
         np.savez_compressed(buf, ids=np.array([row["id"] for row in r.rows]), maps=np.concatenate(r.maps))
         atomic_write_bytes(out / f"{stem}.maps.npz", buf.getvalue())
+    metrics = aggregate_rows(r.rows, setting.seed)
     record = {
         **base,
         "method": r.method.describe(),
-        "metrics": aggregate_rows(r.rows, seed),
+        "metrics": metrics,
+        "flags": setting.axes.flags(metrics),
+        "maps": {"digest": maps_digest(r.rows)},
         "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
         "rows": {"file": f"{stem}.parquet", "sha256": hashlib.sha256(data).hexdigest(),
                  "columns": list(r.rows[0])},
-        "timing": {"seconds": round(seconds, 4), "images_per_s": round(n / seconds, 3) if seconds > 0 else None},
+        "timing": {"seconds": round(r.seconds, 4), "images_per_s": round(n / r.seconds, 3) if r.seconds > 0 else None},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     validate_record(record, where=f"result record of {r.name}")
     atomic_write_json(r.record_path, record)  # last: a record on disk means the rows beside it are complete
     return record
+
+
+def maps_digest(rows) -> str:
+    """sha256 over the per-image map digests in evaluation order: equal for two methods whose scored maps are
+    bitwise identical on every image."""
+    return hashlib.sha256("".join(f"{r['map_sha256']}\n" for r in rows).encode()).hexdigest()
 
 
 def _grid_images(ds, size, k):

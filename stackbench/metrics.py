@@ -9,7 +9,11 @@ is not scale-invariant, so mu depends on it) and is recorded in every result:
     raw           ReLU and cv2 INTER_LINEAR resize, no shift and no scaling
 
 mu (paper eq. 1) = ||map[dead rows]||_2 / ||map||_2 on the 224x224 map, dead rows 170..223. An all-zero map
-has no mu: it is NaN here and counted in `n_empty` by `aggregate`, never turned into 0.
+has no mu: it is NaN here. The harness scores it by `EMPTY_RULE` (as the uniform map: mu = sqrt(54/224) = 0.491,
+what a map with no information gets) and counts it in `n_empty`, so abstaining never beats explaining.
+
+The board's other axes are pure functions here too: `deletion_order` / `deletion_auc` (RISE deletion in the
+seen part) and `rank_correlation` (the randomisation check).
 """
 from __future__ import annotations
 
@@ -48,6 +52,19 @@ def postprocess(maps, kind: str = "gradcam-lib", size: tuple[int, int] = (224, 2
     if kind == "raw":
         return np.maximum(_resize(maps, size), 0)
     return _minmax(_resize(_minmax(maps), size)).astype(np.float32)
+
+
+EMPTY_RULE = ("uniform: an all-zero map is scored as the uniform map (mu = sqrt(dead rows / rows), 0.491 for the "
+              "paper's wall; deletion in random order; counted in n_empty)")
+
+
+def fill_empty(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(maps with every all-zero map replaced by the uniform map of ones, the (N,) empty mask): `EMPTY_RULE`."""
+    empty = is_empty(maps)
+    if empty.any():
+        maps = maps.copy()
+        maps[empty] = 1.0
+    return maps, empty
 
 
 def _as_batch(maps) -> np.ndarray:
@@ -96,6 +113,43 @@ def per_image(maps, dead_from: int = 170) -> dict[str, np.ndarray]:
     return {name: fn(m, dead_from) for name, fn in PER_IMAGE.items()}
 
 
+def deletion_order(maps, seen, seed: int, index) -> np.ndarray:
+    """(N, S) flat pixel indices of the seen pixels (`seen`: (H, W) bool) from most to least salient; ties broken
+    in a random order seeded by (seed, item index), so a constant map deletes in a random order."""
+    m = _as_batch(maps).reshape(len(maps), -1)
+    cells = np.flatnonzero(np.asarray(seen).reshape(-1))
+    out = np.empty((len(m), cells.size), dtype=np.int64)
+    for j, i in enumerate(index):
+        perm = np.random.default_rng([int(seed), int(i)]).permutation(cells.size)
+        vals = m[j, cells[perm]]
+        out[j] = cells[perm[np.argsort(-vals, kind="stable")]]
+    return out
+
+
+def deletion_auc(probs) -> np.ndarray:
+    """(N, K + 1) target probabilities after deleting 0, 1/K, ..., K/K of the seen pixels -> trapezoid AUC over
+    [0, 1] per image (lower: the map found what the model uses)."""
+    p = np.asarray(probs, dtype=np.float64)
+    k = p.shape[1] - 1
+    return ((p[:, :-1] + p[:, 1:]) / 2).sum(axis=1) / k
+
+
+def rank_correlation(a, b, cells) -> np.ndarray:
+    """Spearman rank correlation per map pair over `cells` ((H, W) bool), ties at their average rank. 1.0 where
+    the two maps are identical there (also when constant); 0.0 where only one is constant (no shared ranking)."""
+    from scipy.stats import rankdata
+
+    cells = np.asarray(cells).reshape(-1)
+    x = _as_batch(a).reshape(len(a), -1)[:, cells]
+    y = _as_batch(b).reshape(len(b), -1)[:, cells]
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, (rx * ry).sum(axis=1) / np.where(den > 0, den, 1), 0.0)
+    return np.where((x == y).all(axis=1), 1.0, np.clip(r, -1.0, 1.0))
+
+
 def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float] | None:
     """Percentile bootstrap interval of the mean (seeded: the same values give the same interval)."""
     v = np.asarray(values, dtype=np.float64)
@@ -107,16 +161,18 @@ def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.
     return [float(lo), float(hi)]
 
 
-def aggregate(values, resamples: int = 1000, seed: int = 0) -> dict:
-    """{mean, std, ci95, n, n_empty} of per-image values; NaN entries (empty maps) are counted, not averaged.
+def aggregate(values, resamples: int = 1000, seed: int = 0, empty=None) -> dict:
+    """{mean, std, ci95, n, n_empty} of per-image values. NaN entries (schema 1: empty maps) are counted in
+    n_empty, not averaged; `empty` (a bool mask) counts maps that were scored by `EMPTY_RULE` (in n and n_empty).
     std is the population std (ddof=0, as numpy's default the paper's `mean +- std` used)."""
     v = np.asarray(values, dtype=np.float64)
-    empty = np.isnan(v)
-    good = v[~empty]
+    nan = np.isnan(v)
+    good = v[~nan]
+    n_empty = int(nan.sum()) + (int(np.asarray(empty, dtype=bool)[~nan].sum()) if empty is not None else 0)
     if good.size == 0:
-        return {"mean": None, "std": None, "ci95": None, "n": 0, "n_empty": int(empty.sum())}
+        return {"mean": None, "std": None, "ci95": None, "n": 0, "n_empty": n_empty}
     return {"mean": float(good.mean()), "std": float(good.std()), "ci95": bootstrap_ci(good, resamples, seed),
-            "n": int(good.size), "n_empty": int(empty.sum())}
+            "n": int(good.size), "n_empty": n_empty}
 
 
 def mu_cell(agg: dict | None) -> str:

@@ -1,4 +1,4 @@
-"""Result records (`stackbench.result/1`): building, reading and validating them.
+"""Result records (`stackbench.result/2`; `/1` is still read): building, reading and validating them.
 
 A record holds everything needed to reproduce its number (DESIGN.md "Result record"); the per-image rows
 live in a Parquet file beside it, whose sha256 the record carries. `validate_record` names the first missing
@@ -12,8 +12,11 @@ from pathlib import Path
 
 from .errors import StackbenchError
 
-SCHEMA = "stackbench.result/1"
-METRICS = ("mu", "dead_mass", "leak_rate")
+SCHEMA = "stackbench.result/2"
+SCHEMA_1 = "stackbench.result/1"  # before the board's axes: read and shown, never re-run by verify
+SCHEMAS = (SCHEMA, SCHEMA_1)
+METRICS_1 = ("mu", "dead_mass", "leak_rate")
+METRICS = METRICS_1 + ("mu_hidden", "deletion_auc", "rand_corr")
 # Fields that change from run to run; everything else is a pure function of the inputs and the seed.
 VOLATILE = ("timing", "created")
 
@@ -37,10 +40,17 @@ SCHEMA_FIELDS = {
     "dataset": {"ref": str, "fingerprint": _sha, "n": int, "revision?": _opt_str, "kind?": _opt_str,
                 "name?": str},
     "model": {"ref": str, "name?": str, "sha256": _sha, "revision?": _opt_str,
-              "wall": {"dead_from": int, "grid": [int], "input_size": [int], "masked_rows": int, "side": str}},
+              "wall": {"dead_from": int, "grid": [int], "input_size": [int], "masked_rows": int, "side": str,
+                       "orientation?": str}},
     "target": str,
     "postprocess": {"name": str, "definition": str},
     "metrics": "metrics",
+    "axes?": {"empty_rule": str,
+              "hidden": {"orientations": [str], "choice": str, "seed": int, "tolerance": _num},
+              "deletion": {"steps": int, "fill": str, "order": str, "seed": int, "score": str},
+              "randomisation": {"init": str, "seed": int, "cells": str, "threshold": _num}},
+    "flags?": {"orientation_dependent": bool, "model_insensitive": bool},
+    "maps?": {"digest": _sha},
     "items": {"n": int, "digest": _sha, "skipped": [{"id": str, "reason": str}]},
     "rows": {"file": str, "sha256": _sha, "columns?": [str]},
     "env": {str: str},
@@ -79,7 +89,7 @@ def _leaf(name: str, value, kind, where: str) -> None:
     if kind == _url:
         safe_url(value, what=f"{where}: field {name}")
         return
-    if isinstance(value, bool) and kind in (int, _num, _opt_num):
+    if isinstance(value, bool) and kind is not bool and kind in (int, _num, _opt_num):
         raise StackbenchError(f"{where}: field {name} must be a number, got a boolean")
     if not isinstance(value, kind):
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
@@ -111,7 +121,7 @@ def _walk(name: str, value, spec, where: str) -> None:
     known = {k.rstrip("?"): (k.endswith("?"), s) for k, s in spec.items()}
     for key in value:
         if key not in known:
-            raise StackbenchError(f"{where}: field {prefix}{key} is not part of {SCHEMA}; remove it")
+            raise StackbenchError(f"{where}: field {prefix}{key} is not part of the result schema; remove it")
     for key, (optional, sub) in known.items():
         if key not in value:
             if optional:
@@ -121,22 +131,31 @@ def _walk(name: str, value, spec, where: str) -> None:
 
 
 def validate_record(record: dict, where: str = "result record") -> dict:
-    """Check a record against `stackbench.result/1`; raise StackbenchError naming the first bad field (missing,
-    of the wrong type, or not part of the schema)."""
+    """Check a record against `stackbench.result/2` (or `/1`); raise StackbenchError naming the first bad field
+    (missing, of the wrong type, or not part of the schema)."""
     if not isinstance(record, dict):
         raise StackbenchError(f"{where}: not a JSON object")
-    if record.get("schema") != SCHEMA:
+    if record.get("schema") not in SCHEMAS:
         raise StackbenchError(f"{where}: field schema is {record.get('schema')!r}, expected {SCHEMA!r}")
     _walk("", record, SCHEMA_FIELDS, where)
-    if "mu" not in record["metrics"]:
-        raise StackbenchError(f"{where}: field metrics.mu is missing")
+    v2 = record["schema"] == SCHEMA
+    need = METRICS if v2 else ("mu",)
+    for metric in need:
+        if metric not in record["metrics"]:
+            raise StackbenchError(f"{where}: field metrics.{metric} is missing")
+    extra = [k for k in ("axes", "flags", "maps") if (k in record) != v2]
+    if extra:
+        raise StackbenchError(f"{where}: field {extra[0]} is {'missing' if v2 else 'not part of ' + SCHEMA_1}")
     for metric, agg in record["metrics"].items():
+        if not v2 and metric not in METRICS_1:
+            raise StackbenchError(f"{where}: field metrics.{metric} is not part of {SCHEMA_1}; remove it")
         ci = agg["ci95"]
         if ci is not None and (len(ci) != 2 or not all(isinstance(v, _num) for v in ci) or ci[0] > ci[1]):
             raise StackbenchError(f"{where}: field metrics.{metric}.ci95 must be [low, high], got {ci!r}")
-        if agg["n"] + agg["n_empty"] > record["items"]["n"]:
-            raise StackbenchError(f"{where}: metrics.{metric} counts {agg['n'] + agg['n_empty']} maps but items.n is "
-                                  f"{record['items']['n']}")
+        counted = agg["n"] if v2 else agg["n"] + agg["n_empty"]  # /2 scores empty maps (in n and n_empty)
+        if counted > record["items"]["n"] or (v2 and agg["n_empty"] > agg["n"]):
+            raise StackbenchError(f"{where}: metrics.{metric} counts {counted} maps ({agg['n_empty']} empty) but items.n "
+                                  f"is {record['items']['n']}")
         if agg["n"] and agg["mean"] is None:
             raise StackbenchError(f"{where}: field metrics.{metric}.mean is null although n = {agg['n']}")
     if record["items"]["n"] + len(record["items"]["skipped"]) > record["dataset"]["n"]:
@@ -158,7 +177,8 @@ def read_record(path: str | Path) -> dict:
 
 def identity(record: dict) -> dict:
     """The part of a record that must match for a finished result to be reused (resume)."""
-    return {"method": {k: record["method"].get(k) for k in ("name", "source", "version", "config", "code", "package")},
+    return {"schema": record["schema"], "axes": record.get("axes"),
+            "method": {k: record["method"].get(k) for k in ("name", "source", "version", "config", "code", "package")},
             "dataset": {k: record["dataset"].get(k) for k in ("fingerprint", "n")},
             "model": {k: record["model"].get(k) for k in ("sha256", "wall")},
             "target": record["target"], "postprocess": record["postprocess"]["name"],

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 MODULES = {"torch": "torch", "torchvision": "torchvision", "accelerate": "accelerate", "numpy": "numpy",
            "pillow": "PIL", "datasets": "datasets", "pyarrow": "pyarrow", "scikit-learn": "sklearn"}
 # ... or the installed distribution (optional libraries: not imported just to be named).
-DISTRIBUTIONS = {"grad-cam": "grad-cam", "captum": "captum", "opencv": "opencv-python-headless"}
+DISTRIBUTIONS = {"grad-cam": "grad-cam", "captum": "captum", "opencv": "opencv-python-headless", "scipy": "scipy"}
 
 
 def versions(*names: str, python: bool = True) -> dict[str, str]:

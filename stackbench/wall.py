@@ -1,17 +1,71 @@
 """The wall: which input pixels a walled model provably cannot see.
 
 A walled model's first dense layer ignores the bottom rows of its last feature map. `Wall` holds that
-geometry (and the input rows it implies through the receptive field of the convolutional stack);
+geometry (and the input rows it implies through the receptive field of the convolutional stack) under any of
+the 8 dihedral orientations of the square input (`ORIENTATIONS`: the wall at the bottom, top, left or right);
 `dead_zone` finds the dead pixels of *any* model by tracing it; `check` proves the wall bitwise.
 
 This module imports nothing of the package: the metric, the generators and the figures all use it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence
 
 import torch
+
+
+# The dihedral group of the square: g(x) = transpose (if t), then flip rows (if fh), then flip columns (if fw).
+# Where the bottom wall goes: identity and hflip keep it at the bottom; the other 6 move it.
+ORIENTATIONS = {
+    "identity": (False, False, False), "hflip": (False, False, True), "vflip": (False, True, False),
+    "rot180": (False, True, True), "transpose": (True, False, False), "rot90": (True, True, False),
+    "rot270": (True, False, True), "antitranspose": (True, True, True),
+}
+MOVING = ("vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose")
+
+
+def _check_orientation(g: str) -> str:
+    if g not in ORIENTATIONS:
+        raise ValueError(f"unknown orientation {g!r}; expected one of {', '.join(ORIENTATIONS)}")
+    return g
+
+
+def apply(x: torch.Tensor, g: str) -> torch.Tensor:
+    """g(x) on the last two (spatial) dims of a tensor or numpy array (a view where possible)."""
+    t, fh, fw = ORIENTATIONS[_check_orientation(g)]
+    if isinstance(x, torch.Tensor):
+        if t:
+            x = x.transpose(-1, -2)
+        dims = [d for d, f in ((-2, fh), (-1, fw)) if f]
+        return x.flip(dims) if dims else x
+    import numpy as np
+
+    if t:
+        x = np.swapaxes(x, -1, -2)
+    if fh:
+        x = x[..., ::-1, :]
+    if fw:
+        x = x[..., ::-1]
+    return x
+
+
+def inverse(g: str) -> str:
+    """The orientation that undoes g."""
+    t, fh, fw = ORIENTATIONS[_check_orientation(g)]
+    return _named((t, fw, fh) if t else (t, fh, fw))  # undo the flips, then the transpose
+
+
+def compose(first: str, then: str) -> str:
+    """The orientation h with h(x) = then(first(x))."""
+    probe = torch.arange(9).view(3, 3)
+    target = apply(apply(probe, first), then)
+    return next(h for h in ORIENTATIONS if torch.equal(apply(probe, h), target))
+
+
+def _named(code: tuple) -> str:
+    return next(k for k, v in ORIENTATIONS.items() if v == code)
 
 
 @dataclass(frozen=True)
@@ -19,26 +73,74 @@ class Wall:
     """Geometry of a wall.
 
     grid: (h, w) of the feature map the dense head reads.
-    masked_rows: how many feature rows on `side` the head ignores (0: no wall).
+    masked_rows: how many feature rows at the bottom the head ignores before `orientation` (0: no wall).
     input_size: (H, W) of the model input.
-    dead_from: first input row that no logit depends on (H when there is no dead zone).
+    dead_from: first input row that no logit depends on before `orientation` (H when there is no dead zone).
+    orientation: the dihedral transform (`ORIENTATIONS`) applied to that bottom wall; `side` says where it lands.
     """
 
     grid: tuple[int, int] = (14, 14)
     masked_rows: int = 9
-    side: str = "bottom"
     input_size: tuple[int, int] = (224, 224)
     dead_from: int = 170
+    orientation: str = "identity"
 
     def __post_init__(self):
-        if self.side != "bottom":
-            raise ValueError(f"wall side {self.side!r} is not supported; only 'bottom' is")
         if not 0 <= self.masked_rows <= self.grid[0]:
             raise ValueError(f"masked_rows={self.masked_rows} outside 0..{self.grid[0]}")
+        _check_orientation(self.orientation)
+        if self.orientation != "identity" and (self.grid[0] != self.grid[1] or self.input_size[0] != self.input_size[1]):
+            raise ValueError(f"orientation {self.orientation!r} needs a square input and feature map")
+
+    @property
+    def side(self) -> str:
+        """Where the dead band lies: bottom, top, right or left."""
+        t, fh, fw = ORIENTATIONS[self.orientation]
+        return ("left" if fw else "right") if t else ("top" if fh else "bottom")
+
+    @property
+    def axis(self) -> int:
+        """-2 when the band is rows (bottom, top), -1 when it is columns (left, right)."""
+        return -1 if ORIENTATIONS[self.orientation][0] else -2
+
+    def oriented(self, g: str) -> "Wall":
+        """This wall after the input (and the model) are transformed by g."""
+        return replace(self, orientation=compose(self.orientation, g))
+
+    def canonical(self) -> "Wall":
+        return replace(self, orientation="identity")
+
+    def dead_mask(self) -> torch.Tensor:
+        """(H, W) bool: True on the input pixels behind the wall, in this orientation."""
+        m = torch.zeros(self.input_size, dtype=torch.bool)
+        m[self.dead_from:] = True
+        return apply(m, self.orientation).contiguous()
+
+    def seen_mask(self) -> torch.Tensor:
+        """(H, W) bool: the pixels in front of the wall."""
+        return ~self.dead_mask()
+
+    def read_cells(self) -> torch.Tensor:
+        """(H, W) bool: the input pixels under the feature cells the head reads (the live feature rows scaled to
+        the input: rows 0..79 of 224 for the paper's geometry), in this orientation. Where a map's ranking is
+        tested against the model's (the randomisation check)."""
+        m = torch.zeros(self.input_size, dtype=torch.bool)
+        stride = self.input_size[0] // self.grid[0]
+        m[: (self.grid[0] - self.masked_rows) * stride] = True
+        return apply(m, self.orientation).contiguous()
+
+    def live_slice(self, stride: int) -> tuple[int, slice]:
+        """(axis, slice): the input lines the live feature lines can see, widened to a multiple of `stride` at the
+        wall's side, so a conv stack of that stride computes the live features on the slice alone."""
+        H = self.input_size[0]
+        live = math.ceil(self.dead_from / stride) * stride if self.dead_height else H
+        live = min(live, H)
+        far = ORIENTATIONS[self.orientation][2 if ORIENTATIONS[self.orientation][0] else 1]
+        return self.axis, (slice(H - live, H) if far else slice(0, live))
 
     @property
     def dead_rows(self) -> range:
-        """Input rows behind the wall (empty for an unwalled model)."""
+        """Input rows behind the wall before `orientation` (empty for an unwalled model)."""
         return range(self.dead_from, self.input_size[0])
 
     @property
@@ -51,12 +153,12 @@ class Wall:
         return self.dead_height / self.input_size[0]
 
     def feature_mask(self) -> torch.Tensor:
-        """(h, w) float mask of the feature map: 1 where the head may look, 0 behind the wall."""
+        """(h, w) float mask of the feature map: 1 where the head may look, 0 behind the wall (oriented)."""
         h, w = self.grid
         mask = torch.ones(h, w)
         if self.masked_rows:
             mask[h - self.masked_rows:] = 0
-        return mask
+        return apply(mask, self.orientation).contiguous()
 
     def rows_at(self, height: int) -> range:
         """The dead rows scaled to an image of `height` rows (e.g. a generator's native size)."""
@@ -66,20 +168,37 @@ class Wall:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["grid"], d["input_size"] = list(self.grid), list(self.input_size)
+        d["side"] = self.side
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Wall":
         d = dict(d)
         d["grid"], d["input_size"] = tuple(d["grid"]), tuple(d["input_size"])
-        return cls(**d)
+        side = d.pop("side", None)  # derived (schema 1 records carry side "bottom" and no orientation)
+        wall = cls(**d)
+        if side is not None and side != wall.side:
+            raise ValueError(f"wall side {side!r} does not match orientation {wall.orientation!r} ({wall.side})")
+        return wall
+
+    def band(self) -> tuple[str, int, int]:
+        """("rows" | "columns", first, last) of the dead band in this orientation."""
+        H = self.input_size[0]
+        lo, hi = self.dead_from, H - 1
+        if self.side in ("top", "left"):
+            lo, hi = 0, H - 1 - self.dead_from
+        return ("rows" if self.axis == -2 else "columns"), lo, hi
 
     def describe(self) -> str:
         if not self.dead_height:
             return "no wall"
-        last = self.input_size[0] - 1
-        return (f"rows {self.dead_from}..{last} ({self.dead_height} px, {100 * self.share:.1f}% of the image); "
-                f"feature rows {self.grid[0] - self.masked_rows}..{self.grid[0] - 1} of {self.grid[0]} masked")
+        what, lo, hi = self.band()
+        feat = "rows" if self.axis == -2 else "columns"
+        g = self.grid[0]
+        flo, fhi = (g - self.masked_rows, g - 1) if self.side in ("bottom", "right") else (0, self.masked_rows - 1)
+        turned = "" if self.orientation == "identity" else f"; orientation {self.orientation}"
+        return (f"{what} {lo}..{hi} ({self.dead_height} px, {100 * self.share:.1f}% of the image, {self.side}); "
+                f"feature {feat} {flo}..{fhi} of {g} masked{turned}")
 
 
 def live_input_rows(layers: Sequence[tuple[int, int, int]], live_rows: tuple[int, int], height: int) -> tuple[int, int]:
@@ -110,15 +229,18 @@ def wall_for(layers: Sequence[tuple[int, int, int]], input_size: tuple[int, int]
 
 @dataclass
 class DeadZone:
-    """Result of tracing: `mask` (H, W) is True where every trace gave an exactly zero gradient."""
+    """Result of tracing: `mask` (H, W) is True where every trace gave an exactly zero gradient. `rows` and
+    `columns` are the lines dead across the whole image (a wall is one band of them)."""
 
     mask: torch.Tensor
     traces: int
     seed: int
     rows: list[int] = field(default_factory=list)
+    columns: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.rows = [int(r) for r in torch.nonzero(self.mask.all(dim=1)).flatten()]
+        self.columns = [int(c) for c in torch.nonzero(self.mask.all(dim=0)).flatten()]
 
     @property
     def pixels(self) -> int:
@@ -128,11 +250,30 @@ class DeadZone:
     def share(self) -> float:
         return self.pixels / self.mask.numel()
 
+    def band_mask(self) -> torch.Tensor:
+        """(H, W) bool: the pixels on a fully dead row or column (what `check` puts noise on)."""
+        m = torch.zeros_like(self.mask)
+        if self.rows:
+            m[self.rows] = True
+        if self.columns:
+            m[:, self.columns] = True
+        return m
+
+    def matches(self, wall: Wall) -> bool:
+        """The traced band is exactly the wall's dead band in its orientation (no band for an unwalled model)."""
+        return torch.equal(self.band_mask(), wall.dead_mask())
+
     def describe(self) -> str:
-        if not self.rows:
+        H, W = self.mask.shape
+        parts = [f"{what} {format_rows(lines)} ({len(lines)} px, {100 * len(lines) / n:.1f}% of the image)"
+                 for what, lines, n in (("rows", self.rows, H), ("columns", self.columns, W))
+                 if lines and len(lines) < n]
+        if not parts:
+            if self.rows:
+                return "every pixel is dead"
             extra = f" ({self.pixels} isolated dead pixels)" if self.pixels else ""
-            return "no dead rows" + extra
-        return f"rows {format_rows(self.rows)} ({len(self.rows)} px, {100 * len(self.rows) / self.mask.shape[0]:.1f}% of the image)"
+            return "no dead rows or columns" + extra
+        return "; ".join(parts)
 
 
 def format_rows(rows: Iterable[int]) -> str:
@@ -186,44 +327,62 @@ class CheckResult:
     identical: bool
     max_abs_diff: float
     trials: int
+    columns: list[int] = field(default_factory=list)
+    mask: torch.Tensor | None = field(default=None, repr=False)
 
     def holds(self, wall: Wall) -> bool:
-        """The verdict: the traced dead rows are exactly the declared ones (none for an unwalled model) and noise
-        there left every logit bitwise identical."""
-        return self.identical and self.rows == list(wall.dead_rows)
+        """The verdict: the checked band is exactly the wall's dead band in its orientation (none for an unwalled
+        model) and noise there left every logit bitwise identical."""
+        mask = self.mask if self.mask is not None else torch.zeros(wall.input_size, dtype=torch.bool)
+        return self.identical and tuple(mask.shape) == tuple(wall.input_size) and torch.equal(mask, wall.dead_mask())
 
     def describe(self) -> str:
-        if not self.rows:
-            return "nothing to check (no dead rows)"
+        if self.mask is None or not bool(self.mask.any()):
+            return "nothing to check (no dead rows or columns)"
         verdict = "PASS: logits bitwise identical" if self.identical else f"FAIL: logits differ (max |diff| {self.max_abs_diff:.3g})"
-        return f"{verdict} with rows {format_rows(self.rows)} replaced by noise ({self.trials} inputs)"
+        where = "; ".join(f"{what} {format_rows(lines)}" for what, lines in (("rows", self.rows), ("columns", self.columns))
+                          if lines) or f"{int(self.mask.sum())} pixels"
+        return f"{verdict} with {where} replaced by noise ({self.trials} inputs)"
+
+
+def _as_mask(where, input_size) -> torch.Tensor:
+    """Rows (a list of ints) or an (H, W) bool mask -> an (H, W) bool mask."""
+    if isinstance(where, torch.Tensor) and where.dtype == torch.bool:
+        return where.cpu()
+    mask = torch.zeros(input_size, dtype=torch.bool)
+    rows = sorted(int(r) for r in where)
+    if rows:
+        mask[rows] = True
+    return mask
 
 
 @torch.no_grad()
-def logits_unchanged(model: torch.nn.Module, rows: Sequence[int], input_size: tuple[int, int] = (224, 224),
+def logits_unchanged(model: torch.nn.Module, where, input_size: tuple[int, int] = (224, 224),
                      trials: int = 2, seed: int = 1, channels: int = 3) -> CheckResult:
-    """Replace `rows` of random inputs with fresh noise and compare every logit bitwise."""
+    """Replace the pixels `where` (a list of rows, or an (H, W) bool mask) of random inputs with fresh noise and
+    compare every logit bitwise."""
     device, dtype = _device_dtype(model)
     gen = torch.Generator().manual_seed(seed)
-    rows = sorted(int(r) for r in rows)
+    mask = _as_mask(where, input_size)
     was_training = model.training
     model.eval()
     try:
         x = torch.randn(trials, channels, *input_size, generator=gen)
-        y = x.clone()
-        if rows:
-            idx = torch.tensor(rows)
-            y[:, :, idx] = 3 * torch.randn(trials, channels, len(rows), input_size[1], generator=gen)
+        noise = 3 * torch.randn(trials, channels, *input_size, generator=gen)
+        y = torch.where(mask, noise, x)
         a = model(x.to(device, dtype))
         b = model(y.to(device, dtype))
     finally:
         model.train(was_training)
-    return CheckResult(rows=rows, identical=bool(torch.equal(a, b)),
-                       max_abs_diff=float((a - b).abs().max()), trials=trials)
+    rows = [int(r) for r in torch.nonzero(mask.all(dim=1)).flatten()]
+    cols = [int(c) for c in torch.nonzero(mask.all(dim=0)).flatten()]
+    return CheckResult(rows=rows, columns=cols, identical=bool(torch.equal(a, b)),
+                       max_abs_diff=float((a - b).abs().max()), trials=trials, mask=mask)
 
 
 def check(model: torch.nn.Module, input_size: tuple[int, int] = (224, 224), traces: int = 4, seed: int = 0,
           zone: DeadZone | None = None) -> CheckResult:
-    """Trace the dead zone (unless given) and verify that noise there leaves every logit bitwise identical."""
+    """Trace the dead zone (unless given) and verify that noise on its dead rows and columns leaves every logit
+    bitwise identical."""
     zone = zone or dead_zone(model, input_size, traces=traces, seed=seed)
-    return logits_unchanged(model, zone.rows, input_size, seed=seed + 1)
+    return logits_unchanged(model, zone.band_mask(), input_size, seed=seed + 1)

@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from stackbench import metrics as M
 from stackbench.errors import StackbenchError
-from stackbench.evaluate import check_maps, shared_pass
+from stackbench.passes import check_maps, shared_pass
 from stackbench.methods import PAPER_METHODS, Backbone, Batch, get_method, list_methods
 from stackbench.models import load_model
 
@@ -168,7 +168,7 @@ def test_bad_plugins_fail_with_one_clear_line(tmp_path):
 
 
 def test_check_maps_refuses_bad_outputs():
-    from stackbench.evaluate import MethodFailure
+    from stackbench.passes import MethodFailure
 
     good = torch.zeros(2, 14, 14)
     assert check_maps(good, 2).shape == (2, 14, 14)

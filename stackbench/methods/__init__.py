@@ -2,12 +2,14 @@
 Opti-CAM, adapters over pytorch-grad-cam and captum, and plugin loading."""
 from .base import NEEDS, Backbone, Batch, SaliencyMethod
 from .registry import get_method, get_method_class, list_methods, register_method
-from . import gradient, perturbation, opticam, adapters  # noqa: E402,F401  (register the built-ins)
+from . import gradient, perturbation, opticam, adapters, controls  # noqa: E402,F401  (register the built-ins)
 from .adapters import LibraryCAM, from_basecam
 from .gradient import TargetLayerCAM
 
 # The paper's Table 1, in its order.
 PAPER_METHODS = ("GradCAM", "GradCAM++", "XGradCAM", "ScoreCAM", "Opti-CAM", "AblationCAM", "EigenCAM", "HiResCAM")
+# The controls: never ranked; the board shows which axis catches each.
+CONTROLS = ("ConstantSeen", "SobelSeen", "GradCAMZeroed", "RandomCAM")
 
-__all__ = ["NEEDS", "PAPER_METHODS", "Backbone", "Batch", "LibraryCAM", "SaliencyMethod", "TargetLayerCAM",
+__all__ = ["CONTROLS", "NEEDS", "PAPER_METHODS", "Backbone", "Batch", "LibraryCAM", "SaliencyMethod", "TargetLayerCAM",
            "from_basecam", "get_method", "get_method_class", "list_methods", "register_method"]

@@ -41,8 +41,7 @@ class ScoreCAM(TargetLayerCAM):
             flat = up.reshape(N, C, -1)
             mx, mn = flat.max(dim=-1).values, flat.min(dim=-1).values
             up = (up - mn[..., None, None]) / (mx - mn + 1e-8)[..., None, None]
-            rows = bb.live_rows
-            up, xs = up[..., :rows, :], x[..., :rows, :]
+            up, xs = bb.crop(up), bb.crop(x)
             scores = torch.empty(N, C, dtype=torch.float32, device=A.device)
             const = mx == mn
             if bool(const.any()):  # an all-zero mask: the same masked input (zeros) for every such channel

@@ -1,0 +1,179 @@
+"""The board's axes beyond mu (DESIGN.md "The board's axes"), as the harness computes them per batch.
+
+- **Hidden walls**: each image is also explained through the model re-oriented by one of the 6 dihedral
+  transforms that move the wall (`wall.MOVING`, seeded per image), image and model transformed together; the map
+  is turned back and scored on the moved band: `mu_hidden`. Honest methods give mu_hidden = mu.
+- **Deletion in the seen part** (RISE): the seen pixels removed from most to least salient in `steps` steps
+  (filled with 0 after normalisation, the ImageNet mean colour), the target probability after each, trapezoid
+  AUC: `deletion_auc`, lower is better.
+- **Randomisation** (Adebayo et al. 2018): Spearman correlation of the map on the trained model and on the same
+  architecture re-initialised (seeded), same target, over the input pixels under the feature cells the head
+  reads: `rand_corr`.
+
+`Axes` holds the parameters (recorded in every result) and turns aggregates into the row's flags; `Views`
+holds the backbones a method runs on and one set-up instance of the method per view.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .errors import foreign_failure
+from .methods import Backbone
+from .wall import MOVING
+
+
+@dataclass(frozen=True)
+class Axes:
+    deletion_steps: int = 10
+    deletion_chunk: int = 64          # deleted images per forward
+    hidden_tolerance: float = 0.01    # |mean mu_hidden - mean mu| above this: orientation-dependent
+    rand_threshold: float = 0.8       # mean rand_corr at or above this: model-insensitive
+
+    def describe(self, seed: int) -> dict:
+        """The record's `axes`: every parameter that reproduces the new metrics."""
+        return {
+            "empty_rule": M.EMPTY_RULE,
+            "hidden": {"orientations": list(MOVING), "seed": seed, "tolerance": self.hidden_tolerance,
+                       "choice": "per image: orientations[numpy default_rng([seed, 1, index]).integers(6)]; the "
+                                 "image and the model transformed together, the map turned back, mu on the moved band"},
+            "deletion": {"steps": self.deletion_steps, "seed": seed, "score": "softmax probability of the target",
+                         "fill": "0 after ImageNet normalisation (the mean colour)",
+                         "order": "seen pixels by the scored map, most salient first; ties in a random order from "
+                                  "numpy default_rng([seed, 0, index]); step k deletes round(k S / K) of the S seen "
+                                  "pixels; trapezoid AUC over the K + 1 points"},
+            "randomisation": {"init": "the model's architecture re-initialised as at creation (torch seed below)",
+                              "seed": seed, "threshold": self.rand_threshold,
+                              "cells": "input pixels under the feature cells the head reads (Wall.read_cells)"},
+        }
+
+    def flags(self, metrics: dict) -> dict:
+        def mean(name):
+            return (metrics.get(name) or {}).get("mean")
+
+        mu, hidden, rand = mean("mu"), mean("mu_hidden"), mean("rand_corr")
+        return {"orientation_dependent": bool(mu is not None and hidden is not None
+                                              and abs(hidden - mu) > self.hidden_tolerance),
+                "model_insensitive": bool(rand is not None and rand >= self.rand_threshold)}
+
+
+def orientation_for(seed: int, index: int) -> str:
+    return MOVING[int(np.random.default_rng([int(seed), 1, int(index)]).integers(len(MOVING)))]
+
+
+def reinitialised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of `model` with every parameter re-drawn as at creation, from torch seed `seed`."""
+    out = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if hasattr(out, "_init_weights"):
+            out._init_weights()
+        else:
+            for m in out.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    return out
+
+
+class Views:
+    """The backbones of one evaluation: "canonical" (the model as it is), each hidden orientation, "random".
+    Hidden and random backbones are built on first use; a hidden model copy carries no `wall` attribute (the
+    backbone keeps it private), so a method cannot read where the wall went."""
+
+    def __init__(self, net: torch.nn.Module, seed: int):
+        self.net, self.seed = net, seed
+        self._bb: dict[str, Backbone] = {"canonical": Backbone(net)}
+
+    def backbone(self, view: str) -> Backbone:
+        if view not in self._bb:
+            if view == "random":
+                self._bb[view] = Backbone(reinitialised(self.net, self.seed))
+            else:
+                from .models.variants import orient
+
+                model = orient(self.net, view)
+                wall = model.wall
+                del model.wall
+                self._bb[view] = Backbone(model, wall=wall)
+        return self._bb[view]
+
+
+class Instances:
+    """One instance of a method per view, each set up once with that view's backbone (a method keeps state from
+    `setup`, e.g. hooks on the model). Copies are made before any setup."""
+
+    def __init__(self, method, views: Views, seed: int):
+        self.views, self.seed = views, seed
+        self.template = _fresh(method)
+        self.live: dict[str, object] = {}
+        self.first = method
+
+    def get(self, view: str):
+        if view not in self.live:
+            inst = self.first if view == "canonical" else _fresh(self.template)
+            self.live[view] = inst  # before setup: a failed setup is still torn down
+            inst.setup(self.views.backbone(view), seed=self.seed)
+        return self.live[view]
+
+    def teardown(self) -> str | None:
+        """Tear every instance down; the first failure's text (SystemExit included), else None."""
+        failure = None
+        for inst in self.live.values():
+            try:
+                inst.teardown()
+            except BaseException as e:  # noqa: BLE001 - foreign code may raise anything
+                reason = foreign_failure(e)
+                if reason is None:
+                    raise
+                failure = failure or reason
+        return failure
+
+
+def _fresh(method):
+    try:
+        return copy.deepcopy(method)
+    except Exception:  # noqa: BLE001 - an object that cannot be copied is re-created from its config
+        return type(method)(**method.config)
+
+
+def _target_probs(backbone: Backbone, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(backbone.logits(x).double(), dim=1).gather(1, targets[:, None])[:, 0].cpu()
+
+
+@torch.inference_mode()
+def deletion_ends(backbone: Backbone, x: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor) -> np.ndarray:
+    """(N, 2) target probabilities with nothing and with every seen pixel deleted: the first and last points of
+    every method's deletion curve (they do not depend on the map), computed once per batch."""
+    t = targets.to(x.device)
+    gone = x * ~seen.to(x.device)
+    return torch.stack([_target_probs(backbone, x, t), _target_probs(backbone, gone, t)], dim=1).numpy()
+
+
+@torch.inference_mode()
+def deletion_probs(backbone: Backbone, x: torch.Tensor, maps: np.ndarray, targets: torch.Tensor, seen: torch.Tensor,
+                   steps: int, seed: int, index, chunk: int, ends: np.ndarray) -> np.ndarray:
+    """(N, steps + 1) softmax probability of the target after deleting 0, 1/K, ..., K/K of the seen pixels in the
+    maps' order (`metrics.deletion_order`), through the lines the head can see: K - 1 forwards per image and
+    method, the two ends from `deletion_ends`."""
+    N, _, H, W = x.shape
+    order = M.deletion_order(maps, seen.cpu().numpy(), seed, index)
+    S = order.shape[1]
+    rank = np.full((N, H * W), S, dtype=np.int64)
+    np.put_along_axis(rank, order, np.arange(S)[None].repeat(N, 0), axis=1)
+    rank = backbone.crop(torch.from_numpy(rank).view(N, 1, H, W)).to(x.device)
+    xs = backbone.crop(x)
+    counts = torch.tensor([round(k * S / steps) for k in range(steps + 1)], device=x.device)
+    pairs = [(j, k) for j in range(N) for k in range(1, steps)]
+    probs = torch.empty(N, steps + 1, dtype=torch.float64)
+    probs[:, 0], probs[:, steps] = torch.from_numpy(ends[:, 0]), torch.from_numpy(ends[:, 1])
+    t = targets.to(x.device)
+    for i in range(0, len(pairs), chunk):
+        js = torch.tensor([p[0] for p in pairs[i:i + chunk]], device=x.device)
+        ks = torch.tensor([p[1] for p in pairs[i:i + chunk]], device=x.device)
+        keep = rank[js] >= counts[ks].view(-1, 1, 1, 1)
+        probs[js.cpu(), ks.cpu()] = _target_probs(backbone, xs[js] * keep, t[js])
+    return probs.numpy()

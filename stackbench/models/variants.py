@@ -1,0 +1,50 @@
+"""Hidden walls: re-orient a walled model exactly, by its weights.
+
+For a dihedral transform g of the square input (`stackbench.wall.ORIENTATIONS`), `orient(model, g)` returns a
+copy with model_g(g(x)) = model(x) for every x: each conv kernel is transformed by g (a 3x3 convolution with
+symmetric padding and 2x2 pooling on even sizes commute with g), so the last feature map is g of the original;
+the first dense layer's input and its wall mask are permuted the same way, so it reads the same numbers. The
+dead zone moves to where g sends it (the top, the left or the right); nothing is retrained or approximated.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..errors import StackbenchError
+from ..wall import apply
+from .vgg import WallLinear
+
+
+def _first_dense(model: nn.Module) -> nn.Linear:
+    return next(m for m in model.modules() if isinstance(m, nn.Linear))
+
+
+@torch.no_grad()
+def orient(model: nn.Module, g: str) -> nn.Module:
+    """A copy of the walled `model` re-oriented by g (its `wall` says where the dead zone now lies). Models are
+    stackbench zoo models: convolutions (square kernels, symmetric padding), pooling, activations, a dense head."""
+    wall = getattr(model, "wall", None)
+    if wall is None:
+        raise StackbenchError("orient() needs a stackbench walled model (load it with stackbench.models.load_model)")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and (m.kernel_size[0] != m.kernel_size[1] or m.padding[0] != m.padding[1]
+                                         or m.stride[0] != m.stride[1] or m.dilation[0] != m.dilation[1]):
+            raise StackbenchError(f"cannot orient {type(model).__name__}: conv {m} is not square")
+    new_wall = wall.oriented(g)  # checks g and the square geometry
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.copy_(apply(m.weight, g).contiguous())
+    dense = _first_dense(out)
+    h, w = wall.grid
+    channels = dense.in_features // (h * w)
+    weight = dense.weight.view(dense.out_features, channels, h, w)
+    dense.weight.copy_(apply(weight, g).reshape(dense.out_features, -1))
+    if isinstance(dense, WallLinear):
+        keep = new_wall.feature_mask().bool().expand(channels, h, w).reshape(-1)
+        dense.dead = ~keep.to(dense.dead.device)
+    out.wall = new_wall
+    return out
