@@ -80,25 +80,22 @@ def reinitialised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 class Views:
-    """The backbones of one evaluation: "canonical" (the model as it is), each hidden orientation, "random".
-    Hidden and random backbones are built on first use; a hidden model copy carries no `wall` attribute (the
-    backbone keeps it private), so a method cannot read where the wall went."""
+    """The backbones of one evaluation: "canonical" (the model as it is), each hidden orientation, "random". All are
+    built at once, before any method is set up (a method's hooks on the model must not be copied). A hidden model
+    copy carries no `wall` attribute (the backbone keeps it private), so a method cannot read where the wall went."""
 
     def __init__(self, net: torch.nn.Module, seed: int):
+        from .models.variants import orient
+
         self.net, self.seed = net, seed
-        self._bb: dict[str, Backbone] = {"canonical": Backbone(net)}
+        self._bb: dict[str, Backbone] = {"canonical": Backbone(net), "random": Backbone(reinitialised(net, seed))}
+        for g in MOVING:
+            model = orient(net, g)
+            wall = model.wall
+            del model.wall
+            self._bb[g] = Backbone(model, wall=wall)
 
     def backbone(self, view: str) -> Backbone:
-        if view not in self._bb:
-            if view == "random":
-                self._bb[view] = Backbone(reinitialised(self.net, self.seed))
-            else:
-                from .models.variants import orient
-
-                model = orient(self.net, view)
-                wall = model.wall
-                del model.wall
-                self._bb[view] = Backbone(model, wall=wall)
         return self._bb[view]
 
 

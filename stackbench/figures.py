@@ -98,6 +98,39 @@ def mu_bars(results: Mapping[str, Mapping[str, Mapping]], path: str | Path, data
     return save_figure(fig, path)
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (lower is better), by the first one."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = "") -> None:
+    """One point per method: (name, mu_hidden, deletion AUC, section). Controls are crosses, unranked rows hollow;
+    the Pareto front of the ranked rows (lower is better on both axes) is drawn."""
+    style = {"ranked": dict(marker="o", color="C0"), "unranked": dict(marker="o", facecolors="none", edgecolors="C1"),
+             "control": dict(marker="x", color="C3")}
+    for section, label in (("ranked", "ranked"), ("unranked", "listed, not ranked"), ("control", "control")):
+        pts = [p for p in points if p[3] == section]
+        if pts:
+            ax.scatter([100 * p[1] for p in pts], [p[2] for p in pts], s=36, label=label, **style[section])
+    for name, h, d, _ in points:
+        ax.annotate(name, (100 * h, d), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ranked = [(100 * p[1], p[2]) for p in points if p[3] == "ranked"]
+    if ranked:
+        front = [ranked[i] for i in pareto_front(ranked)]
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="C0", lw=1, label="Pareto front (ranked)")
+    ax.axvline(100 * (54 / 224) ** 0.5, color="grey", lw=0.8, ls=":", label="uniform map (49.1)")
+    ax.set_xlabel("mu behind a hidden wall x100 (lower is better)")
+    ax.set_ylabel("deletion AUC in the seen part (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Tight layout, PNG without a version stamp (the same figure gives the same bytes), written atomically."""
     import io

@@ -29,7 +29,7 @@ from .datafolder import atomic_write_bytes, atomic_write_json, fingerprint
 from .errors import Refused, StackbenchError, close_matches, first_line, foreign_failure, watching_ctrl_c
 from .metrics import mu_cell
 from .models import file_sha256
-from .records import METRICS, safe_url, validate_record
+from .records import METRICS, SCHEMA, safe_url, validate_record
 
 DATASETS = ("stack-mix", "stack-gen")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -38,6 +38,8 @@ REL_TOL = 1e-6            # stored aggregates must be what their own per-image r
 # Not tighter: the same images through the same weights differ by float round-off between CPUs (oneDNN and
 # OpenCV pick their kernels by CPU; up to 3e-4 on one image's mu, 1e-5 on a mean, measured AVX-512 vs AVX2).
 RERUN_ATOL = 1e-4
+# Deletion AUC and the rank correlation move more with that round-off (a near-tie in a map reorders pixels).
+RERUN_ATOL_OF = {"deletion_auc": 1e-3, "rand_corr": 1e-3}
 VERIFIED = "verified.json"  # the rows the last `verify` of the store reproduced
 METHODS_DIR = "methods"   # submitted plugin code, one folder per row name
 
@@ -416,7 +418,10 @@ def rerun_row(record: dict, t: Track, inst, device: str, progress: bool) -> list
         again = run.record
         bad = [f"metrics.{k}.{f}: stored {record['metrics'].get(k, {}).get(f)}, recomputed {again['metrics'][k][f]}"
                for k in METRICS for f in ("mean", "std", "n", "n_empty")
-               if not _close(again["metrics"][k][f], record["metrics"].get(k, {}).get(f), 0.0, RERUN_ATOL)]
+               if not _close(again["metrics"][k][f], record["metrics"].get(k, {}).get(f), 0.0,
+                             RERUN_ATOL_OF.get(k, RERUN_ATOL))]
+        bad += [f"flags.{k}: stored {v}, recomputed {again['flags'][k]}" for k, v in record["flags"].items()
+                if again["flags"].get(k) != v]
         if record["items"]["digest"] != again["items"]["digest"]:
             bad.append("items.digest differs (other images were scored)")
     return bad
@@ -431,6 +436,9 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
             return Verdict(row, NOT_RERUN, "record, rows and pins check (--no-rerun)")
         if path.stem in skip or record["method"]["name"] in skip:
             return Verdict(row, NOT_RERUN, "record, rows and pins check; skipped with --skip")
+        if record["schema"] != SCHEMA:
+            return Verdict(row, NOT_RERUN, f"record, rows and pins check; schema 1 ({record['schema']}): resubmit "
+                                           "it with this stackbench to measure the board's axes")
         bad = rerun_row(record, t, method_for(record, store), device, progress)
     except _NotRerun as e:
         return Verdict(row, NOT_RERUN, f"record, rows and pins check; {e}")
@@ -443,7 +451,8 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
         return Verdict(row, FAILED, f"{row}: {reason}")
     if bad:
         return Verdict(row, FAILED, f"{row}: {'; '.join(bad)}")
-    return Verdict(row, REPRODUCED, f"re-run here: every metric within {RERUN_ATOL:g}, the same images")
+    return Verdict(row, REPRODUCED, f"re-run here: every metric within {RERUN_ATOL:g} (deletion and randomisation "
+                                    f"{RERUN_ATOL_OF['deletion_auc']:g}), the same flags, the same images")
 
 
 def verify(track: str | None = None, method: str | None = None, store: Path | None = None, rerun: bool = True,
@@ -510,10 +519,13 @@ def reproduced(store: Path, path: Path, entries: dict, submitted: str | None) ->
 # ------------------------------------------------------------------------------------------------ render
 
 def board(store: Path | None = None) -> dict:
-    """{track: [entry...]} with entry = {name, mu: {dataset: agg}, leak: {dataset: mean}, n, submitted, url,
-    author, description, reproduced: {dataset: date or None}, rank_key}, ranked by mean mu over the datasets
-    (lower is better). Every record must pass the checks of `verify --no-rerun` first: otherwise Refused, with one
-    line per bad record (a board never shows a number its rows do not give)."""
+    """{track: [entry...]} with entry = {name, method, family, schema, metrics: {dataset: aggregates}, flags and
+    maps (digest) per dataset, mu, leak, n, submitted, url, author, description, reproduced: {dataset: date or
+    None}} and its place (`stackbench.standings`: rank, section, notes, same_as, caught_by), in board order.
+    Every record must pass the checks of `verify --no-rerun` first: otherwise Refused, with one line per bad
+    record (a board never shows a number its rows do not give)."""
+    from .standings import standings
+
     store = resolve_store(store)
     tracks = load_tracks(store)
     entries_of, problems = {}, []
@@ -524,27 +536,37 @@ def board(store: Path | None = None) -> dict:
         except StackbenchError as e:
             problems.append(str(e))
             continue
-        sub = rec["submission"]
-        e = entries_of.setdefault(t.name, {}).setdefault(path.stem, {
-            "name": sub["name"], "mu": {}, "leak": {}, "n": {}, "reproduced": {}, "submitted": sub.get("submitted"),
-            "url": sub.get("url"), "author": sub.get("author"), "description": sub.get("description"),
-            "method": rec["method"]["name"]})
-        ds = rec["dataset"].get("name", path.parent.parent.name)
-        e["mu"][ds] = rec["metrics"]["mu"]
-        e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
-        e["n"][ds] = rec["items"]["n"]
-        e["reproduced"][ds] = reproduced(store, path, verified, sub.get("submitted"))
+        _add_entry(entries_of.setdefault(t.name, {}), path, rec, reproduced(store, path, verified,
+                                                                         rec["submission"].get("submitted")))
     if problems:
         raise Refused([f"{p} (the board shows only records that pass `stackbench leaderboard verify --no-rerun`)"
                        for p in problems])
     out = {}
     for t in tracks.values():
-        entries = list(entries_of.get(t.name, {}).values())
-        for e in entries:
-            means = [e["mu"][d]["mean"] for d in t.datasets if d in e["mu"] and e["mu"][d]["mean"] is not None]
-            e["rank_key"] = sum(means) / len(means) if means else math.inf
-        out[t.name] = sorted(entries, key=lambda e: (e["rank_key"], e["name"]))
+        placed = standings(list(entries_of.get(t.name, {}).values()), list(t.datasets))
+        for s in placed:
+            s.entry.update(rank=s.rank, section=s.section, notes=s.notes, same_as=s.same_as, caught_by=s.caught_by)
+        out[t.name] = [s.entry for s in placed]
     return out
+
+
+def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) -> None:
+    sub = rec["submission"]
+    e = entries.setdefault(path.stem, {
+        "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"),
+        "schema": 2 if rec["schema"] == SCHEMA else 1, "metrics": {}, "flags": {}, "maps": {}, "mu": {}, "leak": {},
+        "n": {}, "reproduced": {}, "submitted": sub.get("submitted"), "url": sub.get("url"),
+        "author": sub.get("author"), "description": sub.get("description")})
+    if rec["schema"] != SCHEMA:
+        e["schema"] = 1
+    ds = rec["dataset"].get("name", path.parent.parent.name)
+    e["metrics"][ds] = rec["metrics"]
+    e["flags"][ds] = rec.get("flags", {})
+    e["maps"][ds] = rec.get("maps", {}).get("digest")
+    e["mu"][ds] = rec["metrics"]["mu"]
+    e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
+    e["n"][ds] = rec["items"]["n"]
+    e["reproduced"][ds] = reproduced_on
 
 
 def reported(store: Path | None = None) -> list[dict]:
@@ -582,15 +604,45 @@ def verified_cell(track: Track, e: dict) -> str:
     return f"reproduced {max(dates)}" if dates and all(dates) else "not re-run"
 
 
+SECTIONS = {"ranked": "Ranked", "unranked": "Listed, not ranked", "control": "Controls (never ranked)"}
+
+
+def table_header(track: Track) -> list[str]:
+    """The columns of every rendering of a track's table (Markdown, HTML, terminal)."""
+    return ["#", "method", "mu hidden x100", "deletion AUC", *[f"{d.upper()} mu x100" for d in track.datasets],
+            "rand. corr", "n (empty)", "notes", "verified", "submitted", "source"]
+
+
+def _x100(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
+    """One row per entry, in `table_header`'s columns (the source column holds the URL or "")."""
+    from .standings import mean_over
+
+    ds = list(track.datasets)
     rows = []
-    for i, e in enumerate(entries, 1):
-        leaks = [e["leak"][d] for d in track.datasets if e["leak"].get(d) is not None]
-        n = "/".join(str(e["n"].get(d, "-")) for d in track.datasets)
-        rows.append([str(i), e["name"], *[mu_cell(e["mu"].get(d)) for d in track.datasets],
-                     f"{100 * sum(leaks) / len(leaks):.1f}" if leaks else "-", n, verified_cell(track, e),
-                     e["submitted"] or "-", e["url"] or ""])
+    for e in entries:
+        auc, rc = mean_over(e, "deletion_auc", ds), mean_over(e, "rand_corr", ds)
+        n = "/".join(str(e["n"].get(d, "-")) for d in ds)
+        empty = sum(int((e["metrics"].get(d) or {}).get("mu", {}).get("n_empty") or 0) for d in ds)
+        notes = list(e.get("notes") or [])
+        if e.get("same_as"):
+            notes.append(f"same maps as {e['same_as']}")
+        if e.get("section") == "control":
+            notes = [f"caught by: {', '.join(e['caught_by']) or 'nothing'}"] + [x for x in notes if "same maps" in x]
+        rows.append([str(e["rank"]) if e.get("rank") else "-", e["name"], _x100(mean_over(e, "mu_hidden", ds)),
+                     "-" if auc is None else f"{auc:.3f}", *[mu_cell(e["mu"].get(d)) for d in ds],
+                     "-" if rc is None else f"{rc:.2f}", n + (f" ({empty} empty)" if empty else ""), "; ".join(notes),
+                     verified_cell(track, e), e["submitted"] or "-", e["url"] or ""])
     return rows
+
+
+def sections(entries: list[dict]) -> list[tuple[str, list[dict]]]:
+    """[(title, entries)] for the sections that have rows, in board order."""
+    return [(title, [e for e in entries if e.get("section") == key]) for key, title in SECTIONS.items()
+            if any(e.get("section") == key for e in entries)]
 
 
 def _view(store: Path | None, view: tuple | None) -> tuple[dict, dict]:
@@ -598,29 +650,37 @@ def _view(store: Path | None, view: tuple | None) -> tuple[dict, dict]:
     return view if view is not None else (load_tracks(store), board(store))
 
 
+BOARD_INTRO = ("Ranked by **mu behind a hidden wall** (x100, lower is better: the share of a map's L2 norm behind "
+               "the wall when the model and image are re-oriented so that the wall sits on another side, unknown to "
+               "the method), then by **deletion AUC** in the seen part (lower is better: the map finds what the model "
+               "uses). Rows equal on both as shown share a rank. *mu* is the paper's eq. 1 with the wall at the "
+               "bottom; a uniform map scores 49.1 (sqrt(54/224)), and an empty map is scored as the uniform map. "
+               "*rand. corr*: Spearman correlation of the map with the map on a re-initialised model over the cells "
+               "the head reads. Rows flagged orientation-dependent or model-insensitive, and schema 1 records, are "
+               "listed but not ranked; controls are never ranked and say which axis catches them. Every row is a "
+               "`stackbench.result/2` record under `results/` with its per-image rows; `stackbench leaderboard "
+               "verify` re-runs it. *verified*: the rows that the last verify of this store reproduced, unchanged "
+               "since; any other row is *not re-run*.")
+
+
 def render_markdown(store: Path | None = None, view: tuple | None = None) -> str:
     tracks, boards = _view(store, view)
-    lines = ["# stackbench leaderboard", "",
-             "mu x100 (mean ± std over images): the share of a saliency map's L2 norm that falls behind the wall, "
-             "where the model provably cannot see (paper eq. 1). Lower is better; rank = mean over the track's "
-             "datasets. Every row is a `stackbench.result/1` record under `results/` with its per-image rows; "
-             "`stackbench leaderboard verify` re-runs it. *verified*: the rows that the last verify of this store "
-             "reproduced, unchanged since; any other row is *not re-run*.", ""]
+    lines = ["# stackbench leaderboard", "", BOARD_INTRO, ""]
     for t in tracks.values():
         lines += [f"## Track `{t.name}`", "", md_text(t.description), "",
                   f"Model `{t.model}`" + (f" (sha256 `{t.model_sha256[:12]}`)" if t.model_sha256 else "") +
                   f"; target: {t.target}; post-processing: {t.postprocess}.", ""]
-        header = ["#", "method", *[f"{d.upper()} mu x100" for d in t.datasets], "leak rate x100", "n", "verified",
-                  "submitted", "source"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        header = table_header(t)
         entries = boards[t.name]
-        for row, e in zip(table_rows(t, entries), entries):
-            row[1] = md_text(row[1])
-            row[-1] = _md_link("link", e["url"]) if e["url"] else "-"
-            lines.append("| " + " | ".join(row) + " |")
+        for title, part in sections(entries):
+            lines += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for row, e in zip(table_rows(t, part), part):
+                row[1], row[-4] = md_text(row[1]), md_text(row[-4])
+                row[-1] = _md_link("link", e["url"]) if e["url"] else "-"
+                lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
         if not entries:
-            lines.append("| - | (no submissions yet) |" + " |" * (len(header) - 2))
-        lines.append("")
+            lines += ["(no submissions yet)", ""]
     for rep in reported(store):
         lines += [f"## Reported: {md_text(rep['title'])}", "", f"*Reported, not re-run here.* {md_text(rep.get('note'))}", "",
                   "| method | " + " | ".join(f"{d.upper()} mu x100" for d in rep["datasets"]) + " |",
@@ -629,8 +689,24 @@ def render_markdown(store: Path | None = None, view: tuple | None = None) -> str
             lines.append(f"| {md_text(r['method'])} | " + " | ".join(
                 f"{r[d][0]:.1f} ± {r[d][1]:.1f}" for d in rep["datasets"]) + " |")
         lines.append("")
-    lines += ["![mu per method](mu.png)", ""]
+    lines += ["![mu behind a hidden wall against deletion AUC](axes.png)", "", "![mu per method](mu.png)", ""]
     return "\n".join(lines)
+
+
+def render_axes_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
+    """mu behind a hidden wall against deletion AUC, one point per row, controls marked, the Pareto front of the
+    ranked rows drawn; one panel per track that has rows."""
+    from .figures import _plt, pareto_ax, save_figure
+    from .standings import mean_over
+
+    tracks, boards = _view(store, view)
+    shown = [t for t in tracks.values() if boards[t.name]] or list(tracks.values())[:1]
+    fig, axes = _plt().subplots(1, len(shown), figsize=(7.5 * len(shown), 5.5), squeeze=False)
+    for ax, t in zip(axes[0], shown):
+        points = [(e["name"], mean_over(e, "mu_hidden", t.datasets), mean_over(e, "deletion_auc", t.datasets),
+                   e.get("section", "ranked")) for e in boards[t.name]]
+        pareto_ax(ax, [p for p in points if p[1] is not None and p[2] is not None], f"track {t.name}: model {t.model}")
+    return save_figure(fig, path)
 
 
 def render_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
@@ -645,7 +721,22 @@ def render_chart(path: Path, store: Path | None = None, view: tuple | None = Non
     return save_figure(fig, path)
 
 
-def render_html(store: Path | None = None, chart: bytes | None = None, view: tuple | None = None) -> str:
+def _html_table(t: Track, entries: list[dict], esc) -> str:
+    header = table_header(t)[:-1] + ["author", "source"]
+    out = [f"<table class='board'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for row, e in zip(table_rows(t, entries), entries):
+        link = (f"<a href='{esc(e['url'])}' rel='noopener noreferrer nofollow'>link</a>"
+                if e["url"] and re.match(r"^https?://", e["url"], flags=re.I) else "")
+        cells = [f"<td class='num'>{esc(row[0])}</td>", f"<td title='{esc(e['description'])}'>{esc(row[1])}</td>"]
+        cells += [f"<td class='num'>{esc(v)}</td>" for v in row[2:-4]]
+        cells += [f"<td>{esc(row[-4])}</td>", f"<td class='verified'>{esc(row[-3])}</td>", f"<td>{esc(row[-2])}</td>",
+                  f"<td>{esc(e['author'])}</td>", f"<td>{link}</td>"]
+        out.append("<tr class='row'>" + "".join(cells) + "</tr>")
+    return "".join(out) + "</tbody></table>"
+
+
+def render_html(store: Path | None = None, chart: bytes | None = None, view: tuple | None = None,
+                axes_chart: bytes | None = None) -> str:
     import base64
     import html
 
@@ -659,25 +750,16 @@ def render_html(store: Path | None = None, chart: bytes | None = None, view: tup
              "font-variant-numeric:tabular-nums}.reported{background:#fffbea}.tag{font-size:12px;color:#8a6d00}"
              "img{max-width:100%}</style></head><body>",
              "<h1>stackbench leaderboard</h1>",
-             "<p>mu &times;100 (mean &plusmn; std over images): the share of a saliency map's L2 norm behind the wall, "
-             "where the model provably cannot see. Lower is better. Click a column header to sort.</p>"]
+             f"<p>{esc(BOARD_INTRO)} Click a column header to sort.</p>"]
     for t in tracks.values():
-        entries = boards[t.name]
         parts.append(f"<h2>Track <code>{esc(t.name)}</code></h2><p>{esc(t.description.rstrip('.'))}. Model "
                      f"<code>{esc(t.model)}</code>.</p>")
-        header = ["#", "method", *[f"{d.upper()} mu x100" for d in t.datasets], "leak rate x100", "n", "verified",
-                  "submitted", "author", "source"]
-        parts.append(f"<table class='board' id='track-{esc(t.name)}'><thead><tr>" +
-                     "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
-        for row, e in zip(table_rows(t, entries), entries):
-            link = (f"<a href='{esc(e['url'])}' rel='noopener noreferrer nofollow'>link</a>"
-                    if e["url"] and re.match(r"^https?://", e["url"], flags=re.I) else "")
-            cells = [f"<td class='num'>{esc(row[0])}</td>", f"<td title='{esc(e['description'])}'>{esc(row[1])}</td>"]
-            cells += [f"<td class='num' data-v='{esc(v)}'>{esc(v)}</td>" for v in row[2:-4]]
-            cells += [f"<td class='num'>{esc(row[-4])}</td>", f"<td class='verified'>{esc(row[-3])}</td>",
-                      f"<td>{esc(row[-2])}</td>", f"<td>{esc(e['author'])}</td>", f"<td>{link}</td>"]
-            parts.append("<tr class='row'>" + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>")
+        for title, part in sections(boards[t.name]):
+            parts.append(f"<h3>{esc(title)}</h3>")
+            parts.append(_html_table(t, part, esc))
+    if axes_chart:
+        parts.append("<img alt='mu behind a hidden wall against deletion AUC' "
+                     f"src='data:image/png;base64,{base64.b64encode(axes_chart).decode()}'>")
     if chart:
         parts.append(f"<img alt='mu per method' src='data:image/png;base64,{base64.b64encode(chart).decode()}'>")
     for rep in reported(store):
@@ -704,12 +786,13 @@ for (const table of document.querySelectorAll('table')) {
 
 
 def build(store: Path | None = None) -> list[Path]:
-    """Render README.md, mu.png and index.html (deterministic: the same store gives the same bytes). Refused,
+    """Render README.md, mu.png, axes.png and index.html (deterministic: the same store gives the same bytes). Refused,
     with nothing written, when any record fails the checks of `verify --no-rerun`."""
     store = resolve_store(store)
     view = (load_tracks(store), board(store))  # one reading of the store: the three files show the same rows
     reported(store)  # a broken reported file is refused before anything is written
     chart = render_chart(store / "mu.png", store, view)
+    axes_chart = render_axes_chart(store / "axes.png", store, view)
     atomic_write_bytes(store / "README.md", render_markdown(store, view).encode())
-    atomic_write_bytes(store / "index.html", render_html(store, chart.read_bytes(), view).encode())
-    return [store / "README.md", store / "index.html", store / "mu.png"]
+    atomic_write_bytes(store / "index.html", render_html(store, chart.read_bytes(), view, axes_chart.read_bytes()).encode())
+    return [store / "README.md", store / "index.html", store / "mu.png", store / "axes.png"]

@@ -94,6 +94,8 @@ def show(track, store):
         if track and t.name != track:
             continue
         click.echo(f"track {t.name} (model {t.model})")
-        header = ["#", "method", *[f"{d} mu x100" for d in t.datasets], "leak x100", "n", "verified", "submitted",
-                  "source"]
-        click.echo(format_table(lb.table_rows(t, boards[t.name]), header) if boards[t.name] else "  no submissions yet")
+        for title, part in lb.sections(boards[t.name]):
+            click.echo(f"  {title}")
+            click.echo(format_table(lb.table_rows(t, part), lb.table_header(t)))
+        if not boards[t.name]:
+            click.echo("  no submissions yet")
