@@ -34,7 +34,7 @@ class Axes:
     hidden_tolerance: float = 0.01    # |mean mu_hidden - mean mu| above this: orientation-dependent
     rand_threshold: float = 0.8       # mean rand_corr at or above this: model-insensitive
 
-    def describe(self, seed: int) -> dict:
+    def describe(self, seed: int, rand_seed: int | None = None) -> dict:
         """The record's `axes`: every parameter that reproduces the new metrics."""
         return {
             "empty_rule": M.EMPTY_RULE,
@@ -46,8 +46,9 @@ class Axes:
                          "order": "seen pixels by the scored map, most salient first; ties in a random order from "
                                   "numpy default_rng([seed, 0, index]); step k deletes round(k S / K) of the S seen "
                                   "pixels; trapezoid AUC over the K + 1 points"},
-            "randomisation": {"init": "the model's architecture re-initialised as at creation (torch seed below)",
-                              "seed": seed, "threshold": self.rand_threshold,
+            "randomisation": {"init": "the model's architecture re-initialised as at creation, torch seed below: the "
+                                      "first of run seed, run seed + 1, ... whose weights differ from the model's",
+                              "seed": seed if rand_seed is None else rand_seed, "threshold": self.rand_threshold,
                               "cells": "input pixels under the feature cells the head reads (Wall.read_cells)"},
         }
 
@@ -79,6 +80,10 @@ def reinitialised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return out
 
 
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 class Views:
     """The backbones of one evaluation: "canonical" (the model as it is), each hidden orientation, "random". All are
     built at once, before any method is set up (a method's hooks on the model must not be copied). A hidden model
@@ -88,7 +93,11 @@ class Views:
         from .models.variants import orient
 
         self.net, self.seed = net, seed
-        self._bb: dict[str, Backbone] = {"canonical": Backbone(net), "random": Backbone(reinitialised(net, seed))}
+        self.rand_seed, rnd = seed, reinitialised(net, seed)
+        while _same_weights(rnd, net):  # the model is itself that initialisation (NAME@random with the run's seed)
+            self.rand_seed += 1
+            rnd = reinitialised(net, self.rand_seed)
+        self._bb: dict[str, Backbone] = {"canonical": Backbone(net), "random": Backbone(rnd)}
         for g in MOVING:
             model = orient(net, g)
             wall = model.wall

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import report
 from .errors import StackbenchError
 
-METHODS = report.PAPER_METHODS + (report.CONTROL,)
+METHODS = report.PAPER_METHODS + report.CONTROLS
 DEMO_IMAGES, QUICK_IMAGES = 100, 16
 
 
@@ -101,7 +101,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
          num_images: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
          echo=print) -> Outcome | None:
     """The mini track from nothing: generate mini STACK-MIX and STACK-GEN, evaluate the paper's eight methods and
-    the RandomCAM control with the shipped minivgg-masked, write the report. A second run reuses what is done."""
+    the four controls with the shipped minivgg-masked on every axis, write the report. A second run reuses what is done."""
     from .generate import load_preset
 
     t0 = time.perf_counter()

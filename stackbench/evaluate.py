@@ -213,14 +213,15 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
     setting = Setting(target, postprocess, seed, save_maps, net.wall, axes or Axes())
-    base = _base_record(dataset, info, net, dev, setting, limit, batch_size)
+    views = Views(net, seed)
+    base = _base_record(dataset, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in instances]
     _resume(runs, out, base)
     todo = [r for r in runs if r.status == "pending"]
     if not todo:
         return runs
     with watching_ctrl_c():
-        skipped, all_ids, all_shas = _loop(todo, ds, Views(net, seed), setting, batch_size, progress)
+        skipped, all_ids, all_shas = _loop(todo, ds, views, setting, batch_size, progress)
     _finish(todo, setting, base, out, all_ids, all_shas, skipped)
     if figure:
         grid = [r for r in runs if r.grid_maps]
@@ -288,7 +289,7 @@ def _open_inputs(dataset, model, dev, seed, target, allow_incomplete):
     return ds, info, net
 
 
-def _base_record(dataset, info, net, dev, setting: Setting, limit, batch_size) -> dict:
+def _base_record(dataset, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> dict:
     from .models import model_sha256
 
     param = next(net.parameters())
@@ -300,7 +301,7 @@ def _base_record(dataset, info, net, dev, setting: Setting, limit, batch_size) -
                   "wall": net.wall.to_dict()},
         "target": setting.target,
         "postprocess": {"name": setting.postprocess, "definition": M.POSTPROCESS[setting.postprocess]},
-        "axes": setting.axes.describe(setting.seed),
+        "axes": setting.axes.describe(setting.seed, rand_seed),
         "env": {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
                 "dtype": str(param.dtype).replace("torch.", "")},
         "seeds": {"run": setting.seed, "bootstrap": setting.seed},

@@ -9,8 +9,9 @@ import io
 from pathlib import Path
 
 from .datafolder import atomic_write_bytes, atomic_write_json
-from .methods import PAPER_METHODS
+from .methods import CONTROLS, PAPER_METHODS
 from .metrics import mu_cell
+
 CONTROL = "RandomCAM"
 DATASETS = ("stack-mix", "stack-gen")
 
@@ -34,6 +35,21 @@ def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
                 rec = read_record(path)
                 out.setdefault(m, {})[ds] = {"record": rec, "rows": _rows(Path(folder), rec)}
     return out
+
+
+def axes_table(found: dict, datasets) -> str:
+    """The board's axes per method (mean over the sets): mu behind a hidden wall, deletion AUC, randomisation."""
+    lines = ["| method | mu x100 | mu hidden x100 | deletion AUC | rand. corr | flags |", "|---|---|---|---|---|---|"]
+    for m, per in found.items():
+        if not all("flags" in p["record"] for p in per.values()):
+            continue
+        f = lambda k, x100=True: "-" if _mean(found, m, k, datasets) is None else (  # noqa: E731
+            f"{100 * _mean(found, m, k, datasets):.1f}" if x100 else f"{_mean(found, m, k, datasets):.3f}")
+        flags = [w for w, k in (("orientation-dependent", "orientation_dependent"),
+                                ("model-insensitive", "model_insensitive")) if _flagged(found, m, k)]
+        lines.append(f"| {m}{' (control)' if m in CONTROLS else ''} | {f('mu')} | {f('mu_hidden')} | "
+                     f"{f('deletion_auc', False)} | {f('rand_corr', False)} | {', '.join(flags) or '-'} |")
+    return "\n".join(lines)
 
 
 def table(found: dict, datasets, reported: dict | None = None) -> str:
@@ -90,8 +106,54 @@ def findings(found: dict, datasets) -> list[str]:
         out.append(f"{worst} leaks most: mean mu x100 = {100 * mean_mu(worst):.1f} over the two sets "
                    "(the paper found EigenCAM).")
     if CONTROL in found:
-        out.append(f"Control: {CONTROL} (random channel weights) gives mu x100 = {100 * mean_mu(CONTROL):.1f}; the share of "
-                   f"the image behind the wall is 24.1% of its area.")
+        wall = next(iter(found[CONTROL].values()))["record"]["model"]["wall"]
+        uniform = ((wall["input_size"][0] - wall["dead_from"]) / wall["input_size"][0]) ** 0.5
+        c = mean_mu(CONTROL)
+        out.append(f"Control: {CONTROL} (random channel weights) gives mu x100 = {100 * c:.1f}, against "
+                   f"{100 * uniform:.1f} for a uniform map (no information: mu is a ratio of L2 norms, sqrt of the "
+                   f"{wall['input_size'][0] - wall['dead_from']} dead rows over {wall['input_size'][0]}); mu = {c:.2f} "
+                   f"means {100 * c * c:.0f}% of the map's energy (mu squared) behind the wall.")
+    return out + axes_findings(found, datasets)
+
+
+def _mean(found, m, metric, datasets):
+    vals = [found[m][d]["record"]["metrics"].get(metric, {}).get("mean") for d in datasets if d in found[m]]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _flagged(found, m, flag) -> bool:
+    return any(per["record"].get("flags", {}).get(flag) for per in found[m].values())
+
+
+def axes_findings(found: dict, datasets) -> list[str]:
+    """The board's axes, stated from the measured numbers: hidden walls, deletion, randomisation, the controls."""
+    v2 = {m: per for m, per in found.items() if all("flags" in p["record"] for p in per.values())}
+    if not v2:
+        return []
+    methods = [m for m in v2 if m not in CONTROLS]
+    moving = [m for m in methods if _flagged(v2, m, "orientation_dependent")]
+    fixed = [m for m in methods if m not in moving]
+    shifts = [f"{m} ({100 * _mean(v2, m, 'mu', datasets):.1f} -> {100 * _mean(v2, m, 'mu_hidden', datasets):.1f})"
+              for m in moving]
+    out = [f"Hidden walls (the model re-oriented by its weights so the wall sits at the top, left or right, unknown to "
+           f"the method): {', '.join(fixed) or 'none'} give the same mu behind the moved wall as behind the bottom one"
+           + (f"; {', '.join(shifts)} do not (orientation-dependent)." if moving else ".")]
+    auc = sorted((m for m in methods if _mean(v2, m, "deletion_auc", datasets) is not None),
+                 key=lambda m: _mean(v2, m, "deletion_auc", datasets))
+    if auc:
+        out.append("Deletion in the seen part (AUC of the target probability, lower finds more of what the model "
+                   "uses): " + ", ".join(f"{m} {_mean(v2, m, 'deletion_auc', datasets):.3f}" for m in auc) + ".")
+    insensitive = [m for m in v2 if _flagged(v2, m, "model_insensitive")]
+    out.append("Randomisation check (same map on a re-initialised model): "
+               + (f"{', '.join(insensitive)} flagged model-insensitive" if insensitive else "no method flagged")
+               + "; " + ", ".join(f"{m} {_mean(v2, m, 'rand_corr', datasets):.2f}" for m in v2) + " (Spearman).")
+    for c in (c for c in CONTROLS if c in v2):
+        caught = [w for w, f in (("hidden walls", "orientation_dependent"), ("randomisation", "model_insensitive"))
+                  if _flagged(v2, c, f)]
+        out.append(f"Control {c}: mu x100 {100 * _mean(v2, c, 'mu', datasets):.1f}, behind a hidden wall "
+                   f"{100 * _mean(v2, c, 'mu_hidden', datasets):.1f}, deletion AUC {_mean(v2, c, 'deletion_auc', datasets):.3f}"
+                   + (f"; caught by {' and '.join(caught)}." if caught else "; caught by no flag (compare its numbers)."))
     return out
 
 
@@ -104,9 +166,10 @@ def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str
     paths = {"table": out / "table.md", "chart": out / "mu.png", "html": out / "report.html",
              "json": out / "report.json"}
     md = table(found, datasets, reported)
+    axes_md = axes_table(found, datasets)
     facts = findings(found, datasets)
     mu = {m: {d: per[d]["record"]["metrics"]["mu"] for d in per} for m, per in found.items()}
-    atomic_write_bytes(paths["table"], (md + "\n").encode())
+    atomic_write_bytes(paths["table"], (md + "\n\n" + axes_md + "\n").encode())
     mu_bars(mu, paths["chart"], datasets)
     for d in datasets:
         grid = Path(results[d]) / "overlays.png"
@@ -118,7 +181,7 @@ def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str
                "records": {m: {d: str((Path(results[d]) / per[d]["record"]["rows"]["file"]).with_suffix(".json"))
                                for d in per} for m, per in found.items()}}
     atomic_write_json(paths["json"], summary)
-    atomic_write_bytes(paths["html"], _html(title, context, md, facts, paths, datasets).encode())
+    atomic_write_bytes(paths["html"], _html(title, context, md, facts, paths, datasets, axes_md).encode())
     return paths
 
 
@@ -126,12 +189,17 @@ def _img(path: Path) -> str:
     return f"<img alt='{html.escape(path.name)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
 
 
-def _html(title: str, context: dict, md: str, facts: list[str], paths: dict, datasets) -> str:
+def _md_table_html(md: str) -> str:
     esc = html.escape
     rows = [line.strip("|").split("|") for line in md.splitlines() if not line.startswith("|---")]
-    table_html = "<table><thead><tr>" + "".join(f"<th>{esc(c.strip())}</th>" for c in rows[0]) + "</tr></thead><tbody>"
-    table_html += "".join("<tr>" + "".join(f"<td>{esc(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
-    table_html += "</tbody></table>"
+    out = "<table><thead><tr>" + "".join(f"<th>{esc(c.strip())}</th>" for c in rows[0]) + "</tr></thead><tbody>"
+    out += "".join("<tr>" + "".join(f"<td>{esc(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return out + "</tbody></table>"
+
+
+def _html(title: str, context: dict, md: str, facts: list[str], paths: dict, datasets, axes_md: str = "") -> str:
+    esc = html.escape
+    table_html = _md_table_html(md)
     ctx = "".join(f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in context.items())
     grids = "".join(f"<h3>{esc(d.upper())}: saliency maps, the wall hatched</h3>{_img(paths[f'overlays-{d}'])}"
                     for d in datasets if f"overlays-{d}" in paths)
@@ -145,5 +213,7 @@ def _html(title: str, context: dict, md: str, facts: list[str], paths: dict, dat
               "behind the wall (the bottom 54 px that provably cannot change any logit). Lower is better.</p>")
     buf.write(f"<h2>Findings</h2><ul>{''.join(f'<li>{esc(f)}</li>' for f in facts)}</ul>")
     buf.write(f"<h2>mu x100 (mean &plusmn; std over images)</h2>{table_html}{_img(paths['chart'])}")
+    if axes_md.count("\n") > 1:
+        buf.write(f"<h2>The board's axes (mean over the sets)</h2>{_md_table_html(axes_md)}")
     buf.write(f"{grids}<h2>Setting</h2><ul>{ctx}</ul></body></html>\n")
     return buf.getvalue()

@@ -93,7 +93,7 @@ def test_hirescam_is_exactly_zero_behind_the_wall(setup):
 
 def test_live_crop_logits_equal_the_full_forward(setup):
     net, bb, batch = setup
-    assert bb.live_rows == 176
+    assert bb.live_lines == 176
     with torch.no_grad():
         full = net(batch.x)
         assert torch.allclose(bb.logits(batch.x), full, rtol=1e-5, atol=1e-7)

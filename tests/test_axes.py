@@ -1,0 +1,204 @@
+"""The board's axes: hidden walls are exact, the harness scores mu behind them, deletion and randomisation, and
+the board ranks (ties share a rank), groups identical maps, never ranks controls, and says what catches each."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stackbench import leaderboard as lb
+from stackbench import metrics as M
+from stackbench.axes import Views, orientation_for, reinitialised
+from stackbench.evaluate import aggregate_rows, evaluate, rows_table
+from stackbench.methods import Backbone
+from stackbench.models import create_model
+from stackbench.models.variants import orient
+from stackbench.standings import standings
+from stackbench.wall import MOVING, ORIENTATIONS, Wall, apply, compose, dead_zone, check, inverse
+from test_leaderboard import data, store, submit  # noqa: F401 - fixtures
+
+
+def test_orientations_are_the_dihedral_group():
+    x = torch.arange(12.0).view(3, 4)
+    assert torch.equal(apply(x, "rot90"), torch.rot90(x, 1, (0, 1)))
+    assert torch.equal(apply(x, "rot270"), torch.rot90(x, 3, (0, 1)))
+    assert torch.equal(apply(x, "transpose"), x.T)
+    for g in ORIENTATIONS:
+        assert torch.equal(apply(apply(x, g), inverse(g)), x)
+        assert np.array_equal(apply(x.numpy(), g), apply(x, g).numpy())
+        for h in ORIENTATIONS:
+            assert torch.equal(apply(apply(x, g), h), apply(x, compose(g, h)))
+    sides = {g: Wall(orientation=g).side for g in ORIENTATIONS}
+    assert {g for g, s in sides.items() if s == "bottom"} == {"identity", "hflip"} == set(ORIENTATIONS) - set(MOVING)
+    assert sorted(sides[g] for g in MOVING) == ["left", "left", "right", "right", "top", "top"]
+
+
+def _max_diff(model, g, x):
+    return float((orient(model, g)(apply(x, g)) - model(x)).abs().max())
+
+
+@torch.no_grad()
+def test_every_orientation_is_exact_for_the_mini_model(mini_masked):
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    m64 = create_model("minivgg-masked", seed=0).eval().double()
+    for g in ORIENTATIONS:
+        assert _max_diff(mini_masked, g, x) <= 1e-5, g
+        assert _max_diff(m64, g, x.double()) <= 1e-10, g
+
+
+@torch.no_grad()
+def test_every_orientation_is_exact_for_vgg16(vgg16_masked):
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    for g in ORIENTATIONS:
+        assert _max_diff(vgg16_masked, g, x) <= 1e-5, g
+    m64 = vgg16_masked.double()
+    try:
+        for g in ("rot90", "antitranspose"):  # one rotation and one reflection that move the wall, in fp64
+            assert _max_diff(m64, g, x.double()) <= 1e-10, g
+    finally:
+        vgg16_masked.float()
+
+
+def test_traced_zone_of_each_orientation_is_the_transformed_zone(mini_masked):
+    bottom = dead_zone(mini_masked).band_mask()
+    for g in ORIENTATIONS:
+        m = orient(mini_masked, g)
+        zone = dead_zone(m)
+        assert torch.equal(zone.band_mask(), apply(bottom, g)), g
+        assert torch.equal(zone.band_mask(), m.wall.dead_mask()) and zone.matches(m.wall)
+        assert check(m, zone=zone).holds(m.wall), g
+    # a side wall traces as columns, and the old bottom rows are seen
+    side = dead_zone(orient(mini_masked, "rot90"))
+    assert side.columns == list(range(170, 224)) and side.rows == []
+    assert not check(mini_masked, zone=side).identical
+
+
+def test_backbone_crop_follows_the_orientation(mini_masked):
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    ref = mini_masked(x)
+    for g in MOVING:
+        m = orient(mini_masked, g)
+        bb = Backbone(m)
+        assert bb.live_lines == 176
+        assert torch.allclose(bb.logits(apply(x, g)), ref, atol=1e-5)
+
+
+def test_views_hide_the_wall_and_pick_a_different_random_init(mini_masked):
+    views = Views(mini_masked, seed=0)
+    for g in MOVING:
+        bb = views.backbone(g)
+        assert not hasattr(bb, "wall") and not hasattr(bb.model, "wall")
+    assert Views(mini_masked, seed=0).rand_seed == 0
+    assert Views(reinitialised(mini_masked, 0), seed=0).rand_seed == 1  # never the model itself
+    assert orientation_for(0, 5) in MOVING
+    assert len({orientation_for(0, i) for i in range(60)}) == 6
+
+
+def test_metrics_of_the_new_axes():
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[1, 0, 0] = 1.0
+    filled, empty = M.fill_empty(maps)
+    assert empty.tolist() == [True, False] and (filled[0] == 1).all()
+    assert M.mu(filled[:1], 3)[0] == pytest.approx(np.sqrt(1 / 4))
+    seen = np.ones((4, 4), bool)
+    order = M.deletion_order(filled, seen, seed=0, index=[0, 1])
+    assert order[1, 0] == 0  # the salient pixel first
+    assert sorted(order[0]) == list(range(16)) and order[0].tolist() != list(range(16))  # ties: seeded random
+    assert M.deletion_auc([[1.0, 0.0]])[0] == 0.5 and M.deletion_auc([[1.0, 1.0, 1.0]])[0] == 1.0
+    a = np.random.default_rng(0).random((3, 4, 4))
+    b = a.copy()
+    b[1] = -a[1]
+    b[2] = 0.5
+    r = M.rank_correlation(a, b, seen)
+    assert r[0] == 1.0 and r[1] == pytest.approx(-1.0) and r[2] == 0.0
+    assert M.rank_correlation(b[2:], b[2:], seen)[0] == 1.0  # identical constant maps
+
+
+def _entry(name, hidden, auc, family="gradient", flags=None, digest="a" * 64):
+    agg = lambda v: {"mean": v, "std": 0.0, "ci95": None, "n": 10, "n_empty": 0}  # noqa: E731
+    return {"name": name, "family": family, "schema": 2, "maps": {"s": digest},
+            "flags": {"s": flags or {"orientation_dependent": False, "model_insensitive": False}},
+            "metrics": {"s": {"mu": agg(hidden), "mu_hidden": agg(hidden), "deletion_auc": agg(auc),
+                              "rand_corr": agg(0.1)}}}
+
+
+def test_ties_share_a_rank_and_flagged_rows_are_not_ranked():
+    entries = [_entry("B", 0.0, 0.2, digest="1" * 64), _entry("A", 0.0, 0.2, digest="1" * 64),
+               _entry("C", 0.00001, 0.2004, digest="2" * 64), _entry("D", 0.1, 0.1, digest="3" * 64),
+               _entry("E", 0.0, 0.1, flags={"orientation_dependent": True, "model_insensitive": False}),
+               _entry("K", 0.5, 0.5, family="control", digest="4" * 64)]
+    placed = standings(entries, ["s"])
+    got = [(s.name, s.rank, s.section) for s in placed]
+    assert got == [("A", 1, "ranked"), ("B", 1, "ranked"), ("C", 1, "ranked"), ("D", 4, "ranked"),
+                   ("E", None, "unranked"), ("K", None, "control")]
+    assert [s.same_as for s in placed][:3] == [None, "A", None]
+    assert placed[-1].caught_by == ["mu_hidden", "deletion_auc"]
+
+
+@pytest.fixture(scope="module")
+def controls_run(tmp_path_factory, data):  # noqa: F811
+    out = tmp_path_factory.mktemp("controls")
+    runs = evaluate(["GradCAM", "HiResCAM", "ConstantSeen", "SobelSeen", "GradCAMZeroed", "RandomCAM"],
+                    str(data / "mix"), "minivgg-masked", out=out, progress=False, device="cpu", figure=False)
+    assert all(r.status == "done" for r in runs), [r.error for r in runs]
+    return {r.name: r for r in runs}
+
+
+def test_honest_methods_do_not_move_behind_hidden_walls(controls_run):
+    for name in ("GradCAM", "HiResCAM", "RandomCAM"):
+        rec = controls_run[name].record
+        rows = pq.read_table(controls_run[name].record_path.with_suffix(".parquet")).to_pylist()
+        assert all(abs(r["mu_hidden"] - r["mu"]) <= 1e-6 for r in rows), name
+        assert {r["orientation"] for r in rows} <= set(MOVING)
+        assert not rec["flags"]["orientation_dependent"]
+    rec = controls_run["GradCAM"].record
+    assert rec["schema"] == "stackbench.result/2" and rec["axes"]["deletion"]["steps"] == 10
+    assert {"map_empty", "orientation", "mu_hidden", "deletion_auc", "rand_corr", "map_sha256"} <= set(rec["rows"]["columns"])
+    assert "empty" not in rec["rows"]["columns"]
+
+
+def test_the_controls_are_caught_where_the_board_says(store, controls_run):  # noqa: F811
+    for name in ("GradCAM", "XGradCAM", "ConstantSeen", "SobelSeen", "GradCAMZeroed", "RandomCAM"):
+        submit(store, name)
+    (entries,) = lb.board(store).values()
+    by = {e["name"]: e for e in entries}
+    assert {n for n, e in by.items() if e["section"] == "control"} == {"ConstantSeen", "SobelSeen", "GradCAMZeroed",
+                                                                        "RandomCAM"}
+    assert all(e["rank"] is None for e in by.values() if e["section"] == "control")
+    for name in ("ConstantSeen", "SobelSeen", "GradCAMZeroed"):
+        m = by[name]["metrics"]["stack-mix"]
+        # mu alone is fooled (GradCAMZeroed's empty maps on this random model score as uniform maps) ...
+        assert m["mu"]["mean"] == 0.0 or m["mu"]["n_empty"] > 0
+        assert m["mu_hidden"]["mean"] > m["mu"]["mean"] + 0.1
+        assert "orientation" in by[name]["caught_by"]  # ... a hidden wall is not
+        assert any(f["orientation_dependent"] for f in by[name]["flags"].values())
+    for name in ("ConstantSeen", "SobelSeen"):
+        assert "randomisation" in by[name]["caught_by"]
+        assert all(f["model_insensitive"] for f in by[name]["flags"].values())
+    assert by["RandomCAM"]["caught_by"], "the board names an axis for every control"
+    text = lb.render_markdown(store)
+    assert "Controls (never ranked)" in text and "caught by: orientation, randomisation" in text
+
+
+def test_a_schema_1_record_is_listed_and_not_rerun(store):  # noqa: F811
+    (path, _) = submit(store, "GradCAM")
+    rows = pq.read_table(path.with_suffix(".parquet")).to_pylist()
+    old = [{"id": r["id"], "index": r["index"], "label": r["label"], "target": r["target"], "predicted": r["predicted"],
+            "mu": r["mu"], "dead_mass": r["dead_mass"], "leak_rate": r["leak_rate"], "empty": r["map_empty"]}
+           for r in rows]
+    blob = rows_table(old)
+    rec = json.loads(path.read_text())
+    for k in ("axes", "flags", "maps"):
+        rec.pop(k)
+    rec["schema"] = "stackbench.result/1"
+    rec["metrics"] = aggregate_rows(old, rec["seeds"]["bootstrap"])
+    rec["rows"].update(sha256=__import__("hashlib").sha256(blob).hexdigest(), columns=list(old[0]))
+    rec["model"]["wall"].pop("orientation")
+    path.with_suffix(".parquet").write_bytes(blob)
+    path.write_text(json.dumps(rec))
+    verdicts = {v.row.split("/")[1]: v for v in lb.verify(store=store, device="cpu")}
+    assert verdicts["stack-mix"].status == lb.NOT_RERUN and "schema 1" in verdicts["stack-mix"].message
+    assert verdicts["stack-gen"].passed
+    (entries,) = lb.board(store).values()
+    assert entries[0]["section"] == "unranked" and "resubmit" in entries[0]["notes"][0]
