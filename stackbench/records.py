@@ -98,7 +98,7 @@ def _leaf(name: str, value, kind, where: str) -> None:
         raise StackbenchError(f"{where}: field {name} is not finite ({value})")
 
 
-def _walk(name: str, value, spec, where: str) -> None:
+def _walk(name: str, value, spec, where: str, schema: str = SCHEMA) -> None:
     """Check `value` against `spec` (see SCHEMA_FIELDS), naming the first bad field."""
     if spec == "metrics":
         spec = {f"{m}?": AGG for m in METRICS}
@@ -106,7 +106,7 @@ def _walk(name: str, value, spec, where: str) -> None:
         if not isinstance(value, list):
             raise StackbenchError(f"{where}: field {name} must be a list, got {type(value).__name__}")
         for i, v in enumerate(value):
-            _walk(f"{name}[{i}]", v, spec[0], where)
+            _walk(f"{name}[{i}]", v, spec[0], where, schema)
         return
     if not isinstance(spec, dict):
         _leaf(name, value, spec, where)
@@ -116,18 +116,18 @@ def _walk(name: str, value, spec, where: str) -> None:
     prefix = f"{name}." if name else ""
     if str in spec:  # a map: any string key, values of one kind
         for k, v in value.items():
-            _walk(prefix + str(k), v, spec[str], where)
+            _walk(prefix + str(k), v, spec[str], where, schema)
         return
     known = {k.rstrip("?"): (k.endswith("?"), s) for k, s in spec.items()}
     for key in value:
         if key not in known:
-            raise StackbenchError(f"{where}: field {prefix}{key} is not part of the result schema; remove it")
+            raise StackbenchError(f"{where}: field {prefix}{key} is not part of {schema}; remove it")
     for key, (optional, sub) in known.items():
         if key not in value:
             if optional:
                 continue
             raise StackbenchError(f"{where}: field {prefix}{key} is missing")
-        _walk(prefix + key, value[key], sub, where)
+        _walk(prefix + key, value[key], sub, where, schema)
 
 
 def validate_record(record: dict, where: str = "result record") -> dict:
@@ -137,7 +137,7 @@ def validate_record(record: dict, where: str = "result record") -> dict:
         raise StackbenchError(f"{where}: not a JSON object")
     if record.get("schema") not in SCHEMAS:
         raise StackbenchError(f"{where}: field schema is {record.get('schema')!r}, expected {SCHEMA!r}")
-    _walk("", record, SCHEMA_FIELDS, where)
+    _walk("", record, SCHEMA_FIELDS, where, record["schema"])
     v2 = record["schema"] == SCHEMA
     need = METRICS if v2 else ("mu",)
     for metric in need:

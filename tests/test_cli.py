@@ -24,7 +24,7 @@ def test_models_table():
     assert r.exit_code == 0
     lines = {line.split("|")[1].strip(): line for line in r.output.splitlines()[2:]}
     assert set(lines) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked"}
-    assert "rows 170..223 (54 px, 24.1% of the image)" in lines["vgg16-masked"]
+    assert "rows 170..223 (54 px, 24.1% of the image" in lines["vgg16-masked"]
     assert "239.9M" in lines["vgg16-masked"] and "no wall" in lines["vgg16"]
 
 

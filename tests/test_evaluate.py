@@ -58,14 +58,14 @@ def test_evaluate_writes_records_and_rows_hirescam_zero_gradcam_positive(folder,
     assert len(hi) == len(gc) == 4
     assert (hi["mu"] == 0.0).all()                        # provably blind to the dead zone
     assert (gc["mu"] > 0).mean() >= 0.75                  # Theorem 1 at initialisation
-    assert {"id", "target", "predicted", "label", "mu", "dead_mass", "leak_rate", "empty"} <= set(gc.columns)
+    assert {"id", "target", "predicted", "label", "mu", "dead_mass", "leak_rate", "map_empty", "mu_hidden", "deletion_auc", "rand_corr"} <= set(gc.columns)
     rec = read_record(tmp_path / "GradCAM.json")
-    assert rec["schema"] == "stackbench.result/1"
+    assert rec["schema"] == "stackbench.result/2"
     assert rec["dataset"]["fingerprint"] == datafolder.fingerprint(folder) and rec["dataset"]["n"] == 4
     assert rec["model"]["wall"]["dead_from"] == 170 and len(rec["model"]["sha256"]) == 64
     assert rec["target"] == "predicted" and rec["postprocess"]["name"] == "gradcam-lib"
     assert rec["metrics"]["mu"]["mean"] == pytest.approx(gc["mu"].mean())
-    assert rec["metrics"]["mu"]["n"] + rec["metrics"]["mu"]["n_empty"] == 4
+    assert rec["metrics"]["mu"]["n"] == 4  # schema 2: empty maps are scored (as uniform maps) and counted in n_empty
     assert read_record(tmp_path / "HiResCAM.json")["metrics"]["mu"]["mean"] == 0.0
 
 

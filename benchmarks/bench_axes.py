@@ -1,0 +1,94 @@
+"""Benchmark: the cost of each board axis for the gradient family, in forward-equivalents per image.
+
+Reference: one full forward of the walled model on the same batch (the unit "forward-equivalent"). For
+GradCAM on the same images, in alternating rounds, it times what `stackbench evaluate` adds per axis:
+  main        the method on the model as it is: shared forward + head-only backward, post-processing, mu
+  hidden      the same on the re-oriented model (mu behind a hidden wall)
+  random      the same on the re-initialised model, and the rank correlation
+  deletion    the deletion curve: the two shared ends plus 9 forwards through the 176 seen rows
+The issue's goal: all new axes (hidden + random + deletion) at most 15 forward-equivalents per image.
+
+    python benchmarks/bench_axes.py --images 16 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from stackbench import metrics as M
+from stackbench.axes import Axes, Views, deletion_ends, deletion_probs
+from stackbench.methods import get_method
+from stackbench.models import load_model
+from stackbench.passes import make_batch, scored_maps
+from stackbench.wall import apply, inverse
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="minivgg-masked")
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    net = load_model(args.model, seed=0).eval()
+    wall, axes = net.wall, Axes()
+    views = Views(net, 0)
+    x01 = torch.rand(args.images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    idx, ids = list(range(args.images)), [str(i) for i in range(args.images)]
+    shapes, size = (tuple(wall.grid), (224, 224)), (224, 224)
+    clock = {"forward": 0.0, "backward": 0.0}
+    inst = {v: get_method("GradCAM") for v in ("canonical", "rot90", "random")}
+    for v, m in inst.items():
+        m.setup(views.backbone(v))
+    canon = views.backbone("canonical")
+
+    def forward():
+        with torch.inference_mode():
+            net(canon.normalize(x01))
+
+    def main_pass():
+        b = make_batch(canon, x01, "predicted", None, idx, ids, 0, True, clock)
+        maps, _ = scored_maps(inst["canonical"], b, shapes, "gradcam-lib", size)
+        M.per_image(maps, wall.dead_from)
+        return b, maps
+
+    b, maps = main_pass()
+
+    def hidden():
+        sub = make_batch(views.backbone("rot90"), apply(x01, "rot90"), "predicted", None, idx, ids, 0, True, clock,
+                         targets=b.targets)
+        m, _ = scored_maps(inst["rot90"], sub, shapes, "gradcam-lib", size)
+        M.mu(apply(m, inverse("rot90")), wall.dead_from)
+
+    def random():
+        sub = make_batch(views.backbone("random"), x01, "predicted", None, idx, ids, 0, True, clock, targets=b.targets)
+        m, _ = scored_maps(inst["random"], sub, shapes, "gradcam-lib", size)
+        M.rank_correlation(maps, m, wall.read_cells().numpy())
+
+    def deletion():
+        ends = deletion_ends(canon, b.x, b.targets, wall.seen_mask())
+        deletion_probs(canon, b.x, maps, b.targets, wall.seen_mask(), axes.deletion_steps, 0, idx,
+                       axes.deletion_chunk, ends)
+
+    parts = {"forward (reference)": forward, "main": main_pass, "hidden": hidden, "random": random,
+             "deletion": deletion}
+    times = {k: [] for k in parts}
+    for _ in range(args.rounds):  # alternating rounds: machine noise hits every part alike
+        for k, fn in parts.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    unit = float(np.median(times["forward (reference)"]))
+    print(f"model {args.model}, {args.images} images, {args.rounds} rounds, torch threads {torch.get_num_threads()}")
+    print(f"{'part':22s} {'ms/image':>9s} {'forward-equivalents':>20s}")
+    for k, v in times.items():
+        med = float(np.median(v))
+        print(f"{k:22s} {1000 * med / args.images:9.2f} {med / unit:20.2f}")
+    new = sum(float(np.median(times[k])) for k in ("hidden", "random", "deletion")) / unit
+    print(f"new axes together: {new:.2f} forward-equivalents per image (goal: at most 15)")
+
+
+if __name__ == "__main__":
+    main()
