@@ -26,17 +26,13 @@ from stackbench.passes import make_batch, scored_maps
 from stackbench.wall import apply, inverse
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="minivgg-masked")
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
-    net = load_model(args.model, seed=0).eval()
+def parts(model: str, n: int) -> dict:
+    """{part: callable} timing one batch of `n` random images through `model`, GradCAM on every view."""
+    net = load_model(model, seed=0).eval()
     wall, axes = net.wall, Axes()
     views = Views(net, 0)
-    x01 = torch.rand(args.images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    idx, ids = list(range(args.images)), [str(i) for i in range(args.images)]
+    x01 = torch.rand(n, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    idx, ids = list(range(n)), [str(i) for i in range(n)]
     shapes, size = (tuple(wall.grid), (224, 224)), (224, 224)
     clock = {"forward": 0.0, "backward": 0.0}
     inst = {v: get_method("GradCAM") for v in ("canonical", "rot90", "random")}
@@ -44,49 +40,50 @@ def main() -> None:
         m.setup(views.backbone(v))
     canon = views.backbone("canonical")
 
+    def explain(view, x, targets=None):
+        b = make_batch(views.backbone(view), x, "predicted", None, idx, ids, 0, True, clock, targets=targets)
+        return b, scored_maps(inst[view], b, shapes, "gradcam-lib", size)[0]
+
+    b, maps = explain("canonical", x01)
+
     def forward():
         with torch.inference_mode():
             net(canon.normalize(x01))
-
-    def main_pass():
-        b = make_batch(canon, x01, "predicted", None, idx, ids, 0, True, clock)
-        maps, _ = scored_maps(inst["canonical"], b, shapes, "gradcam-lib", size)
-        M.per_image(maps, wall.dead_from)
-        return b, maps
-
-    b, maps = main_pass()
-
-    def hidden():
-        sub = make_batch(views.backbone("rot90"), apply(x01, "rot90"), "predicted", None, idx, ids, 0, True, clock,
-                         targets=b.targets)
-        m, _ = scored_maps(inst["rot90"], sub, shapes, "gradcam-lib", size)
-        M.mu(apply(m, inverse("rot90")), wall.dead_from)
-
-    def random():
-        sub = make_batch(views.backbone("random"), x01, "predicted", None, idx, ids, 0, True, clock, targets=b.targets)
-        m, _ = scored_maps(inst["random"], sub, shapes, "gradcam-lib", size)
-        M.rank_correlation(maps, m, wall.read_cells().numpy())
 
     def deletion():
         ends = deletion_ends(canon, b.x, b.targets, wall.seen_mask())
         deletion_probs(canon, b.x, maps, b.targets, wall.seen_mask(), axes.deletion_steps, 0, idx,
                        axes.deletion_chunk, ends)
 
-    parts = {"forward (reference)": forward, "main": main_pass, "hidden": hidden, "random": random,
-             "deletion": deletion}
-    times = {k: [] for k in parts}
+    return {"forward (reference)": forward,
+            "main": lambda: M.per_image(explain("canonical", x01)[1], wall.dead_from),
+            "hidden": lambda: M.mu(apply(explain("rot90", apply(x01, "rot90"), b.targets)[1], inverse("rot90")),
+                                   wall.dead_from),
+            "random": lambda: M.rank_correlation(maps, explain("random", x01, b.targets)[1],
+                                                 wall.read_cells().numpy()),
+            "deletion": deletion}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="minivgg-masked")
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    fns = parts(args.model, args.images)
+    times = {k: [] for k in fns}
     for _ in range(args.rounds):  # alternating rounds: machine noise hits every part alike
-        for k, fn in parts.items():
+        for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    unit = float(np.median(times["forward (reference)"]))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    unit = med["forward (reference)"]
     print(f"model {args.model}, {args.images} images, {args.rounds} rounds, torch threads {torch.get_num_threads()}")
     print(f"{'part':22s} {'ms/image':>9s} {'forward-equivalents':>20s}")
-    for k, v in times.items():
-        med = float(np.median(v))
-        print(f"{k:22s} {1000 * med / args.images:9.2f} {med / unit:20.2f}")
-    new = sum(float(np.median(times[k])) for k in ("hidden", "random", "deletion")) / unit
+    for k, v in med.items():
+        print(f"{k:22s} {1000 * v / args.images:9.2f} {v / unit:20.2f}")
+    new = sum(med[k] for k in ("hidden", "random", "deletion")) / unit
     print(f"new axes together: {new:.2f} forward-equivalents per image (goal: at most 15)")
 
 

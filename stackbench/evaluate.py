@@ -18,6 +18,7 @@ import io
 import re
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -195,6 +196,16 @@ class Setting:
     def shapes(self) -> tuple:
         return (tuple(self.wall.grid), self.size)
 
+    @cached_property
+    def seen(self) -> torch.Tensor:
+        """(H, W) bool: the pixels in front of the wall (deletion removes these)."""
+        return self.wall.seen_mask()
+
+    @cached_property
+    def read_cells(self) -> np.ndarray:
+        """(H, W) bool: the pixels under the feature cells the head reads (the randomisation check's cells)."""
+        return self.wall.read_cells().numpy()
+
 
 def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", postprocess: str = "gradcam-lib",
              batch_size: int = 8, limit: int | None = None, device: str = "auto", save_maps: bool = False,
@@ -327,26 +338,11 @@ def _resume(runs: list[MethodRun], out: Path, base: dict) -> None:
                 pass  # unreadable or tampered: compute it again
 
 
-def _guarded(r: MethodRun, what: str, call) -> bool:
-    """Run a method's setup/teardown; a failure (SystemExit included) fails that method alone. A real Ctrl-C
-    propagates."""
-    try:
-        call()
-        return True
-    except BaseException as e:  # noqa: BLE001 - foreign code may raise anything
-        reason = foreign_failure(e)
-        if reason is None:
-            raise
-        if r.status == "pending":
-            r.status, r.error = "failed", f"method {r.name}: {what} raised {reason}"
-        return False
-
-
 def _loop(todo, ds, views: Views, setting: Setting, batch_size, progress):
     """The batches: every view's shared pass, then every live method. Returns (skipped, ids, image shas)."""
     for r in todo:
         r.views = Instances(r.method, views, setting.seed)
-        _guarded(r, "setup", lambda r=r: r.views.get("canonical"))
+        _attempt(r, "setup", [], lambda r=r: r.views.get("canonical"))
     bars = _bars(todo, len(ds), progress)
     skipped: list[dict] = []
     all_ids, all_shas = [], []
@@ -389,14 +385,15 @@ def _attempt(r: MethodRun, what: str, ids, call):
     try:
         return call()
     except MethodFailure as f:
-        item = ids[int(f.item)] if f.item else ids[0]
+        item = ids[int(f.item)] if f.item else (ids[0] if ids else "-")
         where = "" if what == "main" else f" in the {what} pass"
         r.status, r.error = "failed", f"method {r.name} {f.reason}{where} (first offending item: {item!r})"
-    except BaseException as e:  # noqa: BLE001 - a view's setup is foreign code too
+    except BaseException as e:  # noqa: BLE001 - a method's setup (of any view) is foreign code too
         reason = foreign_failure(e)
         if reason is None:
             raise
-        r.status, r.error = "failed", f"method {r.name}: setup for the {what} pass raised {reason}"
+        phase = "setup" if what in ("setup", "main") else f"setup for the {what} pass"
+        r.status, r.error = "failed", f"method {r.name}: {phase} raised {reason}"
     finally:
         r.seconds += time.perf_counter() - t0
     r.rows, r.maps, r.grid_maps = [], [], []
@@ -413,7 +410,7 @@ def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
     canon = views.backbone("canonical")
     batch = make_batch(canon, x01, st.target, labels, idx, ids, st.seed, _need_grads(live), st.clock)
     got = {}
-    seen = wall.seen_mask()
+    seen = st.seen
     ends = deletion_ends(canon, batch.x, batch.targets, seen)
     for r in live:
         def main(r=r):
@@ -447,7 +444,7 @@ def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
             res = _attempt(r, "randomisation", ids, lambda r=r: scored_maps(r.views.get("random"), sub, st.shapes,
                                                                              st.postprocess, st.size))
             if res is not None:
-                got[r.name]["rand_corr"] = M.rank_correlation(got[r.name]["maps"], res[0], wall.read_cells().numpy())
+                got[r.name]["rand_corr"] = M.rank_correlation(got[r.name]["maps"], res[0], st.read_cells)
     predicted = batch.logits.argmax(dim=1).tolist()
     for r in live:
         if r.status == "pending":

@@ -109,7 +109,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = "") -> None:
+def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = "", uniform: float | None = None) -> None:
     """One point per method: (name, mu_hidden, deletion AUC, section). Controls are crosses, unranked rows hollow;
     the Pareto front of the ranked rows (lower is better on both axes) is drawn."""
     style = {"ranked": dict(marker="o", color="C0"), "unranked": dict(marker="o", facecolors="none", edgecolors="C1"),
@@ -124,7 +124,8 @@ def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = 
     if ranked:
         front = [ranked[i] for i in pareto_front(ranked)]
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="C0", lw=1, label="Pareto front (ranked)")
-    ax.axvline(100 * (54 / 224) ** 0.5, color="grey", lw=0.8, ls=":", label="uniform map (49.1)")
+    if uniform is not None:
+        ax.axvline(100 * uniform, color="grey", lw=0.8, ls=":", label=f"uniform map ({100 * uniform:.1f})")
     ax.set_xlabel("mu behind a hidden wall x100 (lower is better)")
     ax.set_ylabel("deletion AUC in the seen part (lower is better)")
     ax.set_title(title, fontsize=9)

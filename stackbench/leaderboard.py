@@ -553,12 +553,11 @@ def board(store: Path | None = None) -> dict:
 def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) -> None:
     sub = rec["submission"]
     e = entries.setdefault(path.stem, {
-        "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"),
-        "schema": 2 if rec["schema"] == SCHEMA else 1, "metrics": {}, "flags": {}, "maps": {}, "mu": {}, "leak": {},
-        "n": {}, "reproduced": {}, "submitted": sub.get("submitted"), "url": sub.get("url"),
-        "author": sub.get("author"), "description": sub.get("description")})
-    if rec["schema"] != SCHEMA:
-        e["schema"] = 1
+        "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"), "schema": 2,
+        "wall": rec["model"]["wall"], "metrics": {}, "flags": {}, "maps": {}, "mu": {}, "leak": {}, "n": {},
+        "reproduced": {}, "submitted": sub.get("submitted"), "url": sub.get("url"), "author": sub.get("author"),
+        "description": sub.get("description")})
+    e["schema"] = min(e["schema"], 2 if rec["schema"] == SCHEMA else 1)  # a row is /2 when every dataset's record is
     ds = rec["dataset"].get("name", path.parent.parent.name)
     e["metrics"][ds] = rec["metrics"]
     e["flags"][ds] = rec.get("flags", {})
@@ -696,28 +695,42 @@ def render_markdown(store: Path | None = None, view: tuple | None = None) -> str
 def render_axes_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
     """mu behind a hidden wall against deletion AUC, one point per row, controls marked, the Pareto front of the
     ranked rows drawn; one panel per track that has rows."""
-    from .figures import _plt, pareto_ax, save_figure
+    from .figures import pareto_ax
+    from .metrics import uniform_mu
     from .standings import mean_over
 
-    tracks, boards = _view(store, view)
-    shown = [t for t in tracks.values() if boards[t.name]] or list(tracks.values())[:1]
-    fig, axes = _plt().subplots(1, len(shown), figsize=(7.5 * len(shown), 5.5), squeeze=False)
-    for ax, t in zip(axes[0], shown):
+    def panel(ax, t, entries):
         points = [(e["name"], mean_over(e, "mu_hidden", t.datasets), mean_over(e, "deletion_auc", t.datasets),
-                   e.get("section", "ranked")) for e in boards[t.name]]
-        pareto_ax(ax, [p for p in points if p[1] is not None and p[2] is not None], f"track {t.name}: model {t.model}")
-    return save_figure(fig, path)
+                   e.get("section", "ranked")) for e in entries]
+        walls = [e["wall"] for e in entries if e.get("wall")]
+        uniform = uniform_mu(walls[0]["dead_from"], walls[0]["input_size"][0]) if walls else None
+        pareto_ax(ax, [p for p in points if p[1] is not None and p[2] is not None], f"track {t.name}: model {t.model}",
+                  uniform)
+
+    return _track_panels(path, store, view, panel, (7.5, 5.5), side_by_side=True)
 
 
 def render_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
     """mu x100 per method and dataset with std error bars, one panel per track that has rows."""
-    from .figures import _plt, mu_bars_ax, save_figure
+    from .figures import mu_bars_ax
+
+    def panel(ax, t, entries):
+        mu_bars_ax(ax, {e["name"]: e["mu"] for e in entries}, list(t.datasets), f"track {t.name}: model {t.model}")
+
+    return _track_panels(path, store, view, panel, (9, 3.4), side_by_side=False)
+
+
+def _track_panels(path: Path, store, view, panel, size: tuple[float, float], side_by_side: bool) -> Path:
+    """One figure, one panel per track that has rows (the first track when none has): panel(ax, track, entries)."""
+    from .figures import _plt, save_figure
 
     tracks, boards = _view(store, view)
     shown = [t for t in tracks.values() if boards[t.name]] or list(tracks.values())[:1]
-    fig, axes = _plt().subplots(len(shown), 1, figsize=(9, 3.4 * len(shown)), squeeze=False)
-    for ax, t in zip(axes[:, 0], shown):
-        mu_bars_ax(ax, {e["name"]: e["mu"] for e in boards[t.name]}, list(t.datasets), f"track {t.name}: model {t.model}")
+    n = len(shown)
+    shape, figsize = ((1, n), (size[0] * n, size[1])) if side_by_side else ((n, 1), (size[0], size[1] * n))
+    fig, axes = _plt().subplots(*shape, figsize=figsize, squeeze=False)
+    for ax, t in zip(axes.flat, shown):
+        panel(ax, t, boards[t.name])
     return save_figure(fig, path)
 
 

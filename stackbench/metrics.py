@@ -58,6 +58,11 @@ EMPTY_RULE = ("uniform: an all-zero map is scored as the uniform map (mu = sqrt(
               "paper's wall; deletion in random order; counted in n_empty)")
 
 
+def uniform_mu(dead_from: int = 170, height: int = 224) -> float:
+    """mu of a uniform map: what a map with no information scores (0.491 for the paper's wall)."""
+    return ((height - dead_from) / height) ** 0.5
+
+
 def fill_empty(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(maps with every all-zero map replaced by the uniform map of ones, the (N,) empty mask): `EMPTY_RULE`."""
     empty = is_empty(maps)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .datafolder import atomic_write_bytes, atomic_write_json
 from .methods import CONTROLS, PAPER_METHODS
-from .metrics import mu_cell
+from .metrics import mu_cell, uniform_mu
 
 CONTROL = "RandomCAM"
 DATASETS = ("stack-mix", "stack-gen")
@@ -97,9 +97,8 @@ def findings(found: dict, datasets) -> list[str]:
                        f"({', '.join(positive) or 'none'}) have mean mu > 0.")
 
     def mean_mu(m):
-        vals = [found[m][d]["record"]["metrics"]["mu"]["mean"] for d in datasets if d in found[m]
-                and found[m][d]["record"]["metrics"]["mu"]["mean"] is not None]
-        return sum(vals) / len(vals) if vals else -1
+        v = _mean(found, m, "mu", datasets)
+        return -1 if v is None else v
 
     if others:
         worst = max(others, key=mean_mu)
@@ -107,7 +106,7 @@ def findings(found: dict, datasets) -> list[str]:
                    "(the paper found EigenCAM).")
     if CONTROL in found:
         wall = next(iter(found[CONTROL].values()))["record"]["model"]["wall"]
-        uniform = ((wall["input_size"][0] - wall["dead_from"]) / wall["input_size"][0]) ** 0.5
+        uniform = uniform_mu(wall["dead_from"], wall["input_size"][0])
         c = mean_mu(CONTROL)
         out.append(f"Control: {CONTROL} (random channel weights) gives mu x100 = {100 * c:.1f}, against "
                    f"{100 * uniform:.1f} for a uniform map (no information: mu is a ratio of L2 norms, sqrt of the "

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 
@@ -40,8 +41,6 @@ def apply(x: torch.Tensor, g: str) -> torch.Tensor:
             x = x.transpose(-1, -2)
         dims = [d for d, f in ((-2, fh), (-1, fw)) if f]
         return x.flip(dims) if dims else x
-    import numpy as np
-
     if t:
         x = np.swapaxes(x, -1, -2)
     if fh:
@@ -53,8 +52,7 @@ def apply(x: torch.Tensor, g: str) -> torch.Tensor:
 
 def inverse(g: str) -> str:
     """The orientation that undoes g."""
-    t, fh, fw = ORIENTATIONS[_check_orientation(g)]
-    return _named((t, fw, fh) if t else (t, fh, fw))  # undo the flips, then the transpose
+    return next(h for h in ORIENTATIONS if compose(_check_orientation(g), h) == "identity")
 
 
 def compose(first: str, then: str) -> str:
@@ -62,10 +60,6 @@ def compose(first: str, then: str) -> str:
     probe = torch.arange(9).view(3, 3)
     target = apply(apply(probe, first), then)
     return next(h for h in ORIENTATIONS if torch.equal(apply(probe, h), target))
-
-
-def _named(code: tuple) -> str:
-    return next(k for k, v in ORIENTATIONS.items() if v == code)
 
 
 @dataclass(frozen=True)
@@ -110,11 +104,15 @@ class Wall:
     def canonical(self) -> "Wall":
         return replace(self, orientation="identity")
 
+    def _band(self, rows: slice) -> torch.Tensor:
+        """(H, W) bool: the canonical (bottom-wall) input rows `rows`, in this orientation."""
+        m = torch.zeros(self.input_size, dtype=torch.bool)
+        m[rows] = True
+        return apply(m, self.orientation).contiguous()
+
     def dead_mask(self) -> torch.Tensor:
         """(H, W) bool: True on the input pixels behind the wall, in this orientation."""
-        m = torch.zeros(self.input_size, dtype=torch.bool)
-        m[self.dead_from:] = True
-        return apply(m, self.orientation).contiguous()
+        return self._band(slice(self.dead_from, None))
 
     def seen_mask(self) -> torch.Tensor:
         """(H, W) bool: the pixels in front of the wall."""
@@ -124,10 +122,8 @@ class Wall:
         """(H, W) bool: the input pixels under the feature cells the head reads (the live feature rows scaled to
         the input: rows 0..79 of 224 for the paper's geometry), in this orientation. Where a map's ranking is
         tested against the model's (the randomisation check)."""
-        m = torch.zeros(self.input_size, dtype=torch.bool)
         stride = self.input_size[0] // self.grid[0]
-        m[: (self.grid[0] - self.masked_rows) * stride] = True
-        return apply(m, self.orientation).contiguous()
+        return self._band(slice(0, (self.grid[0] - self.masked_rows) * stride))
 
     def live_slice(self, stride: int) -> tuple[int, slice]:
         """(axis, slice): the input lines the live feature lines can see, widened to a multiple of `stride` at the
