@@ -299,6 +299,8 @@ def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: st
             if not _close(value, stored):
                 raise StackbenchError(f"{where}: metrics.{metric}.{key} = {stored} but the per-image rows give "
                                       f"{value}")
+    if record["schema"] == SCHEMA:
+        _check_axes(record, again, where)
     name = record["dataset"].get("name")
     pin = track.datasets.get(name, {}).get("fingerprint") if name else None
     if pin and record["dataset"]["fingerprint"] != pin:
@@ -307,6 +309,22 @@ def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: st
     if track.model_sha256 and record["model"]["sha256"] != track.model_sha256:
         raise StackbenchError(f"{where}: model sha256 {record['model']['sha256'][:12]} is not the track's official "
                               f"{track.model_sha256[:12]}")
+
+
+def _check_axes(record: dict, metrics: dict, where: str) -> None:
+    """A /2 record's axes parameters are this stackbench's (a board compares like with like), and its flags are
+    what those parameters give on its own rows."""
+    from .axes import Axes
+
+    run, rand = record["seeds"]["run"], record["axes"]["randomisation"]["seed"]
+    axes = Axes()
+    if rand < run or record["axes"] != axes.describe(run, rand):
+        raise StackbenchError(f"{where}: field axes is not what this stackbench measures (tolerances, orientations, "
+                              "steps or seeds were changed); re-run the row with `stackbench submit --replace`")
+    for flag, value in axes.flags(metrics).items():
+        if record["flags"].get(flag) != value:
+            raise StackbenchError(f"{where}: flags.{flag} = {record['flags'].get(flag)} but the per-image rows give "
+                                  f"{value}")
 
 
 REPRODUCED, FAILED, NOT_RERUN = "reproduced", "failed", "not re-run"

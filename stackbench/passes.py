@@ -89,7 +89,7 @@ def scored_maps(method, batch: Batch, shapes, postprocess: str, size) -> tuple[n
     one) and the (N,) empty mask. A method's failure, SystemExit included, is a MethodFailure; a real Ctrl-C
     propagates."""
     try:
-        out = method.explain(batch)
+        out = method.explain(batch.copy())  # a method that writes into its batch changes nothing for the others
     except MethodFailure:
         raise
     except BaseException as e:  # noqa: BLE001 - a faulty method fails alone, even one that calls sys.exit

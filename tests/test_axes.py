@@ -211,3 +211,66 @@ def test_a_schema_1_record_is_listed_and_not_rerun(store):  # noqa: F811
     assert verdicts["stack-gen"].passed
     (entries,) = lb.board(store).values()
     assert entries[0]["section"] == "unranked" and "resubmit" in entries[0]["notes"][0]
+
+
+def test_stored_flags_and_axes_must_agree_with_the_rows(mix_store):
+    (path,) = submit(mix_store, "GradCAM")
+    good = path.read_text()
+    rec = json.loads(good)
+    rec["flags"]["orientation_dependent"] = True  # would unrank an honest method (or, set False, rank a cheat)
+    path.write_text(json.dumps(rec))
+    (v,) = lb.verify(store=mix_store, rerun=False)
+    assert v.failed and "flags.orientation_dependent = True but the per-image rows give False" in v.message
+    rec = json.loads(good)
+    rec["axes"]["hidden"]["tolerance"] = 0.5  # a looser tolerance to go with a forged flag
+    path.write_text(json.dumps(rec))
+    (v,) = lb.verify(store=mix_store, rerun=False)
+    assert v.failed and "field axes is not what this stackbench measures" in v.message
+
+
+SCRIBBLER = '''
+from stackbench.methods import SaliencyMethod
+
+
+class Scribbler(SaliencyMethod):
+    name = "Scribbler"
+    needs = frozenset({"activations"})
+
+    def explain(self, batch):
+        out = batch.activations.clamp(min=0).sum(1)
+        batch.x.mul_(0)
+        batch.x01.mul_(0)
+        batch.activations.mul_(0)
+        return out
+'''
+
+
+def test_a_method_that_writes_into_its_batch_changes_no_other_score(controls_run, data, tmp_path):  # noqa: F811
+    plugin = tmp_path / "scribbler.py"
+    plugin.write_text(SCRIBBLER)
+    runs = evaluate([f"{plugin}:Scribbler", "GradCAM"], str(data / "mix"), "minivgg-masked", out=tmp_path / "o",
+                    progress=False, device="cpu", figure=False)
+    alone = controls_run["GradCAM"].record["metrics"]
+    assert runs[1].record["metrics"] == alone
+
+
+def test_bad_controls_config_and_saving_an_oriented_model_are_refused(mini_masked, tmp_path):
+    from stackbench.errors import StackbenchError
+    from stackbench.methods import get_method
+
+    for bad in (-5, 170.5, "abc", None, True):
+        with pytest.raises(StackbenchError, match="wall_row"):
+            get_method("ConstantSeen", wall_row=bad)
+    with pytest.raises(StackbenchError, match="re-oriented"):
+        orient(mini_masked, "rot90").save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_wall_command_checks_its_options():
+    from click.testing import CliRunner
+
+    from stackbench.cli import main
+
+    for args in (["--traces", "0"], ["--traces", "-3"], ["--orientation", "sideways"]):
+        res = CliRunner().invoke(main, ["wall", "--model", "minivgg-masked@random", *args])
+        assert res.exit_code == 2 and "Traceback" not in res.output, args

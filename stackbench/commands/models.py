@@ -47,7 +47,7 @@ def wall_report(model, traces: int = 4, seed: int = 0, orientations=None) -> lis
 @click.command()
 @model_option()
 @seed_option
-@click.option("--traces", type=int, default=4, show_default=True, help="random inputs traced")
+@click.option("--traces", type=click.IntRange(min=1), default=4, show_default=True, help="random inputs traced")
 @click.option("--orientation", type=click.Choice(["all", *ORIENTATIONS]), default="identity", show_default=True,
               help="re-orient the model by its weights first (the wall moves to the top, left or right); all: the 8")
 @click.option("--device", default="cpu", show_default=True)

@@ -13,7 +13,7 @@ A method declares what it needs (`needs`); the harness computes the shared part 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -79,6 +79,13 @@ class Batch:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    def copy(self) -> "Batch":
+        """The same batch with its own tensors: what one method changes in place, the next one does not see."""
+        own = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return replace(self, x=own(self.x), x01=own(self.x01), targets=own(self.targets), logits=own(self.logits),
+                       activations=own(self.activations), gradients=own(self.gradients), index=list(self.index),
+                       ids=list(self.ids), extra=dict(self.extra))
+
 
 @torch.no_grad()
 def fold_batch_norm(seq: nn.Sequential) -> nn.Sequential:
@@ -109,8 +116,9 @@ class Backbone:
     padded with zeros, which the walled head ignores. Checked against the full forward at construction; turned
     off (full forward) if it ever disagrees.
 
-    The wall may lie on any side (a hidden wall, `stackbench.models.orient`); a backbone keeps it private, so a
-    method cannot read where it is. `wall` overrides the model's own (the harness hides the latter).
+    The wall may lie on any side (a hidden wall, `stackbench.models.variants.orient`); a backbone does not expose
+    it publicly (a determined method could still dig it out of `_wall` or the weights). `wall` overrides the
+    model's own (the harness removes the latter from hidden copies).
     """
 
     MEAN, STD = IMAGENET_MEAN, IMAGENET_STD

@@ -12,11 +12,25 @@ import torch
 from torch.nn import functional as F
 
 from .. import metrics as M
+from ..errors import StackbenchError
 from .base import Batch, SaliencyMethod
 from .gradient import ACTS_GRADS, GradCAM
 from .registry import register_method
 
 WALL_ROW = 170  # the paper's first dead row at 224 px: what a method tuned to the benchmark would hard-code
+
+
+class WallRowControl(SaliencyMethod):
+    """A control that hides from the paper's wall: `wall_row` is the first row it zeroes."""
+
+    family = "control"
+    defaults = {"wall_row": WALL_ROW}
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        row = self.config["wall_row"]
+        if isinstance(row, bool) or not isinstance(row, int) or row < 1:
+            raise StackbenchError(f"method {self.name}: wall_row {row!r} must be a positive whole number of rows")
 
 
 def _zero_below(maps: torch.Tensor, row: int) -> torch.Tensor:
@@ -26,11 +40,8 @@ def _zero_below(maps: torch.Tensor, row: int) -> torch.Tensor:
 
 
 @register_method("ConstantSeen")
-class ConstantSeen(SaliencyMethod):
+class ConstantSeen(WallRowControl):
     """Control: 1 above the paper's wall row, 0 below; the same map for every image and model."""
-
-    family = "control"
-    defaults = {"wall_row": WALL_ROW}
 
     def explain(self, batch: Batch):
         n, _, h, w = batch.x01.shape
@@ -38,11 +49,8 @@ class ConstantSeen(SaliencyMethod):
 
 
 @register_method("SobelSeen")
-class SobelSeen(SaliencyMethod):
+class SobelSeen(WallRowControl):
     """Control: the Sobel edge magnitude of the grey image, zeroed from the paper's wall row down (no model)."""
-
-    family = "control"
-    defaults = {"wall_row": WALL_ROW}
 
     def explain(self, batch: Batch):
         grey = batch.x01.float().mean(dim=1, keepdim=True).cpu()
@@ -53,13 +61,11 @@ class SobelSeen(SaliencyMethod):
 
 
 @register_method("GradCAMZeroed")
-class GradCAMZeroed(SaliencyMethod):
+class GradCAMZeroed(WallRowControl):
     """Control: GradCAM post-processed as the paper does (gradcam-lib), its 224 px map zeroed from the paper's wall
     row down."""
 
-    family = "control"
     needs = ACTS_GRADS
-    defaults = {"wall_row": WALL_ROW}
 
     def explain(self, batch: Batch):
         raw = GradCAM().explain(batch)

@@ -95,6 +95,17 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
         self.head_init = head_init
         self._init_weights()
 
+    def save_pretrained(self, *args, **kwargs):
+        """huggingface_hub's save_pretrained (and push_to_hub), refused for a re-oriented copy: the config holds
+        the architecture, not the orientation, so the copy would load as a different model."""
+        wall = getattr(self, "wall", None)
+        if wall is None or wall.orientation != "identity":
+            from ..errors import StackbenchError
+
+            raise StackbenchError("this model was re-oriented (stackbench.models.variants.orient) and cannot be saved: "
+                                  "its config would load without the orientation; save the original model instead")
+        return super().save_pretrained(*args, **kwargs)
+
     @property
     def target_layer(self) -> nn.Module:
         """The ReLU after the last conv: the layer the paper explains (the authors' `model[-3]`)."""
