@@ -311,6 +311,12 @@ def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: st
                               f"{track.model_sha256[:12]}")
 
 
+def _parameters(axes: dict) -> dict:
+    """The numbers and lists of a record's `axes` (tolerances, orientations, steps, seeds), without the prose that
+    describes them (rewording a description does not change a measurement)."""
+    return {k: {kk: vv for kk, vv in v.items() if not isinstance(vv, str)} for k, v in axes.items() if isinstance(v, dict)}
+
+
 def _check_axes(record: dict, metrics: dict, where: str) -> None:
     """A /2 record's axes parameters are this stackbench's (a board compares like with like), and its flags are
     what those parameters give on its own rows."""
@@ -318,7 +324,7 @@ def _check_axes(record: dict, metrics: dict, where: str) -> None:
 
     run, rand = record["seeds"]["run"], record["axes"]["randomisation"]["seed"]
     axes = Axes()
-    if rand < run or record["axes"] != axes.describe(run, rand):
+    if rand < run or _parameters(record["axes"]) != _parameters(axes.describe(run, rand)):
         raise StackbenchError(f"{where}: field axes is not what this stackbench measures (tolerances, orientations, "
                               "steps or seeds were changed); re-run the row with `stackbench submit --replace`")
     for flag, value in axes.flags(metrics).items():
