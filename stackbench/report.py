@@ -158,17 +158,18 @@ def axes_findings(found: dict, datasets) -> list[str]:
 
 def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str, context: dict,
           reported: dict | None = None) -> dict[str, Path]:
-    """table.md, mu.png, overlays-<dataset>.png, report.html and report.json in `out`."""
+    """table.md (Table 1), axes.md (the board's axes), mu.png, overlays-<dataset>.png, report.html and report.json in `out`."""
     from .figures import mu_bars
 
     out = Path(out)
-    paths = {"table": out / "table.md", "chart": out / "mu.png", "html": out / "report.html",
+    paths = {"table": out / "table.md", "axes": out / "axes.md", "chart": out / "mu.png", "html": out / "report.html",
              "json": out / "report.json"}
     md = table(found, datasets, reported)
     axes_md = axes_table(found, datasets)
     facts = findings(found, datasets)
     mu = {m: {d: per[d]["record"]["metrics"]["mu"] for d in per} for m, per in found.items()}
-    atomic_write_bytes(paths["table"], (md + "\n\n" + axes_md + "\n").encode())
+    atomic_write_bytes(paths["table"], (md + "\n").encode())
+    atomic_write_bytes(paths["axes"], (axes_md + "\n").encode())
     mu_bars(mu, paths["chart"], datasets)
     for d in datasets:
         grid = Path(results[d]) / "overlays.png"
