@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from stackbench import leaderboard as lb
 from stackbench.cli import main
+from stackbench.axes import Axes
 from stackbench.evaluate import aggregate_rows, evaluate, rows_table
 from stackbench.methods import SaliencyMethod, register_method
 from stackbench.methods.registry import _METHODS
@@ -59,6 +60,7 @@ def forge(path, factor=0.3, name=None):
     blob = rows_table(rows)
     rec = json.loads(path.read_text())
     rec["metrics"] = aggregate_rows(rows, rec["seeds"]["bootstrap"])
+    rec["flags"] = Axes().flags(rec["metrics"])  # a careful forger keeps the flags consistent too
     rec["rows"]["sha256"] = hashlib.sha256(blob).hexdigest()
     if name:
         rec["method"]["name"] = rec["submission"]["name"] = name
