@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .errors import foreign_failure
+from .errors import StackbenchError, foreign_failure
 from .methods import Backbone
 from .wall import MOVING
 
@@ -33,10 +33,27 @@ class Axes:
     deletion_chunk: int = 64          # deleted images per forward
     hidden_tolerance: float = 0.01    # |mean mu_hidden - mean mu| above this: orientation-dependent
     rand_threshold: float = 0.8       # mean rand_corr at or above this: model-insensitive
+    sample: int | None = None         # images per evaluation that get the three axes (seeded); None: every image
+
+    def __post_init__(self):
+        if self.sample is not None and (isinstance(self.sample, bool) or not isinstance(self.sample, int)
+                                        or self.sample < 1):
+            raise StackbenchError(f"--axes-images {self.sample!r}: must be a whole number of at least 1")
+
+    def chosen(self, n: int, seed: int) -> frozenset | None:
+        """The dataset indices (of `n`) that get the axes: None for every image, else a seeded sample."""
+        if self.sample is None or self.sample >= n:
+            return None
+        return frozenset(int(i) for i in np.random.default_rng([int(seed), 2]).permutation(n)[:self.sample])
 
     def describe(self, seed: int, rand_seed: int | None = None) -> dict:
-        """The record's `axes`: every parameter that reproduces the new metrics."""
-        return {
+        """The record's `axes`: every parameter that reproduces the new metrics. `sample` appears only when the
+        axes were measured on part of the images (a board row never is)."""
+        sample = {"sample": {"images": self.sample, "seed": seed,
+                             "choice": "the dataset indices numpy default_rng([seed, 2]).permutation(n)[:images] "
+                                       "(every image when images >= n); the other rows have no orientation and no "
+                                       "axis values"}} if self.sample is not None else {}
+        return {**sample,
             "empty_rule": M.EMPTY_RULE,
             "hidden": {"orientations": list(MOVING), "seed": seed, "tolerance": self.hidden_tolerance,
                        "choice": "per image: orientations[numpy default_rng([seed, 1, index]).integers(6)]; the "
@@ -52,11 +69,13 @@ class Axes:
                               "cells": "input pixels under the feature cells the head reads (Wall.read_cells)"},
         }
 
-    def flags(self, metrics: dict) -> dict:
+    def flags(self, metrics: dict, mu: float | None = None) -> dict:
+        """The row's flags from its aggregates; `mu` is the mean mu over the images that got the axes, when they
+        were a sample (mu_hidden is compared with mu on the same images)."""
         def mean(name):
             return (metrics.get(name) or {}).get("mean")
 
-        mu, hidden, rand = mean("mu"), mean("mu_hidden"), mean("rand_corr")
+        mu, hidden, rand = mean("mu") if mu is None else mu, mean("mu_hidden"), mean("rand_corr")
         return {"orientation_dependent": bool(mu is not None and hidden is not None
                                               and abs(hidden - mu) > self.hidden_tolerance),
                 "model_insensitive": bool(rand is not None and rand >= self.rand_threshold)}
@@ -64,6 +83,12 @@ class Axes:
 
 def orientation_for(seed: int, index: int) -> str:
     return MOVING[int(np.random.default_rng([int(seed), 1, int(index)]).integers(len(MOVING)))]
+
+
+def orientations_for(seed: int, indices) -> list[str]:
+    """The hidden orientations the images at `indices` are explained under (in MOVING's order)."""
+    wanted = {orientation_for(seed, i) for i in indices}
+    return [g for g in MOVING if g in wanted]
 
 
 def reinitialised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -89,7 +114,7 @@ class Views:
     built at once, before any method is set up (a method's hooks on the model must not be copied). A hidden model
     copy carries no `wall` attribute (the backbone keeps it private), so a method cannot read where the wall went."""
 
-    def __init__(self, net: torch.nn.Module, seed: int):
+    def __init__(self, net: torch.nn.Module, seed: int, orientations=MOVING):
         from .models.variants import orient
 
         self.net, self.seed = net, seed
@@ -98,7 +123,7 @@ class Views:
             self.rand_seed += 1
             rnd = reinitialised(net, self.rand_seed)
         self._bb: dict[str, Backbone] = {"canonical": Backbone(net), "random": Backbone(rnd)}
-        for g in MOVING:
+        for g in orientations:  # only those some image needs (a VGG16 copy is 0.8 GB)
             model = orient(net, g)
             wall = model.wall
             del model.wall

@@ -15,6 +15,9 @@ from .errors import StackbenchError
 
 METHODS = report.PAPER_METHODS + report.CONTROLS
 DEMO_IMAGES, QUICK_IMAGES = 100, 16
+# The board's axes cost three explanations per image (Opti-CAM: 3 x 50 forward-backward passes), too many for a
+# few minutes on a CPU: the demo measures them on a seeded sample of each set (the board on every image).
+DEMO_AXES, QUICK_AXES = 20, 4
 
 
 @dataclass
@@ -67,16 +70,18 @@ def _dur(s: float) -> str:
 
 
 def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, batch_size: int, progress: bool,
-                   per_image_s: float, n: int) -> Step:
+                   per_image_s: float, n: int, axes_images: int | None = None) -> Step:
+    from .axes import Axes
     from .evaluate import evaluate
 
     def run():
         for ds, folder in data.items():
             evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
-                     batch_size=batch_size, progress=progress)
+                     batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
 
-    return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}",
-                per_image_s * n * len(data), run)
+    where = "every image" if axes_images is None or axes_images >= n else f"a seeded sample of {axes_images} images"
+    return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}: mu on every "
+                            f"image, the board's axes on {where} per set", per_image_s * n * len(data), run)
 
 
 def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
@@ -99,14 +104,16 @@ def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outc
 
 def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = "minivgg-masked",
          num_images: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
-         echo=print) -> Outcome | None:
+         echo=print, axes_images: int | None = None) -> Outcome | None:
     """The mini track from nothing: generate mini STACK-MIX and STACK-GEN, evaluate the paper's eight methods and
-    the four controls with the shipped minivgg-masked on every axis, write the report. A second run reuses what is done."""
+    the four controls with the shipped minivgg-masked (mu on every image, the board's axes on `axes_images` of each
+    set: DEMO_AXES, QUICK_AXES with `quick`), write the report. A second run reuses what is done."""
     from .generate import load_preset
 
     t0 = time.perf_counter()
     out = Path(out)
     n = num_images or (QUICK_IMAGES if quick else DEMO_IMAGES)
+    k = min(n, axes_images or (QUICK_AXES if quick else DEMO_AXES))
     dev = _device(device)
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
@@ -118,13 +125,14 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
              lambda: _mix(data["stack-mix"], mix, progress)),
         Step("stack-gen", f"{n} mini STACK-GEN scenes (generation/stack-gen/mini.json)", n / 80,
              lambda: _gen(data["stack-gen"], gen, dev, progress)),
-        _evaluate_step(out, data, model, dev, 16, progress, per_image_s=1.2, n=n),
+        _evaluate_step(out, data, model, dev, 16, progress, per_image_s=1.2 + 2.5 * k / n, n=n, axes_images=k),
     ]
     run_steps(steps, dry_run, echo)
     if dry_run:
         return None
     result = _report(out, data, "stackbench demo: CAM-based methods see through walls (mini track)",
-                     {"model": model, "images per set": n, "device": dev, "datasets": "mini STACK-MIX (fit layout, "
+                     {"model": model, "images per set": n, "board axes on": f"{k} images per set (seeded sample)"
+                      if k < n else "every image", "device": dev, "datasets": "mini STACK-MIX (fit layout, "
                       "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(METHODS)})
     result.seconds = time.perf_counter() - t0
     return result
@@ -134,9 +142,10 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
               model: str | None = None, train: bool = False, train_source: str | None = None,
               num_images: int = 100, verify_model: str | None = "preset", steps: int | None = None,
               gen_size: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
-              echo=print) -> Outcome | None:
+              echo=print, axes_images: int | None = None) -> Outcome | None:
     """The paper's pipeline: STACK-MIX from ImageNet validation images, STACK-GEN with the given Stable Diffusion
-    checkpoint, the walled VGG16 (loaded, or trained with the paper preset), the eight methods, the report."""
+    checkpoint, the walled VGG16 (loaded, or trained with the paper preset), the eight methods and the controls, the
+    report. The board's axes on every image, or on a seeded sample of `axes_images` per set."""
     from .generate import load_preset
 
     if bool(model) == bool(train):
@@ -174,8 +183,10 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
         cfg = train_preset("paper", source=train_source or imagenet)
         plan.append(Step("train", f"vgg16-masked with the paper preset on {cfg.source} ({cfg.epochs} epochs)",
                          (cfg.epochs * 1.28e6 / (2500 if gpu else 1)), lambda: run_train(cfg, model_dir)))
-    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, per_image_s=2.0 if gpu else 70.0,
-                               n=num_images))
+    k = min(num_images, axes_images or num_images)
+    per_image = (0.7 + 1.3 * k / num_images) * (1.0 if gpu else 70.0)
+    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, per_image_s=per_image, n=num_images,
+                               axes_images=axes_images))
     run_steps(plan, dry_run, echo)
     if dry_run:
         return None

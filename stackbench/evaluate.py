@@ -28,7 +28,7 @@ import torch
 
 from . import metrics as M
 from .datafolder import atomic_write_bytes, atomic_write_json, open_dataset, pixel_sha256, writable_folder
-from .axes import Axes, Instances, Views, deletion_ends, deletion_probs, orientation_for
+from .axes import Axes, Instances, Views, deletion_ends, deletion_probs, orientation_for, orientations_for
 from .errors import StackbenchError, first_line, foreign_failure, watching_ctrl_c
 from .methods import SaliencyMethod, get_method, list_methods
 from .passes import MethodFailure, make_batch, scored_maps
@@ -166,12 +166,27 @@ EMPTY_COLUMN = {"mu": "map_empty", "dead_mass": "map_empty", "leak_rate": "map_e
                 "deletion_auc": "map_empty", "rand_corr": "map_empty"}
 
 
+AXES_METRICS = ("mu_hidden", "deletion_auc", "rand_corr")  # measured on the images that have an orientation
+
+
 def aggregate_rows(rows: list[dict], seed: int) -> dict:
-    """The record's metrics from its per-image rows (schema 1 rows: the three mu metrics, NaN for an empty map)."""
+    """The record's metrics from its per-image rows (schema 1 rows: the three mu metrics, NaN for an empty map).
+    The axes' metrics count only the rows that got the axes (all of them, unless the axes ran on a sample)."""
     v2 = bool(rows) and "map_empty" in rows[0]
-    names = EMPTY_COLUMN if v2 else M.PER_IMAGE
-    return {m: M.aggregate([np.nan if r[m] is None else r[m] for r in rows], seed=seed,
-                           empty=[bool(r[EMPTY_COLUMN[m]]) for r in rows] if v2 else None) for m in names}
+    if not v2:
+        return {m: M.aggregate([np.nan if r[m] is None else r[m] for r in rows], seed=seed) for m in M.PER_IMAGE}
+    out = {}
+    for m, empty in EMPTY_COLUMN.items():
+        rs = [r for r in rows if r["orientation"] is not None] if m in AXES_METRICS else rows
+        out[m] = M.aggregate([np.nan if r[m] is None else r[m] for r in rs], seed=seed,
+                             empty=[bool(r[empty]) for r in rs])
+    return out
+
+
+def sampled_mu(rows: list[dict]) -> float | None:
+    """Mean mu over the rows that got the axes (the images mu_hidden is measured on)."""
+    v = np.asarray([r["mu"] for r in rows if r["orientation"] is not None], dtype=np.float64)
+    return float(v.mean()) if v.size else None
 
 
 # ----------------------------------------------------------------------------------------------- harness
@@ -186,6 +201,7 @@ class Setting:
     save_maps: bool
     wall: object                       # the model's Wall (the bottom one: the paper's geometry)
     axes: Axes = field(default_factory=Axes)
+    chosen: frozenset | None = None    # dataset indices that get the axes (None: every image)
     clock: dict = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
 
     @property
@@ -223,8 +239,9 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
-    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes or Axes())
-    views = Views(net, seed)
+    axes = axes or Axes()
+    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed))
+    views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
     base = _base_record(dataset, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in instances]
     _resume(runs, out, base)
@@ -406,49 +423,63 @@ def _need_grads(runs) -> bool:
 
 def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
     """One batch through every view; appends each live method's per-image rows."""
-    wall, n = st.wall, len(ids)
+    n = len(ids)
     canon = views.backbone("canonical")
     batch = make_batch(canon, x01, st.target, labels, idx, ids, st.seed, _need_grads(live), st.clock)
+    on = [j for j in range(n) if st.chosen is None or idx[j] in st.chosen]  # the images that get the axes
+    ends = deletion_ends(canon, batch.x[on], batch.targets[on], st.seen) if on else None
     got = {}
-    seen = st.seen
-    ends = deletion_ends(canon, batch.x, batch.targets, seen)
     for r in live:
         def main(r=r):
             maps, empty = scored_maps(r.views.get("canonical"), batch, st.shapes, st.postprocess, st.size)
-            probs = deletion_probs(canon, batch.x, maps, batch.targets, seen, st.axes.deletion_steps, st.seed, idx,
-                                   st.axes.deletion_chunk, ends)
-            return {"maps": maps, "empty": empty, **M.per_image(maps, wall.dead_from),
-                    "deletion_auc": M.deletion_auc(probs), "mu_hidden": np.full(n, np.nan),
-                    "hidden_empty": np.zeros(n, bool)}
+            v = {"maps": maps, "empty": empty, **M.per_image(maps, st.wall.dead_from),
+                 "hidden_empty": np.zeros(n, bool), **{k: np.full(n, np.nan) for k in AXES_METRICS}}
+            if on:
+                v["deletion_auc"][on] = M.deletion_auc(deletion_probs(
+                    canon, batch.x[on], maps[on], batch.targets[on], st.seen, st.axes.deletion_steps, st.seed,
+                    [idx[j] for j in on], st.axes.deletion_chunk, ends))
+            return v
         got[r.name] = _attempt(r, "main", ids, main)
-    orientation = [orientation_for(st.seed, i) for i in idx]
-    for g in dict.fromkeys(orientation):
+    orientation = [orientation_for(st.seed, i) if j in on else None for j, i in enumerate(idx)]
+    if on:
+        _hidden(live, views, st, got, batch, x01, orientation)
+        _randomisation(live, views, st, got, batch, x01, on)
+    predicted = batch.logits.argmax(dim=1).tolist()
+    for r in live:
+        if r.status == "pending":
+            _add_rows(r, got[r.name], batch, labels, predicted, orientation, st.save_maps)
+
+
+def _hidden(live, views: Views, st: Setting, got: dict, batch, x01, orientation) -> None:
+    """mu behind a hidden wall: each image (of the sample) through its orientation's model, the map turned back."""
+    for g in dict.fromkeys(o for o in orientation if o is not None):
         pos = [j for j, o in enumerate(orientation) if o == g]
         runs = [r for r in live if r.status == "pending"]
         if not runs:
-            break
-        sub = make_batch(views.backbone(g), apply(x01[pos], g), st.target, None, [idx[j] for j in pos],
-                         [ids[j] for j in pos], st.seed, _need_grads(runs), st.clock, targets=batch.targets[pos])
+            return
+        sub = make_batch(views.backbone(g), apply(x01[pos], g), st.target, None, [batch.index[j] for j in pos],
+                         [batch.ids[j] for j in pos], st.seed, _need_grads(runs), st.clock, targets=batch.targets[pos])
         for r in runs:
             def hidden(r=r, g=g, sub=sub):
                 return scored_maps(r.views.get(g), sub, st.shapes, st.postprocess, st.size)
             res = _attempt(r, f"hidden-wall ({g})", sub.ids, hidden)
             if res is not None:
-                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), wall.dead_from)
+                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), st.wall.dead_from)
                 got[r.name]["hidden_empty"][pos] = res[1]
+
+
+def _randomisation(live, views: Views, st: Setting, got: dict, batch, x01, on: list[int]) -> None:
+    """The randomisation check: the same images (of the sample) and targets through the re-initialised model."""
     runs = [r for r in live if r.status == "pending"]
-    if runs:
-        sub = make_batch(views.backbone("random"), x01, st.target, None, idx, ids, st.seed, _need_grads(runs), st.clock,
-                         targets=batch.targets)
-        for r in runs:
-            res = _attempt(r, "randomisation", ids, lambda r=r: scored_maps(r.views.get("random"), sub, st.shapes,
+    if not runs:
+        return
+    sub = make_batch(views.backbone("random"), x01[on], st.target, None, [batch.index[j] for j in on],
+                     [batch.ids[j] for j in on], st.seed, _need_grads(runs), st.clock, targets=batch.targets[on])
+    for r in runs:
+        res = _attempt(r, "randomisation", sub.ids, lambda r=r: scored_maps(r.views.get("random"), sub, st.shapes,
                                                                              st.postprocess, st.size))
-            if res is not None:
-                got[r.name]["rand_corr"] = M.rank_correlation(got[r.name]["maps"], res[0], st.read_cells)
-    predicted = batch.logits.argmax(dim=1).tolist()
-    for r in live:
-        if r.status == "pending":
-            _add_rows(r, got[r.name], batch, labels, predicted, orientation, st.save_maps)
+        if res is not None:
+            got[r.name]["rand_corr"][on] = M.rank_correlation(got[r.name]["maps"][on], res[0], st.read_cells)
 
 
 def _add_rows(r: MethodRun, v: dict, batch, labels, predicted, orientation, save_maps) -> None:
@@ -482,7 +513,7 @@ def _write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Set
         **base,
         "method": r.method.describe(),
         "metrics": metrics,
-        "flags": setting.axes.flags(metrics),
+        "flags": setting.axes.flags(metrics, sampled_mu(r.rows) if setting.chosen is not None else None),
         "maps": {"digest": maps_digest(r.rows)},
         "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
         "rows": {"file": f"{stem}.parquet", "sha256": hashlib.sha256(data).hexdigest(),

@@ -323,6 +323,9 @@ def _check_axes(record: dict, metrics: dict, where: str) -> None:
     from .axes import Axes
 
     run, rand = record["seeds"]["run"], record["axes"]["randomisation"]["seed"]
+    if "sample" in record["axes"]:
+        raise StackbenchError(f"{where}: the axes were measured on a sample of {record['axes']['sample']['images']} "
+                              "images; a board row needs every image: evaluate it again without --axes-images")
     axes = Axes()
     if rand < run or _parameters(record["axes"]) != _parameters(axes.describe(run, rand)):
         raise StackbenchError(f"{where}: field axes is not what this stackbench measures (tolerances, orientations, "

@@ -46,6 +46,7 @@ SCHEMA_FIELDS = {
     "postprocess": {"name": str, "definition": str},
     "metrics": "metrics",
     "axes?": {"empty_rule": str,
+              "sample?": {"images": int, "seed": int, "choice": str},
               "hidden": {"orientations": [str], "choice": str, "seed": int, "tolerance": _num},
               "deletion": {"steps": int, "fill": str, "order": str, "seed": int, "score": str},
               "randomisation": {"init": str, "seed": int, "cells": str, "threshold": _num}},

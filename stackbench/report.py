@@ -11,6 +11,7 @@ from pathlib import Path
 from .datafolder import atomic_write_bytes, atomic_write_json
 from .methods import CONTROLS, PAPER_METHODS
 from .metrics import mu_cell, uniform_mu
+from .standings import AXES_SHOWN, standings
 
 CONTROL = "RandomCAM"
 DATASETS = ("stack-mix", "stack-gen")
@@ -39,7 +40,10 @@ def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
 
 def axes_table(found: dict, datasets) -> str:
     """The board's axes per method (mean over the sets): mu behind a hidden wall, deletion AUC, randomisation."""
-    lines = ["| method | mu x100 | mu hidden x100 | deletion AUC | rand. corr | flags |", "|---|---|---|---|---|---|"]
+    k = axes_sample(found)
+    lines = ([f"The board's axes on a seeded sample of {k} images per set (mu is on the same images); a board row "
+              "measures them on every image.", ""] if k else [])
+    lines += ["| method | mu x100 | mu hidden x100 | deletion AUC | rand. corr | flags |", "|---|---|---|---|---|---|"]
     for m, per in found.items():
         if not all("flags" in p["record"] for p in per.values()):
             continue
@@ -47,7 +51,7 @@ def axes_table(found: dict, datasets) -> str:
             f"{100 * _mean(found, m, k, datasets):.1f}" if x100 else f"{_mean(found, m, k, datasets):.3f}")
         flags = [w for w, k in (("orientation-dependent", "orientation_dependent"),
                                 ("model-insensitive", "model_insensitive")) if _flagged(found, m, k)]
-        lines.append(f"| {m}{' (control)' if m in CONTROLS else ''} | {f('mu')} | {f('mu_hidden')} | "
+        lines.append(f"| {m}{' (control)' if m in CONTROLS else ''} | {f('mu_axes')} | {f('mu_hidden')} | "
                      f"{f('deletion_auc', False)} | {f('rand_corr', False)} | {', '.join(flags) or '-'} |")
     return "\n".join(lines)
 
@@ -116,9 +120,23 @@ def findings(found: dict, datasets) -> list[str]:
 
 
 def _mean(found, m, metric, datasets):
-    vals = [found[m][d]["record"]["metrics"].get(metric, {}).get("mean") for d in datasets if d in found[m]]
+    """Mean over the sets of a metric's mean; "mu_axes" is mu on the images that got the axes (all of them unless
+    the axes ran on a sample), the mu to set beside mu_hidden."""
+    from .evaluate import sampled_mu
+
+    per = [found[m][d] for d in datasets if d in found[m]]
+    vals = [sampled_mu(p["rows"]) if metric == "mu_axes" else p["record"]["metrics"].get(metric, {}).get("mean")
+            for p in per]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def axes_sample(found: dict) -> int | None:
+    """The images per set that got the axes, when they were a sample (the demo's default), else None."""
+    sizes = {p["record"].get("axes", {}).get("sample", {}).get("images")
+             for per in found.values() for p in per.values()}
+    sizes.discard(None)
+    return max(sizes) if sizes else None
 
 
 def _flagged(found, m, flag) -> bool:
@@ -133,11 +151,15 @@ def axes_findings(found: dict, datasets) -> list[str]:
     methods = [m for m in v2 if m not in CONTROLS]
     moving = [m for m in methods if _flagged(v2, m, "orientation_dependent")]
     fixed = [m for m in methods if m not in moving]
-    shifts = [f"{m} ({100 * _mean(v2, m, 'mu', datasets):.1f} -> {100 * _mean(v2, m, 'mu_hidden', datasets):.1f})"
+    shifts = [f"{m} ({100 * _mean(v2, m, 'mu_axes', datasets):.1f} -> {100 * _mean(v2, m, 'mu_hidden', datasets):.1f})"
               for m in moving]
-    out = [f"Hidden walls (the model re-oriented by its weights so the wall sits at the top, left or right, unknown to "
-           f"the method): {', '.join(fixed) or 'none'} give the same mu behind the moved wall as behind the bottom one"
-           + (f"; {', '.join(shifts)} do not (orientation-dependent)." if moving else ".")]
+    k = axes_sample(v2)
+    out = [(f"The board's axes below are measured on a seeded sample of {k} images per set (the board: every "
+            "image). " if k else "")
+           + f"Hidden walls (the model re-oriented by its weights so the wall sits at the top, left or right, unknown "
+           f"to the method): {', '.join(fixed) or 'none'} give the same mu behind the moved wall as behind the bottom "
+           "one" + (f"; {', '.join(shifts)} {'does' if len(moving) == 1 else 'do'} not (orientation-dependent)."
+                    if moving else ".")]
     auc = sorted((m for m in methods if _mean(v2, m, "deletion_auc", datasets) is not None),
                  key=lambda m: _mean(v2, m, "deletion_auc", datasets))
     if auc:
@@ -147,13 +169,24 @@ def axes_findings(found: dict, datasets) -> list[str]:
     out.append("Randomisation check (same map on a re-initialised model): "
                + (f"{', '.join(insensitive)} flagged model-insensitive" if insensitive else "no method flagged")
                + "; " + ", ".join(f"{m} {_mean(v2, m, 'rand_corr', datasets):.2f}" for m in v2) + " (Spearman).")
+    caught = _caught_by(v2, datasets)
     for c in (c for c in CONTROLS if c in v2):
-        caught = [w for w, f in (("hidden walls", "orientation_dependent"), ("randomisation", "model_insensitive"))
-                  if _flagged(v2, c, f)]
-        out.append(f"Control {c}: mu x100 {100 * _mean(v2, c, 'mu', datasets):.1f}, behind a hidden wall "
+        by = [AXES_SHOWN[a] for a in caught.get(c, [])]
+        out.append(f"Control {c}: mu x100 {100 * _mean(v2, c, 'mu_axes', datasets):.1f}, behind a hidden wall "
                    f"{100 * _mean(v2, c, 'mu_hidden', datasets):.1f}, deletion AUC {_mean(v2, c, 'deletion_auc', datasets):.3f}"
-                   + (f"; caught by {' and '.join(caught)}." if caught else "; caught by no flag (compare its numbers)."))
+                   + (f"; caught by {', '.join(by)}." if by else "; caught by no axis."))
     return out
+
+
+def _caught_by(found: dict, datasets) -> dict[str, list[str]]:
+    """Which axes catch each control, by the board's own rule (`standings`): its flags, and each metric on which it
+    is worse than the median ranked method."""
+    entries = [{"name": m, "family": next(iter(per.values()))["record"]["method"].get("family"), "schema": 2,
+                "metrics": {d: p["record"]["metrics"] for d, p in per.items()},
+                "flags": {d: p["record"]["flags"] for d, p in per.items()},
+                "maps": {d: p["record"].get("maps", {}).get("digest") for d, p in per.items()}}
+               for m, per in found.items()]
+    return {s.name: s.caught_by for s in standings(entries, datasets) if s.section == "control"}
 
 
 def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str, context: dict,

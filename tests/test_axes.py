@@ -10,6 +10,7 @@ import torch
 from stackbench import leaderboard as lb
 from stackbench import metrics as M
 from stackbench.axes import Views, orientation_for, reinitialised
+from stackbench.errors import StackbenchError
 from stackbench.evaluate import aggregate_rows, evaluate, rows_table
 from stackbench.methods import Backbone
 from stackbench.models import create_model
@@ -255,7 +256,6 @@ def test_a_method_that_writes_into_its_batch_changes_no_other_score(controls_run
 
 
 def test_bad_controls_config_and_saving_an_oriented_model_are_refused(mini_masked, tmp_path):
-    from stackbench.errors import StackbenchError
     from stackbench.methods import get_method
 
     for bad in (-5, 170.5, "abc", None, True):
@@ -274,3 +274,46 @@ def test_wall_command_checks_its_options():
     for args in (["--traces", "0"], ["--traces", "-3"], ["--orientation", "sideways"]):
         res = CliRunner().invoke(main, ["wall", "--model", "minivgg-masked@random", *args])
         assert res.exit_code == 2 and "Traceback" not in res.output, args
+
+
+def test_axes_on_a_sample_match_a_full_run_and_never_make_a_board_row(controls_run, data, mix_store,  # noqa: F811
+                                                                       tmp_path):
+    from click.testing import CliRunner
+
+    from stackbench.axes import Axes
+    from stackbench.cli import main
+
+    runs = evaluate(["GradCAM", "ConstantSeen"], str(data / "mix"), "minivgg-masked", out=tmp_path / "s",
+                    progress=False, device="cpu", figure=False, axes=Axes(sample=3))
+    for r in runs:
+        rows = pq.read_table(r.record_path.with_suffix(".parquet")).to_pylist()
+        full = {row["index"]: row for row in pq.read_table(
+            controls_run[r.name].record_path.with_suffix(".parquet")).to_pylist()}
+        got = [row for row in rows if row["orientation"] is not None]
+        assert len(got) == 3 and len(rows) == 8
+        for row in got:  # the same image gets the same orientation and values as in a run on every image
+            ref = full[row["index"]]
+            assert row["orientation"] == ref["orientation"] and row["mu"] == ref["mu"]
+            for k in ("mu_hidden", "deletion_auc", "rand_corr"):
+                assert row[k] == pytest.approx(ref[k], abs=1e-6), k
+        assert all(row[k] is None for row in rows if row["orientation"] is None
+                   for k in ("mu_hidden", "deletion_auc", "rand_corr"))
+        m = r.record["metrics"]
+        assert m["mu"]["n"] == 8 and m["mu_hidden"]["n"] == m["deletion_auc"]["n"] == m["rand_corr"]["n"] == 3
+        assert r.record["axes"]["sample"]["images"] == 3
+    by = {r.name: r.record["flags"] for r in runs}
+    assert by["GradCAM"] == {"orientation_dependent": False, "model_insensitive": False}  # mu on the same 3 images
+    assert by["ConstantSeen"] == {"orientation_dependent": True, "model_insensitive": True}
+    # a sampled record is never a board row
+    (path,) = submit(mix_store, "GradCAM")
+    rec = json.loads(path.read_text())
+    rec["axes"]["sample"] = runs[0].record["axes"]["sample"]
+    path.write_text(json.dumps(rec))
+    (v,) = lb.verify(store=mix_store, rerun=False)
+    assert v.failed and "measured on a sample of 3 images" in v.message
+    for bad in ("0", "-2", "x"):
+        res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAM", "--dataset", str(data / "mix"),
+                                        "--axes-images", bad, "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and "--axes-images" in res.output and not (tmp_path / "bad").exists()
+    with pytest.raises(StackbenchError, match="axes-images"):
+        Axes(sample=True)

@@ -18,7 +18,8 @@ def _hirescam_row(table: str) -> list[str]:
 
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
-    r = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--no-progress"])
+    args = ["demo", "--quick", "--num-images", "8", "--axes-images", "2", "--out", str(out), "--no-progress"]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert REPORT_FILES <= {p.name for p in out.iterdir()}
     cells = _hirescam_row((out / "table.md").read_text())
@@ -26,9 +27,10 @@ def test_demo_quick(tmp_path):
     summary = json.loads((out / "report.json").read_text())
     assert summary["mu"]["HiResCAM"]["stack-mix"]["mean"] == 0.0 and summary["mu"]["HiResCAM"]["stack-gen"]["mean"] == 0.0
     assert summary["findings"][0].startswith("HiResCAM: mu = 0 exactly")
+    assert "seeded sample of 2 images per set" in (out / "axes.md").read_text()
     assert "| HiResCAM |" in r.output and "report.html" in r.output
     # a second run reuses the datasets and the finished records
-    again = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--no-progress"])
+    again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and (out / "table.md").read_text() == "\n".join(
         line for line in r.output.splitlines() if line.startswith("|")) + "\n"
 
@@ -46,7 +48,8 @@ def test_reproduce_with_stand_ins(tmp_path):
     folder = _imagefolder(tmp_path / "imagenet")
     random_pipeline("tiny", seed=0).save_pretrained(tmp_path / "sd")
     args = ["reproduce", "--preset", "paper", "--imagenet", f"imagefolder:{folder}", "--sd-model", str(tmp_path / "sd"),
-            "--model", "minivgg-masked@random", "--num-images", "4", "--steps", "2", "--verify-model", "none",
+            "--model", "minivgg-masked@random", "--num-images", "4", "--axes-images", "2", "--steps", "2",
+            "--verify-model", "none",
             "--out", str(tmp_path / "paper"), "--no-progress"]
     dry = CliRunner().invoke(main, args + ["--dry-run"])
     assert dry.exit_code == 0, dry.output
@@ -56,6 +59,7 @@ def test_reproduce_with_stand_ins(tmp_path):
     assert r.exit_code == 0, r.output
     assert REPORT_FILES <= {p.name for p in (tmp_path / "paper").iterdir()}
     assert _hirescam_row((tmp_path / "paper" / "table.md").read_text())[1:3] == ["0.0 ± 0.0", "0.0 ± 0.0"]
+    assert "seeded sample of 2 images per set" in (tmp_path / "paper" / "axes.md").read_text()
     gen = json.loads((tmp_path / "paper" / "data" / "stack-gen" / "generation.json").read_text())
     assert gen["source"]["kind"] == "diffusers" and gen["n"] == 4
 

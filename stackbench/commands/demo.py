@@ -24,14 +24,17 @@ def _print(result: D.Outcome | None) -> None:
 @click.option("--out", default="stackbench-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help=f"{D.QUICK_IMAGES} images per set instead of {D.DEMO_IMAGES}")
 @click.option("--num-images", type=int, default=None, help="images per set (overrides --quick)")
+@click.option("--axes-images", type=click.IntRange(min=1), default=None, metavar="N",
+              help=f"images per set that also get the board's axes (a seeded sample; mu is on every image)  "
+                   f"[default: {D.DEMO_AXES}, {D.QUICK_AXES} with --quick]")
 @click.option("--model", default="minivgg-masked", show_default=True, help="the walled model to explain")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the steps with estimated costs and stop")
 @click.option("--no-progress", is_flag=True)
-def demo(out, quick, num_images, model, device, dry_run, no_progress):
-    """The mini track from nothing: both datasets, the paper's eight methods + RandomCAM, the report."""
+def demo(out, quick, num_images, axes_images, model, device, dry_run, no_progress):
+    """The mini track from nothing: both datasets, the paper's eight methods and four controls, the report."""
     _print(D.demo(out, quick=quick, model=model, num_images=num_images, device=device, progress=not no_progress,
-                  dry_run=dry_run, echo=click.echo))
+                  dry_run=dry_run, echo=click.echo, axes_images=axes_images))
 
 
 @click.command()
@@ -43,6 +46,8 @@ def demo(out, quick, num_images, model, device, dry_run, no_progress):
 @click.option("--train", "do_train", is_flag=True, help="train vgg16-masked with the paper preset instead")
 @click.option("--train-source", default=None, metavar="SRC", help="training source for --train (default: --imagenet)")
 @click.option("--num-images", type=int, default=100, show_default=True)
+@click.option("--axes-images", type=click.IntRange(min=1), default=None, metavar="N",
+              help="images per set that also get the board's axes (a seeded sample)  [default: every image]")
 @click.option("--verify-model", default="preset", show_default=True,
               help="CLIP model for STACK-GEN verification; 'none' to skip it")
 @click.option("--steps", type=int, default=None, help="diffusion steps (default: the preset's 30)")
@@ -51,10 +56,11 @@ def demo(out, quick, num_images, model, device, dry_run, no_progress):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dry-run", is_flag=True, help="print every step with its estimated cost and stop")
 @click.option("--no-progress", is_flag=True)
-def reproduce(preset, imagenet, split, sd_model, model, do_train, train_source, num_images, verify_model, steps,
-              gen_size, out, device, dry_run, no_progress):
+def reproduce(preset, imagenet, split, sd_model, model, do_train, train_source, num_images, axes_images, verify_model,
+              steps, gen_size, out, device, dry_run, no_progress):
     """The paper's pipeline: STACK-MIX from ImageNet, STACK-GEN with SD, the walled VGG16, Table 1."""
     _print(D.reproduce(imagenet, sd_model, out=out, split=split, model=model, train=do_train,
                        train_source=train_source, num_images=num_images,
                        verify_model=None if verify_model == "none" else verify_model, steps=steps, gen_size=gen_size,
-                       device=device, progress=not no_progress, dry_run=dry_run, echo=click.echo))
+                       device=device, progress=not no_progress, dry_run=dry_run, echo=click.echo,
+                       axes_images=axes_images))
