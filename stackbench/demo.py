@@ -73,13 +73,15 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
                    per_image_s: float, n: int, axes_images: int | None = None) -> Step:
     from .axes import Axes
     from .evaluate import evaluate
+    from .metrics import images_phrase
 
     def run():
         for ds, folder in data.items():
             evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
                      batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
 
-    where = "every image" if axes_images is None or axes_images >= n else f"a seeded sample of {axes_images} images"
+    where = ("every image" if axes_images is None or axes_images >= n
+             else f"a seeded sample of {images_phrase(axes_images)}")
     return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}: mu on every "
                             f"image, the board's axes on {where} per set", per_image_s * n * len(data), run)
 

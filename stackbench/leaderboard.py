@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .datafolder import atomic_write_bytes, atomic_write_json, fingerprint
 from .errors import Refused, StackbenchError, close_matches, first_line, foreign_failure, watching_ctrl_c
-from .metrics import mu_cell
+from .metrics import images_phrase, mu_cell
 from .models import file_sha256
 from .records import METRICS, SCHEMA, safe_url, validate_record
 
@@ -324,8 +324,9 @@ def _check_axes(record: dict, metrics: dict, where: str) -> None:
 
     run, rand = record["seeds"]["run"], record["axes"]["randomisation"]["seed"]
     if "sample" in record["axes"]:
-        raise StackbenchError(f"{where}: the axes were measured on a sample of {record['axes']['sample']['images']} "
-                              "images; a board row needs every image: evaluate it again without --axes-images")
+        raise StackbenchError(f"{where}: the axes were measured on a sample of "
+                              f"{images_phrase(record['axes']['sample']['images'])}; a board row needs every image: "
+                              "evaluate it again without --axes-images")
     axes = Axes()
     if rand < run or _parameters(record["axes"]) != _parameters(axes.describe(run, rand)):
         raise StackbenchError(f"{where}: field axes is not what this stackbench measures (tolerances, orientations, "

@@ -185,3 +185,8 @@ def mu_cell(agg: dict | None) -> str:
     if not agg or agg.get("mean") is None:
         return "-"
     return f"{100 * agg['mean']:.1f} ± {100 * (agg.get('std') or 0):.1f}"
+
+
+def images_phrase(k: int) -> str:
+    """'1 image', '20 images'."""
+    return f"{k} image" + ("" if k == 1 else "s")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .datafolder import atomic_write_bytes, atomic_write_json
 from .methods import CONTROLS, PAPER_METHODS
-from .metrics import mu_cell, uniform_mu
+from .metrics import images_phrase, mu_cell, uniform_mu
 from .standings import AXES_SHOWN, standings
 
 CONTROL = "RandomCAM"
@@ -41,8 +41,8 @@ def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
 def axes_table(found: dict, datasets) -> str:
     """The board's axes per method (mean over the sets): mu behind a hidden wall, deletion AUC, randomisation."""
     k = axes_sample(found)
-    lines = ([f"The board's axes on a seeded sample of {k} images per set (mu is on the same images); a board row "
-              "measures them on every image.", ""] if k else [])
+    lines = ([f"The board's axes on a seeded sample of {images_phrase(k)} per set (mu is on the same images); a "
+              "board row measures them on every image.", ""] if k else [])
     lines += ["| method | mu x100 | mu hidden x100 | deletion AUC | rand. corr | flags |", "|---|---|---|---|---|---|"]
     for m, per in found.items():
         if not all("flags" in p["record"] for p in per.values()):
@@ -154,7 +154,7 @@ def axes_findings(found: dict, datasets) -> list[str]:
     shifts = [f"{m} ({100 * _mean(v2, m, 'mu_axes', datasets):.1f} -> {100 * _mean(v2, m, 'mu_hidden', datasets):.1f})"
               for m in moving]
     k = axes_sample(v2)
-    out = [(f"The board's axes below are measured on a seeded sample of {k} images per set (the board: every "
+    out = [(f"The board's axes below are measured on a seeded sample of {images_phrase(k)} per set (the board: every "
             "image). " if k else "")
            + f"Hidden walls (the model re-oriented by its weights so the wall sits at the top, left or right, unknown "
            f"to the method): {', '.join(fixed) or 'none'} give the same mu behind the moved wall as behind the bottom "

@@ -48,7 +48,7 @@ def test_reproduce_with_stand_ins(tmp_path):
     folder = _imagefolder(tmp_path / "imagenet")
     random_pipeline("tiny", seed=0).save_pretrained(tmp_path / "sd")
     args = ["reproduce", "--preset", "paper", "--imagenet", f"imagefolder:{folder}", "--sd-model", str(tmp_path / "sd"),
-            "--model", "minivgg-masked@random", "--num-images", "4", "--axes-images", "2", "--steps", "2",
+            "--model", "minivgg-masked@random", "--num-images", "2", "--axes-images", "1", "--steps", "2",
             "--verify-model", "none",
             "--out", str(tmp_path / "paper"), "--no-progress"]
     dry = CliRunner().invoke(main, args + ["--dry-run"])
@@ -59,9 +59,9 @@ def test_reproduce_with_stand_ins(tmp_path):
     assert r.exit_code == 0, r.output
     assert REPORT_FILES <= {p.name for p in (tmp_path / "paper").iterdir()}
     assert _hirescam_row((tmp_path / "paper" / "table.md").read_text())[1:3] == ["0.0 ± 0.0", "0.0 ± 0.0"]
-    assert "seeded sample of 2 images per set" in (tmp_path / "paper" / "axes.md").read_text()
+    assert "seeded sample of 1 image per set" in (tmp_path / "paper" / "axes.md").read_text()
     gen = json.loads((tmp_path / "paper" / "data" / "stack-gen" / "generation.json").read_text())
-    assert gen["source"]["kind"] == "diffusers" and gen["n"] == 4
+    assert gen["source"]["kind"] == "diffusers" and gen["n"] == 2
 
 
 def test_reproduce_needs_one_model_choice(tmp_path):
