@@ -231,7 +231,7 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     Returns a MethodRun per method (status done / skipped / failed). Everything is checked before any work:
     the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
     weights, the dataset's wall; with target="label", the labels within its classes)."""
-    _check_args(target, postprocess, batch_size, limit)
+    _check_args(target, postprocess, batch_size, limit, seed)
     instances = _instances(methods, method_config)
     dev = pick_device(device)
     ds, info, net = _open_inputs(dataset, model, dev, seed, target, allow_incomplete)
@@ -278,7 +278,9 @@ def _finish(todo, setting: Setting, base, out, all_ids, all_shas, skipped) -> No
         r.status = "done"
 
 
-def _check_args(target, postprocess, batch_size, limit) -> None:
+def _check_args(target, postprocess, batch_size, limit, seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise StackbenchError(f"--seed {seed!r}: must be a whole number from 0 to 2**63 - 1")
     if target not in TARGET_RULES:
         raise StackbenchError(f"--target {target!r}: expected one of {', '.join(TARGET_RULES)}")
     if postprocess not in M.POSTPROCESS:

@@ -259,3 +259,22 @@ def test_unexpected_errors_are_one_line_too(monkeypatch):
     r = CliRunner().invoke(main, ["models"])
     assert r.exit_code == 1 and r.stderr.startswith("error: unexpected ZeroDivisionError: 1/0; this is a bug")
     assert "Traceback" not in r.output
+
+
+def test_seeds_out_of_range_are_usage_errors(folder, tmp_path):
+    from click.testing import CliRunner
+
+    from stackbench.cli import main
+    from stackbench.evaluate import evaluate
+
+    huge = str(2**70)
+    for args in (["evaluate", "--method", "GradCAM", "--dataset", folder, "--model", MODEL, "--seed", huge],
+                 ["train", "--preset", "mini", "--source", "shapes:16", "--seed", "-1"],
+                 ["generate", "stack-mix", "--preset", "mini", "--num-images", "4", "--seed", huge],
+                 ["theory", "bound", "--seed", "-3"]):
+        res = CliRunner().invoke(main, [*map(str, args), "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and "--seed" in res.output and "range" in res.output, (args, res.output)
+        assert not (tmp_path / "o").exists()
+    with pytest.raises(StackbenchError, match="--seed 1180591620717411303424: must be a whole number"):
+        evaluate(["GradCAM"], folder, MODEL, seed=2**70, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

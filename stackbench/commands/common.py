@@ -19,5 +19,7 @@ def model_option(required: bool = True, default: str | None = None):
                         metavar="REF", help="NAME, NAME@random, PATH (save_pretrained folder), hf:REPO[@REV] or paper:PATH")
 
 
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
+# Seeds feed numpy's SeedSequence and torch.manual_seed: whole numbers from 0 to 2**63 - 1.
+SEED = click.IntRange(0, 2**63 - 1)
+seed_option = click.option("--seed", type=SEED, default=0, show_default=True,
                            help="seed for NAME@random initialisation and for tracing")

@@ -1,4 +1,4 @@
-"""`stackbench generate stack-mix` (and, later, `stack-gen`): build a dataset folder, then print a summary."""
+"""`stackbench generate stack-mix` and `stackbench generate stack-gen`: build a dataset folder, then print a summary."""
 from __future__ import annotations
 
 import click
@@ -7,6 +7,7 @@ from ..generate import load_preset
 from ..generate.stackmix import StackMixRecipe, generate_stack_mix
 from ..generate.writer import WriteResult
 from ..sources import SOURCE_HELP
+from .common import SEED
 
 MAX_LISTED = 20
 
@@ -67,7 +68,7 @@ def print_summary(result: WriteResult) -> None:
               help="comma-separated class names/indices, or a file with one per line (e.g. generation/classes/)")
 @click.option("--layout", type=click.Choice(["cut", "fit"]), default=None,
               help="cut: the paper's CutMix rows [default]; fit: the whole second image in the band")
-@click.option("--seed", type=int, default=None, help="recipe seed [default: 0]")
+@click.option("--seed", type=SEED, default=None, help="recipe seed [default: 0]")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding [default: png]")
 @click.option("--min-size", type=int, default=None, help="skip inputs smaller than this per side [default: 64]")
 @click.option("--allow-repeats", is_flag=True, help="allow more images than the source gives before it uses an "
@@ -97,7 +98,7 @@ def stack_mix(preset, source, split, num_images, per_class, classes, layout, see
 @click.option("--classes", default=None, metavar="LIST|FILE",
               help="class names, comma-separated or a file (default: shapes' ten / generation/classes/imagenette.txt)")
 @click.option("--num-images", type=int, default=None, help="number of images [default: 100]")
-@click.option("--seed", type=int, default=None, help="recipe seed [default: 0]")
+@click.option("--seed", type=SEED, default=None, help="recipe seed [default: 0]")
 @click.option("--steps", type=int, default=None, help="diffusers: denoising steps [default: 30]")
 @click.option("--guidance", type=float, default=None, help="diffusers: classifier-free guidance [default: 7.5]")
 @click.option("--gen-size", type=int, default=None, help="generation size in px [default: the checkpoint's own]")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import StackbenchError
-from .common import format_table
+from .common import SEED, format_table
 
 
 def _progress():
@@ -51,7 +51,7 @@ def theory():
 @click.option("--hidden", type=int, default=32, show_default=True, help="width of the hidden dense layers")
 @click.option("--trials", type=int, default=100, show_default=True, help="random initialisations per L")
 @click.option("--tau", type=float, default=1.0, show_default=True, help="initialisation scale: weights ~ N(0, tau^2)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--tol", type=float, default=1e-5, show_default=True, help="largest relative error that passes")
 @click.option("--out", type=click.Path(file_okay=False), default="stackbench-theory", show_default=True,
               help="folder for alpha.json")
@@ -81,7 +81,7 @@ def alpha(image_path, digit, layers, filters, hidden, trials, tau, seed, tol, ou
               help="conv filters V (repeat the option for several); Theorem 1 needs V > 20")
 @click.option("--tau", type=float, default=1.0, show_default=True, help="initialisation scale: weights ~ N(0, tau^2)")
 @click.option("--trials", type=int, default=2000, show_default=True, help="Monte Carlo initialisations T per V")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="stackbench-theory", show_default=True,
               help="folder for bound.json and bound.png")
 def bound(image_path, digit, filters, tau, trials, seed, out):

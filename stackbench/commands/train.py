@@ -10,6 +10,7 @@ import click
 
 from ..train import PRESETS, preset as make_preset, stored_config
 from ..train import train as run_training
+from .common import SEED
 
 
 @click.command()
@@ -23,7 +24,7 @@ from ..train import train as run_training
 @click.option("--batch-size", type=int, help="global batch, split over the processes")
 @click.option("--lr", type=float)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]))
-@click.option("--seed", type=int)
+@click.option("--seed", type=SEED)
 @click.option("--preset", type=click.Choice(sorted(PRESETS)),
               help="recipe to start from (default: mini for minivgg models, paper otherwise)")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "fp16", "bf16"]))
