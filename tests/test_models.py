@@ -109,6 +109,7 @@ def test_bad_references_give_one_clear_line(tmp_path):
     assert "vgg16-masked@random" in _msg("vgg16-masked")  # no published weights: says what to do
     assert "does not exist" in _msg(str(tmp_path / "missing" / "folder"))
     assert "no such file" in _msg(f"paper:{tmp_path / 'nothing.pt'}")
+    assert "--model '' is empty; give a zoo name" in _msg("")  # was "model folder . has no config.json"
 
     empty = tmp_path / "empty"
     empty.mkdir()

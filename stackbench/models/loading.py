@@ -42,6 +42,9 @@ def split_ref(ref: str, sep: str = "@") -> tuple[str, str | None]:
 def load_model(ref: str, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
     """Resolve a model reference (see module doc) to a model in eval mode, with `.ref` set."""
     ref = str(ref)
+    if not ref.strip():  # Path("") is the current folder: say what is wrong instead of "folder . has no config.json"
+        raise StackbenchError(f"--model {ref!r} is empty; give a zoo name ({', '.join(list_models())}), NAME@random, "
+                              "a save_pretrained folder, hf:REPO or paper:PATH")
     if ref.startswith("hf:"):
         model = load_hub(ref[3:])
     elif ref.startswith("paper:"):
