@@ -471,14 +471,14 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
     except _NotRerun as e:
         return Verdict(row, NOT_RERUN, f"record, rows and pins check; {e}")
     except StackbenchError as e:
-        return Verdict(row, FAILED, str(e) if str(e).startswith(row) else f"{row}: {e}")
+        return Verdict(row, FAILED, str(e).removeprefix(f"{row}: "))  # the row is said once, by whoever prints it
     except BaseException as e:  # noqa: BLE001 - a row's method must never end the whole verification
         reason = foreign_failure(e)
         if reason is None:
             raise
-        return Verdict(row, FAILED, f"{row}: {reason}")
+        return Verdict(row, FAILED, reason)
     if bad:
-        return Verdict(row, FAILED, f"{row}: {'; '.join(bad)}")
+        return Verdict(row, FAILED, "; ".join(bad))
     return Verdict(row, REPRODUCED, f"re-run here: every metric within {RERUN_ATOL:g} (deletion and randomisation "
                                     f"{RERUN_ATOL_OF['deletion_auc']:g}), the same flags, the same images")
 

@@ -121,6 +121,7 @@ def test_verify_reruns_and_catches_a_hand_edited_number(store):
     r = CliRunner().invoke(main, ["leaderboard", "verify", "--track", "test", "--store", str(store), "--no-rerun"])
     assert r.exit_code == 1
     assert "FAILED      test/stack-mix/minivgg-masked_random/GradCAM: " in r.output and "metrics.mu.mean" in r.output
+    assert r.output.count("test/stack-mix/minivgg-masked_random/GradCAM") == 1  # the row named once
 
 
 def test_verify_catches_edited_rows_and_a_missing_field(store):
