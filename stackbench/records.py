@@ -72,6 +72,9 @@ def safe_url(url, what: str = "--url") -> str | None:
     if url is None or url == "":
         return None
     if not isinstance(url, str) or not URL_RE.match(url):
+        if isinstance(url, str) and re.match(r"^https?://", url, flags=re.I):
+            raise StackbenchError(f"{what} {url!r:.80}: a link may not contain spaces, quotes, angle brackets or "
+                                  "parentheses; percent-encode them (a space is %20)")
         raise StackbenchError(f"{what} {url!r:.80}: only http:// or https:// links are accepted")
     return url
 

@@ -92,6 +92,8 @@ def test_untrusted_strings_render_inert(store):
         assert store.resolve() in p.resolve().parents
     with pytest.raises(StackbenchError, match="only http"):
         submit(store, "GradCAM", name="other", url="javascript:alert(1)")
+    with pytest.raises(StackbenchError, match="may not contain spaces.*percent-encode"):
+        submit(store, "GradCAM", name="other", url="https://example.org/my paper.pdf")
     lb.build(store)
     html = (store / "index.html").read_text()
     assert "<img src=x" not in html and "<script>alert" not in html
