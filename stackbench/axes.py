@@ -38,7 +38,8 @@ class Axes:
     def __post_init__(self):
         if self.sample is not None and (isinstance(self.sample, bool) or not isinstance(self.sample, int)
                                         or self.sample < 1):
-            raise StackbenchError(f"--axes-images {self.sample!r}: must be a whole number of at least 1")
+            raise StackbenchError(f"axes sample (--axes-images) {self.sample!r}: must be a whole number of at "
+                                  "least 1")
 
     def chosen(self, n: int, seed: int) -> frozenset | None:
         """The dataset indices (of `n`) that get the axes: None for every image, else a seeded sample."""

@@ -17,7 +17,7 @@ import hashlib
 import io
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
@@ -240,7 +240,10 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
     axes = axes or Axes()
-    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed))
+    chosen = axes.chosen(len(ds), seed)
+    if chosen is None and axes.sample is not None:  # a "sample" of every image is the full measurement
+        axes = replace(axes, sample=None)
+    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, chosen)
     views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
     base = _base_record(dataset, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in instances]
@@ -492,7 +495,8 @@ def _add_rows(r: MethodRun, v: dict, batch, labels, predicted, orientation, save
                        "target": int(batch.targets[j]), "predicted": int(predicted[j]),
                        **{k: num(v[k], j) for k in M.PER_IMAGE}, "map_empty": bool(v["empty"][j]),
                        "orientation": orientation[j], "mu_hidden": num(v["mu_hidden"], j),
-                       "hidden_empty": bool(v["hidden_empty"][j]), "deletion_auc": num(v["deletion_auc"], j),
+                       "hidden_empty": None if orientation[j] is None else bool(v["hidden_empty"][j]),
+                       "deletion_auc": num(v["deletion_auc"], j),
                        "rand_corr": num(v["rand_corr"], j),
                        "map_sha256": hashlib.sha256(np.ascontiguousarray(maps[j], dtype=np.float32)).hexdigest()})
     if len(r.grid_maps) < GRID_ITEMS:
@@ -548,21 +552,41 @@ def _grid_images(ds, size, k):
 
 
 def summary_rows(runs: list[MethodRun]) -> list[list]:
-    """Table-1-style rows: method, n, n_empty, mu x100 mean +- std, 95% CI, dead mass, leak rate, img/s, status."""
+    """Table-1-style rows: method, n, n_empty, mu x100 mean +- std, 95% CI, dead mass, leak rate, then the board's
+    axes (mu behind a hidden wall, deletion AUC, rand. corr, flags), img/s, status."""
     rows = []
     for r in runs:
         if r.record is None:
-            rows.append([r.name, "-", "-", "-", "-", "-", "-", "-", f"FAILED: {r.error}"])
+            rows.append([r.name, *["-"] * (len(SUMMARY_HEADERS) - 2), f"FAILED: {r.error}"])
             continue
         m = r.record["metrics"]
         mu = m["mu"]
         f = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        g = lambda k: "-" if (m.get(k) or {}).get("mean") is None else f"{m[k]['mean']:.3f}"  # noqa: E731
         ci = "-" if mu["ci95"] is None else f"[{f(mu['ci95'][0])}, {f(mu['ci95'][1])}]"
         ips = r.record["timing"].get("images_per_s")
+        flags = [k.replace("_", "-") for k, v in (r.record.get("flags") or {}).items() if v]
         rows.append([r.name, mu["n"], mu["n_empty"], f"{f(mu['mean'])} ± {f(mu['std'])}", ci,
-                     f(m["dead_mass"]["mean"]), f(m["leak_rate"]["mean"]), "-" if ips is None else f"{ips:.2f}",
+                     f(m["dead_mass"]["mean"]), f(m["leak_rate"]["mean"]), f((m.get("mu_hidden") or {}).get("mean")),
+                     g("deletion_auc"), g("rand_corr"), ", ".join(flags) or "-", "-" if ips is None else f"{ips:.2f}",
                      "resumed" if r.status == "skipped" else "done"])
     return rows
 
 
-SUMMARY_HEADERS = ["method", "n", "n_empty", "mu x100", "95% CI", "dead mass x100", "leak rate x100", "img/s", "status"]
+SUMMARY_HEADERS = ["method", "n", "n_empty", "mu x100", "95% CI", "dead mass x100", "leak rate x100", "mu hidden x100",
+                   "deletion AUC", "rand. corr", "flags", "img/s", "status"]
+
+
+def axes_sample(records) -> int | None:
+    """The largest axes sample among `records` (images per set), or None when every record measured every image."""
+    sizes = {(rec.get("axes") or {}).get("sample", {}).get("images") for rec in records}
+    sizes.discard(None)
+    return max(sizes) if sizes else None
+
+
+def sample_note(runs: list[MethodRun]) -> str | None:
+    """One line when the axes ran on a sample (the summary's axis columns are over those images only)."""
+    k = axes_sample(r.record for r in runs if r.record)
+    return None if k is None else (
+        f"the board's axes (mu hidden, deletion AUC, rand. corr, flags) on a seeded sample of {M.images_phrase(k)} "
+        "(the rows with an orientation), mu on every image; such a record is not a board row")

@@ -300,7 +300,7 @@ def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: st
                 raise StackbenchError(f"{where}: metrics.{metric}.{key} = {stored} but the per-image rows give "
                                       f"{value}")
     if record["schema"] == SCHEMA:
-        _check_axes(record, again, where)
+        _check_axes(record, again, where, sum(r["orientation"] is None for r in rows))
     name = record["dataset"].get("name")
     pin = track.datasets.get(name, {}).get("fingerprint") if name else None
     if pin and record["dataset"]["fingerprint"] != pin:
@@ -317,16 +317,18 @@ def _parameters(axes: dict) -> dict:
     return {k: {kk: vv for kk, vv in v.items() if not isinstance(vv, str)} for k, v in axes.items() if isinstance(v, dict)}
 
 
-def _check_axes(record: dict, metrics: dict, where: str) -> None:
-    """A /2 record's axes parameters are this stackbench's (a board compares like with like), and its flags are
-    what those parameters give on its own rows."""
+def _check_axes(record: dict, metrics: dict, where: str, unmeasured: int = 0) -> None:
+    """A /2 record's axes were measured on every image with this stackbench's parameters (a board compares like
+    with like), and its flags are what those parameters give on its own rows."""
     from .axes import Axes
 
     run, rand = record["seeds"]["run"], record["axes"]["randomisation"]["seed"]
-    if "sample" in record["axes"]:
-        raise StackbenchError(f"{where}: the axes were measured on a sample of "
-                              f"{images_phrase(record['axes']['sample']['images'])}; a board row needs every image: "
-                              "evaluate it again without --axes-images")
+    sample = record["axes"].get("sample")
+    if sample or unmeasured:
+        what = (f"were measured on a sample of {images_phrase(sample['images'])}" if sample else
+                f"were not measured on {unmeasured} of its {record['items']['n']} images (no orientation)")
+        raise StackbenchError(f"{where}: the board's axes {what}; a board row needs every image: re-run it with "
+                              "`stackbench submit` (or evaluate without --axes-images)")
     axes = Axes()
     if rand < run or _parameters(record["axes"]) != _parameters(axes.describe(run, rand)):
         raise StackbenchError(f"{where}: field axes is not what this stackbench measures (tolerances, orientations, "

@@ -133,10 +133,9 @@ def _mean(found, m, metric, datasets):
 
 def axes_sample(found: dict) -> int | None:
     """The images per set that got the axes, when they were a sample (the demo's default), else None."""
-    sizes = {p["record"].get("axes", {}).get("sample", {}).get("images")
-             for per in found.values() for p in per.values()}
-    sizes.discard(None)
-    return max(sizes) if sizes else None
+    from .evaluate import axes_sample as largest
+
+    return largest(p["record"] for per in found.values() for p in per.values())
 
 
 def _flagged(found, m, flag) -> bool:
@@ -172,7 +171,8 @@ def axes_findings(found: dict, datasets) -> list[str]:
     caught = _caught_by(v2, datasets)
     for c in (c for c in CONTROLS if c in v2):
         by = [AXES_SHOWN[a] for a in caught.get(c, [])]
-        out.append(f"Control {c}: mu x100 {100 * _mean(v2, c, 'mu_axes', datasets):.1f}, behind a hidden wall "
+        out.append(f"Control {c}: mu x100 {100 * _mean(v2, c, 'mu_axes', datasets):.1f}"
+                   f"{' on the sampled images' if k else ''}, behind a hidden wall "
                    f"{100 * _mean(v2, c, 'mu_hidden', datasets):.1f}, deletion AUC {_mean(v2, c, 'deletion_auc', datasets):.3f}"
                    + (f"; caught by {', '.join(by)}." if by else "; caught by no axis."))
     return out

@@ -297,20 +297,39 @@ def test_axes_on_a_sample_match_a_full_run_and_never_make_a_board_row(controls_r
             for k in ("mu_hidden", "deletion_auc", "rand_corr"):
                 assert row[k] == pytest.approx(ref[k], abs=1e-6), k
         assert all(row[k] is None for row in rows if row["orientation"] is None
-                   for k in ("mu_hidden", "deletion_auc", "rand_corr"))
+                   for k in ("mu_hidden", "hidden_empty", "deletion_auc", "rand_corr"))
         m = r.record["metrics"]
         assert m["mu"]["n"] == 8 and m["mu_hidden"]["n"] == m["deletion_auc"]["n"] == m["rand_corr"]["n"] == 3
         assert r.record["axes"]["sample"]["images"] == 3
     by = {r.name: r.record["flags"] for r in runs}
     assert by["GradCAM"] == {"orientation_dependent": False, "model_insensitive": False}  # mu on the same 3 images
     assert by["ConstantSeen"] == {"orientation_dependent": True, "model_insensitive": True}
-    # a sampled record is never a board row
+    # a "sample" of every image is the full measurement: same rows, no sample in the record
+    (whole,) = evaluate(["GradCAM"], str(data / "mix"), "minivgg-masked", out=tmp_path / "w", progress=False,
+                        device="cpu", figure=False, axes=Axes(sample=8))
+    assert "sample" not in whole.record["axes"]
+    assert whole.record["rows"]["sha256"] == controls_run["GradCAM"].record["rows"]["sha256"]
+    # a sampled record is never a board row, with or without its `sample` field
     (path,) = submit(mix_store, "GradCAM")
-    rec = json.loads(path.read_text())
+    good = path.read_text()
+    rec = json.loads(good)
     rec["axes"]["sample"] = runs[0].record["axes"]["sample"]
     path.write_text(json.dumps(rec))
     (v,) = lb.verify(store=mix_store, rerun=False)
     assert v.failed and "measured on a sample of 3 images" in v.message
+    rec.pop("axes")  # a careful forger drops the field and keeps rows and aggregates consistent
+    rec = json.loads(good)
+    rows = pq.read_table(path.with_suffix(".parquet")).to_pylist()
+    for row in rows[3:]:
+        row.update(orientation=None, mu_hidden=None, hidden_empty=None, deletion_auc=None, rand_corr=None)
+    blob = rows_table(rows)
+    rec["metrics"] = aggregate_rows(rows, rec["seeds"]["bootstrap"])
+    rec["rows"]["sha256"] = __import__("hashlib").sha256(blob).hexdigest()
+    path.with_suffix(".parquet").write_bytes(blob)
+    path.write_text(json.dumps(rec))
+    (v,) = lb.verify(store=mix_store, rerun=False)
+    assert v.failed and "were not measured on 5 of its 8 images" in v.message, v.message
+
     for bad in ("0", "-2", "x"):
         res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAM", "--dataset", str(data / "mix"),
                                         "--axes-images", bad, "--out", str(tmp_path / "bad")])
