@@ -32,7 +32,7 @@ from .axes import Axes, Instances, Views, deletion_ends, deletion_probs, orienta
 from .errors import StackbenchError, first_line, foreign_failure, watching_ctrl_c
 from .methods import SaliencyMethod, get_method, list_methods
 from .passes import MethodFailure, make_batch, scored_maps
-from .records import SCHEMA, identity, read_record, validate_record
+from .records import SCHEMA, axes_sample, identity, read_record, sampled_mu, validate_record
 from .wall import apply, inverse
 from .versions import versions
 
@@ -181,12 +181,6 @@ def aggregate_rows(rows: list[dict], seed: int) -> dict:
         out[m] = M.aggregate([np.nan if r[m] is None else r[m] for r in rs], seed=seed,
                              empty=[bool(r[empty]) for r in rs])
     return out
-
-
-def sampled_mu(rows: list[dict]) -> float | None:
-    """Mean mu over the rows that got the axes (the images mu_hidden is measured on)."""
-    v = np.asarray([r["mu"] for r in rows if r["orientation"] is not None], dtype=np.float64)
-    return float(v.mean()) if v.size else None
 
 
 # ----------------------------------------------------------------------------------------------- harness
@@ -575,13 +569,6 @@ def summary_rows(runs: list[MethodRun]) -> list[list]:
 
 SUMMARY_HEADERS = ["method", "n", "n_empty", "mu x100", "95% CI", "dead mass x100", "leak rate x100", "mu hidden x100",
                    "deletion AUC", "rand. corr", "flags", "img/s", "status"]
-
-
-def axes_sample(records) -> int | None:
-    """The largest axes sample among `records` (images per set), or None when every record measured every image."""
-    sizes = {(rec.get("axes") or {}).get("sample", {}).get("images") for rec in records}
-    sizes.discard(None)
-    return max(sizes) if sizes else None
 
 
 def sample_note(runs: list[MethodRun]) -> str | None:

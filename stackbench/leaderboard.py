@@ -766,7 +766,7 @@ def _track_panels(path: Path, store, view, panel, size: tuple[float, float], sid
 
 def _html_table(t: Track, entries: list[dict], esc) -> str:
     header = table_header(t)[:-1] + ["author", "source"]
-    out = [f"<table class='board'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    out = ["<table class='board'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for row, e in zip(table_rows(t, entries), entries):
         link = (f"<a href='{esc(e['url'])}' rel='noopener noreferrer nofollow'>link</a>"
                 if e["url"] and re.match(r"^https?://", e["url"], flags=re.I) else "")

@@ -192,3 +192,16 @@ def identity(record: dict) -> dict:
 def stable(record: dict) -> dict:
     """The record without its volatile fields (timing, created): equal across identical runs."""
     return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def sampled_mu(rows: list[dict]) -> float | None:
+    """Mean mu over the rows that got the axes (the images mu_hidden is measured on)."""
+    v = [float(r["mu"]) for r in rows if r["orientation"] is not None]
+    return math.fsum(v) / len(v) if v else None
+
+
+def axes_sample(records) -> int | None:
+    """The largest axes sample among `records` (images per set), or None when every record measured every image."""
+    sizes = {(rec.get("axes") or {}).get("sample", {}).get("images") for rec in records}
+    sizes.discard(None)
+    return max(sizes) if sizes else None

@@ -11,6 +11,7 @@ from pathlib import Path
 from .datafolder import atomic_write_bytes, atomic_write_json
 from .methods import CONTROLS, PAPER_METHODS
 from .metrics import images_phrase, mu_cell, uniform_mu
+from .records import axes_sample as records_sample, sampled_mu
 from .standings import AXES_SHOWN, standings
 
 CONTROL = "RandomCAM"
@@ -122,8 +123,6 @@ def findings(found: dict, datasets) -> list[str]:
 def _mean(found, m, metric, datasets):
     """Mean over the sets of a metric's mean; "mu_axes" is mu on the images that got the axes (all of them unless
     the axes ran on a sample), the mu to set beside mu_hidden."""
-    from .evaluate import sampled_mu
-
     per = [found[m][d] for d in datasets if d in found[m]]
     vals = [sampled_mu(p["rows"]) if metric == "mu_axes" else p["record"]["metrics"].get(metric, {}).get("mean")
             for p in per]
@@ -133,9 +132,7 @@ def _mean(found, m, metric, datasets):
 
 def axes_sample(found: dict) -> int | None:
     """The images per set that got the axes, when they were a sample (the demo's default), else None."""
-    from .evaluate import axes_sample as largest
-
-    return largest(p["record"] for per in found.values() for p in per.values())
+    return records_sample(p["record"] for per in found.values() for p in per.values())
 
 
 def _flagged(found, m, flag) -> bool:
