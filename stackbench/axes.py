@@ -16,7 +16,7 @@ holds the backbones a method runs on and one set-up instance of the method per v
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,6 +41,10 @@ class Axes:
             raise StackbenchError(f"axes sample (--axes-images) {self.sample!r}: must be a whole number of at "
                                   "least 1")
 
+    def fitted(self, n: int) -> "Axes":
+        """These axes for a set of `n` images: a "sample" of every image is the full measurement."""
+        return replace(self, sample=None) if self.sample is not None and self.sample >= n else self
+
     def chosen(self, n: int, seed: int) -> frozenset | None:
         """The dataset indices (of `n`) that get the axes: None for every image, else a seeded sample."""
         if self.sample is None or self.sample >= n:
@@ -51,9 +55,9 @@ class Axes:
         """The record's `axes`: every parameter that reproduces the new metrics. `sample` appears only when the
         axes were measured on part of the images (a board row never is)."""
         sample = {"sample": {"images": self.sample, "seed": seed,
-                             "choice": "the dataset indices numpy default_rng([seed, 2]).permutation(n)[:images] "
-                                       "(every image when images >= n); the other rows have no orientation and no "
-                                       "axis values"}} if self.sample is not None else {}
+                             "choice": "the dataset indices numpy default_rng([seed, 2]).permutation(n)[:images]; "
+                                       "the other rows have no orientation and no axis values"}} \
+            if self.sample is not None else {}
         return {**sample,
             "empty_rule": M.EMPTY_RULE,
             "hidden": {"orientations": list(MOVING), "seed": seed, "tolerance": self.hidden_tolerance,

@@ -69,21 +69,30 @@ def _dur(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
+def axes_scope(axes_images: int | None, n: int) -> str:
+    """Where the board's axes are measured in a set of `n` images: every image, or a seeded sample."""
+    from .metrics import images_phrase
+
+    return ("every image" if axes_images is None or axes_images >= n
+            else f"a seeded sample of {images_phrase(axes_images)}")
+
+
 def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, batch_size: int, progress: bool,
-                   per_image_s: float, n: int, axes_images: int | None = None) -> Step:
+                   n: int, axes_images: int | None, mu_s: float, axes_s: float) -> Step:
+    """The evaluation of every method on both sets; its estimate is `mu_s` per image plus `axes_s` per image that
+    gets the axes."""
     from .axes import Axes
     from .evaluate import evaluate
-    from .metrics import images_phrase
 
     def run():
         for ds, folder in data.items():
             evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
                      batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
 
-    where = ("every image" if axes_images is None or axes_images >= n
-             else f"a seeded sample of {images_phrase(axes_images)}")
+    k = min(n, axes_images or n)
     return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}: mu on every "
-                            f"image, the board's axes on {where} per set", per_image_s * n * len(data), run)
+                            f"image, the board's axes on {axes_scope(axes_images, n)} per set",
+                (mu_s * n + axes_s * k) * len(data), run)
 
 
 def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
@@ -115,7 +124,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     t0 = time.perf_counter()
     out = Path(out)
     n = num_images or (QUICK_IMAGES if quick else DEMO_IMAGES)
-    k = min(n, axes_images or (QUICK_AXES if quick else DEMO_AXES))
+    k = axes_images or (QUICK_AXES if quick else DEMO_AXES)
     dev = _device(device)
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
@@ -127,14 +136,14 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
              lambda: _mix(data["stack-mix"], mix, progress)),
         Step("stack-gen", f"{n} mini STACK-GEN scenes (generation/stack-gen/mini.json)", n / 80,
              lambda: _gen(data["stack-gen"], gen, dev, progress)),
-        _evaluate_step(out, data, model, dev, 16, progress, per_image_s=1.2 + 2.5 * k / n, n=n, axes_images=k),
+        _evaluate_step(out, data, model, dev, 16, progress, n, k, mu_s=1.2, axes_s=2.5),
     ]
     run_steps(steps, dry_run, echo)
     if dry_run:
         return None
     result = _report(out, data, "stackbench demo: CAM-based methods see through walls (mini track)",
-                     {"model": model, "images per set": n, "board axes on": f"{k} images per set (seeded sample)"
-                      if k < n else "every image", "device": dev, "datasets": "mini STACK-MIX (fit layout, "
+                     {"model": model, "images per set": n, "board axes on": f"{axes_scope(k, n)} per set",
+                      "device": dev, "datasets": "mini STACK-MIX (fit layout, "
                       "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(METHODS)})
     result.seconds = time.perf_counter() - t0
     return result
@@ -185,10 +194,9 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
         cfg = train_preset("paper", source=train_source or imagenet)
         plan.append(Step("train", f"vgg16-masked with the paper preset on {cfg.source} ({cfg.epochs} epochs)",
                          (cfg.epochs * 1.28e6 / (2500 if gpu else 1)), lambda: run_train(cfg, model_dir)))
-    k = min(num_images, axes_images or num_images)
-    per_image = (0.7 + 1.3 * k / num_images) * (1.0 if gpu else 70.0)
-    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, per_image_s=per_image, n=num_images,
-                               axes_images=axes_images))
+    scale = 1.0 if gpu else 70.0
+    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, num_images, axes_images, mu_s=0.7 * scale,
+                               axes_s=1.3 * scale))
     run_steps(plan, dry_run, echo)
     if dry_run:
         return None

@@ -17,7 +17,7 @@ import hashlib
 import io
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
@@ -233,11 +233,8 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
-    axes = axes or Axes()
-    chosen = axes.chosen(len(ds), seed)
-    if chosen is None and axes.sample is not None:  # a "sample" of every image is the full measurement
-        axes = replace(axes, sample=None)
-    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, chosen)
+    axes = (axes or Axes()).fitted(len(ds))
+    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed))
     views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
     base = _base_record(dataset, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in instances]

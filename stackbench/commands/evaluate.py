@@ -39,8 +39,9 @@ def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit
                         batch_size=batch_size, limit=limit, device=device, save_maps=save_maps, out=out, seed=seed,
                         progress=not no_progress, allow_incomplete=allow_incomplete, axes=Axes(sample=axes_images))
     click.echo(format_table(summary_rows(runs), SUMMARY_HEADERS))
-    if sample_note(runs):
-        click.echo(sample_note(runs))
+    note = sample_note(runs)
+    if note:
+        click.echo(note)
     click.echo(f"records: {out}/<method>.json, per-image rows: {out}/<method>.parquet")
     failed = [r for r in runs if r.status == "failed"]
     for r in failed:
