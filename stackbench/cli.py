@@ -39,10 +39,14 @@ class Group(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110,
+                                         "show_default": True})  # one default style, also for commands added later
 @click.version_option(__version__, "--version", prog_name="stackbench")
 def main():
     """stackbench: does a saliency method highlight what the model cannot see?"""
+    from .progress import setup_logging
+
+    setup_logging()  # the library logs through the `stackbench` logger: one handler, plain lines on stderr
 
 
 for command in COMMANDS:

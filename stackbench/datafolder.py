@@ -200,9 +200,13 @@ def fingerprint(folder: str | Path) -> str:
 def _content_digest(shards: Sequence[Path]) -> str:
     import pyarrow.parquet as pq
 
+    return table_digest(pq.read_table(shard) for shard in shards)
+
+
+def table_digest(tables) -> str:
+    """The content fingerprint of Arrow tables in order (what `fingerprint` computes for a folder's shards)."""
     h = hashlib.sha256(CONTENT.encode() + b"\0")
-    for shard in shards:
-        table = pq.read_table(shard)
+    for table in tables:
         names = sorted(table.column_names)
         for batch in table.to_batches(max_chunksize=64):
             for row in batch.to_pylist():
@@ -288,9 +292,30 @@ def check_labels(ds: datasets.Dataset, ref: str) -> None:
                               f"outside its {n} classes ({bad.size} such items); regenerate the dataset")
 
 
-def open_dataset(ref: str, allow_incomplete: bool = False) -> tuple[datasets.Dataset, dict]:
+def _checked(ds: datasets.Dataset, what: str) -> datasets.Dataset:
+    """A STACK dataset has its columns and labels within its classes."""
+    missing = {"id", "image", "label", "wall_row"} - set(ds.column_names)
+    if missing:
+        raise StackbenchError(f"{what} lacks the columns {sorted(missing)}; it was not written by "
+                              "`stackbench generate`")
+    check_labels(ds, what.removeprefix("dataset folder "))
+    return ds
+
+
+def open_dataset(ref, allow_incomplete: bool = False) -> tuple[datasets.Dataset, dict]:
     """Load a dataset folder (or hf:REPO[@REV]) with its features; also return {ref, fingerprint, revision, n,
-    generation}. A folder whose generation did not finish is refused unless `allow_incomplete`."""
+    generation}. A folder whose generation did not finish is refused unless `allow_incomplete`. A
+    `datasets.Dataset` object (a STACK dataset already loaded) is checked the same way and fingerprinted by its
+    content, which is the fingerprint of the folder it came from."""
+    if isinstance(ref, datasets.Dataset):
+        ref = ref.flatten_indices() if ref._indices is not None else ref  # a .select()ion: its own rows only
+        return _checked(ref, "datasets.Dataset object"), {
+            "ref": "object:datasets.Dataset", "fingerprint": table_digest([ref.with_format(None).data.table]),
+            "revision": None, "n": len(ref), "generation": {}, "path": None}
+    if not isinstance(ref, (str, Path)):
+        raise StackbenchError(f"dataset {type(ref).__name__} object: expected a dataset folder, hf:REPO or a "
+                              "datasets.Dataset")
+    ref = str(ref)
     folder, rev = resolve(ref)
     shards = list_shards(folder)
     if not shards:
@@ -299,12 +324,7 @@ def open_dataset(ref: str, allow_incomplete: bool = False) -> tuple[datasets.Dat
     gen = read_generation(folder)
     if not allow_incomplete:
         check_complete(gen, ref)
-    ds = read_shards(shards)
-    missing = {"id", "image", "label", "wall_row"} - set(ds.column_names)
-    if missing:
-        raise StackbenchError(f"dataset folder {ref} lacks the columns {sorted(missing)}; it was not written by "
-                              "`stackbench generate`")
-    check_labels(ds, ref)
+    ds = _checked(read_shards(shards), f"dataset folder {ref}")
     info = {"ref": ref, "fingerprint": fingerprint(folder), "revision": rev, "n": len(ds),
             "generation": gen, "path": str(folder)}
     return ds, info

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
+from .constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES  # noqa: F401  (defined light: --help shows them)
 from .errors import StackbenchError
+from .records import portable
+from .progress import quiet_libraries
 
 METHODS = report.PAPER_METHODS + report.CONTROLS
-DEMO_IMAGES, QUICK_IMAGES = 100, 16
-# The board's axes cost three explanations per image (Opti-CAM: 3 x 50 forward-backward passes), too many for a
-# few minutes on a CPU: the demo measures them on a seeded sample of each set (the board on every image).
-DEMO_AXES, QUICK_AXES = 20, 4
+REFERENCE_RATE = "a fixed reference rate, not measured here"
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Step:
     what: str
     estimate_s: float
     run: object = field(repr=False, default=None)  # callable doing the step
+    basis: str = ""                                 # where the estimate comes from, in words
 
 
 @dataclass
@@ -46,7 +47,9 @@ def _mix(folder: Path, fields: dict, progress: bool):
 def _gen(folder: Path, fields: dict, device: str, progress: bool):
     from .generate.stackgen import StackGenRecipe, generate_stack_gen
 
-    return generate_stack_gen(folder, StackGenRecipe.from_fields(fields), device=device, progress=progress)
+    heavy = ("diffusers", "transformers") if fields.get("generator") != "shapes" else ()
+    with quiet_libraries(progress, also=heavy):  # their loading bars ("Loading pipeline components...")
+        return generate_stack_gen(folder, StackGenRecipe.from_fields(fields), device=device, progress=progress)
 
 
 def _device(device: str) -> str:
@@ -62,6 +65,9 @@ def run_steps(steps: list[Step], dry_run: bool, echo=print) -> None:
         if not dry_run:
             s.run()
     if dry_run:
+        for s in steps:
+            if s.basis:
+                echo(f"  {s.name} estimate: {s.basis}")
         echo(f"dry run: {len(steps)} steps, about {_dur(total)} in all (estimates); nothing was run")
 
 
@@ -78,37 +84,46 @@ def axes_scope(axes_images: int | None, n: int) -> str:
 
 
 def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, batch_size: int, progress: bool,
-                   n: int, axes_images: int | None, mu_s: float, axes_s: float) -> Step:
-    """The evaluation of every method on both sets; its estimate is `mu_s` per image plus `axes_s` per image that
-    gets the axes."""
+                   n: int, axes_images: int | None, probe: str) -> Step:
+    """The evaluation of every method on both sets. Its estimate is a measured cost per image (`stackbench.rates`)
+    scaled by a calibration of `probe` (the model's architecture) timed here now; a run that computes every
+    method records its own cost for this machine's next estimates."""
+    from . import rates
     from .axes import Axes
     from .evaluate import evaluate
 
-    def run():
-        for ds, folder in data.items():
-            evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
-                     batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
-
     k = min(n, axes_images or n)
+    units = (n + rates.AXES_UNITS * k) * len(data)
+    unit_s, basis = rates.per_unit(probe, device)
+
+    def run():
+        before = rates.calibrate(probe, device)  # timed before and after: the load may change during the run
+        t0, fresh = time.perf_counter(), True
+        for ds, folder in data.items():
+            runs = evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
+                            batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
+            fresh = fresh and all(r.status == "done" for r in runs)  # a resumed run measures nothing
+        if fresh:
+            seconds = time.perf_counter() - t0
+            rates.record(device, probe, seconds / units, (before + rates.calibrate(probe, device)) / 2)
+
     return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}: mu on every "
                             f"image, the board's axes on {axes_scope(axes_images, n)} per set",
-                (mu_s * n + axes_s * k) * len(data), run)
+                unit_s * units, run, basis)
 
 
 def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
-    from .generate.resources import ROOT
+    from .resources import resource
 
     results = {ds: out / "results" / ds for ds in data}
     found = report.collect(results, METHODS)
     missing = [m for m in METHODS if m not in found]
     if missing:
         raise StackbenchError(f"no result for {', '.join(missing)} in {out / 'results'}; see the evaluation output")
-    rep_file = ROOT / "leaderboard" / "reported" / "paper.json"
-    reported = None
-    if rep_file.is_file():
-        import json
+    import json
 
-        reported = {r["method"]: r for r in json.loads(rep_file.read_text())["rows"]}
+    rows = json.loads(resource("board", "reported", "paper.json").read_text())["rows"]
+    reported = {r["method"]: r for r in rows}
     paths = report.write(out, found, list(data), results, title, context, reported)
     return Outcome(out, paths, report.table(found, list(data), reported), report.findings(found, list(data)), 0.0)
 
@@ -133,12 +148,13 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
         mix, gen = {**mix, "num_images": n, "per_class": None}, {**gen, "num_images": n}
     steps = [
         Step("stack-mix", f"{n} mini STACK-MIX images (generation/stack-mix/mini.json)", n / 80,
-             lambda: _mix(data["stack-mix"], mix, progress)),
+             lambda: _mix(data["stack-mix"], mix, progress), REFERENCE_RATE),
         Step("stack-gen", f"{n} mini STACK-GEN scenes (generation/stack-gen/mini.json)", n / 80,
-             lambda: _gen(data["stack-gen"], gen, dev, progress)),
-        _evaluate_step(out, data, model, dev, 16, progress, n, k, mu_s=1.2, axes_s=2.5),
+             lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
+        _evaluate_step(out, data, model, dev, 16, progress, n, k, probe=model),
     ]
-    run_steps(steps, dry_run, echo)
+    with quiet_libraries(progress):
+        run_steps(steps, dry_run, echo)
     if dry_run:
         return None
     result = _report(out, data, "stackbench demo: CAM-based methods see through walls (mini track)",
@@ -181,11 +197,11 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     model_ref = model or str(model_dir)
     plan = [
         Step("stack-mix", f"{num_images} STACK-MIX images from {imagenet} (split {split or 'default'}), cut layout",
-             num_images / 50, lambda: _mix(data["stack-mix"], mix, progress)),
+             num_images / 50, lambda: _mix(data["stack-mix"], mix, progress), REFERENCE_RATE),
         Step("stack-gen", f"{num_images} STACK-GEN scenes with {sd_model}, {gen.get('steps', 30)} steps, regional "
                           f"prompts" + (f", CLIP-verified with {gen['verify_model']}" if gen.get("verify_model") else ""),
              num_images * (1.5 if gen.get("verify_model") else 1.0) * (1.0 if gpu else 60.0),
-             lambda: _gen(data["stack-gen"], gen, dev, progress)),
+             lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
     ]
     if train:
         from .train import preset as train_preset
@@ -193,15 +209,17 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
 
         cfg = train_preset("paper", source=train_source or imagenet)
         plan.append(Step("train", f"vgg16-masked with the paper preset on {cfg.source} ({cfg.epochs} epochs)",
-                         (cfg.epochs * 1.28e6 / (2500 if gpu else 1)), lambda: run_train(cfg, model_dir)))
-    scale = 1.0 if gpu else 70.0
-    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, num_images, axes_images, mu_s=0.7 * scale,
-                               axes_s=1.3 * scale))
-    run_steps(plan, dry_run, echo)
+                         (cfg.epochs * 1.28e6 / (2500 if gpu else 1)),
+                         lambda: run_train(cfg, model_dir, progress=progress), REFERENCE_RATE))
+    # The model's cost is its architecture's: time that (the weights need not exist yet, nor be read).
+    probe = "vgg16-masked" if train or model_ref.startswith("paper:") else model_ref
+    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, num_images, axes_images, probe=probe))
+    with quiet_libraries(progress):
+        run_steps(plan, dry_run, echo)
     if dry_run:
         return None
     result = _report(out, data, "stackbench reproduce: the paper's Table 1 in your setting",
-                     {"model": model_ref, "images per set": num_images, "device": dev, "STACK-MIX source": imagenet,
+                     {"model": portable(model_ref, out), "images per set": num_images, "device": dev, "STACK-MIX source": imagenet,
                       "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS)})
     result.seconds = time.perf_counter() - t0
     return result

@@ -14,6 +14,7 @@ method is reported with its first offending item and the pass it failed in; the 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import re
 import time
@@ -32,7 +33,8 @@ from .axes import Axes, Instances, Views, deletion_ends, deletion_probs, orienta
 from .errors import StackbenchError, first_line, foreign_failure, watching_ctrl_c
 from .methods import SaliencyMethod, get_method, list_methods
 from .passes import MethodFailure, make_batch, scored_maps
-from .records import SCHEMA, axes_sample, identity, read_record, sampled_mu, validate_record
+from .progress import Progress, log, quiet_libraries, rate
+from .records import SCHEMA, axes_sample, identity, portable, read_record, sampled_mu, validate_record
 from .wall import apply, inverse
 from .versions import versions
 
@@ -80,20 +82,7 @@ def resolve_methods(specs, **config) -> list[SaliencyMethod]:
     return out
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise StackbenchError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise StackbenchError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise StackbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise StackbenchError(f"--device {device}: unsupported device type; use auto, cpu, cuda or cuda:N")
-    return dev
+from .devices import pick_device  # noqa: E402,F401  (re-exported: one --device rule for every command)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -197,6 +186,8 @@ class Setting:
     axes: Axes = field(default_factory=Axes)
     chosen: frozenset | None = None    # dataset indices that get the axes (None: every image)
     clock: dict = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
+    name: str = "dataset"              # how progress names the dataset
+    classes: dict | None = None        # `label_space`: do the dataset's labels name the model's classes?
 
     @property
     def size(self) -> tuple[int, int]:
@@ -224,24 +215,39 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     """Run `methods` (specs or SaliencyMethod instances) and write one record + Parquet per method.
     Returns a MethodRun per method (status done / skipped / failed). Everything is checked before any work:
     the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
-    weights, the dataset's wall; with target="label", the labels within its classes)."""
+    weights, the dataset's wall; with target="label", the dataset's classes are the model's). `progress`: one bar
+    per pass on a terminal, plain lines on the `stackbench` logger elsewhere; False shows nothing (and silences
+    the bars of datasets and huggingface_hub)."""
     _check_args(target, postprocess, batch_size, limit, seed)
     instances = _instances(methods, method_config)
     dev = pick_device(device)
+    with quiet_libraries(progress):
+        return _evaluate(instances, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
+                         seed, progress, figure, allow_incomplete, axes)
+
+
+def _evaluate(instances, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out, seed, progress,
+              figure, allow_incomplete, axes) -> list[MethodRun]:
     ds, info, net = _open_inputs(dataset, model, dev, seed, target, allow_incomplete)
     out = writable_folder(out)  # created only once every input checks
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.cast_column("image", datasets.Image(decode=False))  # hash and decode the stored bytes ourselves
     axes = (axes or Axes()).fitted(len(ds))
-    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed))
+    setting = Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed),
+                      name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net))
     views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
-    base = _base_record(dataset, info, net, dev, setting, limit, batch_size, views.rand_seed)
+    base = _base_record(out, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in instances]
     _resume(runs, out, base)
     todo = [r for r in runs if r.status == "pending"]
+    reused = [r.name for r in runs if r.status == "skipped"]
+    if reused and progress:
+        log.info(f"evaluate {setting.name}: {', '.join(reused)} finished earlier in {out}; reused")
     if not todo:
         return runs
+    if progress:
+        log.info(f"evaluate {setting.name}: {len(todo)} method(s) on {len(ds)} images with {net.ref} on {dev}")
     with watching_ctrl_c():
         skipped, all_ids, all_shas = _loop(todo, ds, views, setting, batch_size, progress)
     _finish(todo, setting, base, out, all_ids, all_shas, skipped)
@@ -286,7 +292,7 @@ def _check_args(target, postprocess, batch_size, limit, seed) -> None:
 
 
 def _instances(methods, method_config) -> list[SaliencyMethod]:
-    if isinstance(methods, (str, SaliencyMethod)):
+    if isinstance(methods, (str, SaliencyMethod)) or inspect.isclass(methods):
         methods = [methods]
     given = [m for m in methods if isinstance(m, SaliencyMethod)]
     specs = [m for m in methods if not isinstance(m, SaliencyMethod)]
@@ -301,27 +307,80 @@ def _open_inputs(dataset, model, dev, seed, target, allow_incomplete):
     net = load_model(model, seed=seed, device=dev)
     walls = sorted(set(int(v) for v in ds.unique("wall_row")))
     if walls != [net.wall.dead_from]:
-        raise StackbenchError(f"dataset {dataset} puts the wall at row {', '.join(map(str, walls))} but model "
+        raise StackbenchError(f"dataset {info['ref']} puts the wall at row {', '.join(map(str, walls))} but model "
                               f"{net.ref} is blind from row {net.wall.dead_from}; evaluate it with a model of the same "
                               "wall (or regenerate the dataset for this model)")
     if target == "label":
-        top = int(max(ds.data.column("label").to_numpy(zero_copy_only=False), default=-1))
-        if top >= net.num_classes:
-            raise StackbenchError(f"--target label: dataset {dataset} has labels up to {top} but model {net.ref} has "
-                                  f"{net.num_classes} classes; use --target predicted, or a model trained on the "
-                                  "dataset's classes")
+        refuse_label_target(label_space(ds, net), info["ref"], net.ref)
     return ds, info, net
 
 
-def _base_record(dataset, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> dict:
-    from .models import model_sha256
+# A model's top-1 on the scored images within this factor of chance (1/classes) is warned about: its maps explain
+# guesses. 2x: a 10-class model below 20% (the issue's 13.5% model), a 1000-class model below 0.2%.
+NEAR_CHANCE = 2.0
+
+
+def _few(names, k: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def label_space(ds, net) -> dict:
+    """Do the dataset's labels name the model's classes? By name when the model records its class names
+    (config.json id2label, written by `stackbench train`), else by count (the model's outputs are assumed to be
+    the dataset's classes in the same order: the zoo's models, NAME@random, paper:)."""
+    feat = ds.features.get("label")
+    names = list(getattr(feat, "names", None) or []) or None
+    theirs = getattr(net, "class_names", None)
+    labels = ds.data.column("label").to_numpy(zero_copy_only=False)
+    top = int(max(labels, default=-1))
+    if names and theirs:
+        aligned, basis = list(names) == list(theirs), "names"
+    elif names:
+        aligned, basis = len(names) == net.num_classes and top < net.num_classes, "indices"
+    else:
+        aligned, basis = top < net.num_classes, "indices"
+    return {"aligned": aligned, "basis": basis, "dataset": names, "model": theirs, "num_classes": net.num_classes,
+            "top": top}
+
+
+def refuse_label_target(space: dict, dataset: str, model_ref: str) -> None:
+    """--target label explains the dataset's label as a class of the model: refused (one line, with the fix) when
+    the two are not the same classes."""
+    if space["aligned"]:
+        return
+    ours = (f"{len(space['dataset'])} classes ({_few(space['dataset'])}; labels up to {space['top']})"
+            if space["dataset"] else f"labels up to {space['top']}")
+    theirs = f"{space['num_classes']} classes" + (f" ({_few(space['model'])})" if space["model"] else "")
+    raise StackbenchError(f"--target label: dataset {dataset} has {ours} but model {model_ref} has {theirs}, so a "
+                          "label would name another class; use --target predicted, or a model trained on the "
+                          "dataset's classes (stackbench train --source ...)")
+
+
+def accuracy(rows: list[dict], space: dict | None) -> dict | None:
+    """The model's top-1 on the scored images against the dataset's labels (null when they name other classes)."""
+    if space is None or not rows:
+        return None
+    hit = sum(int(r["predicted"]) == int(r["label"]) for r in rows)
+    k = space["num_classes"]
+    return {"top1": hit / len(rows) if space["aligned"] else None, "n": len(rows), "chance": 1.0 / k,
+            "classes": space["basis"] if space["aligned"] else "differ"}
+
+
+def near_chance(acc: dict | None) -> bool:
+    return bool(acc) and acc.get("top1") is not None and acc["top1"] < NEAR_CHANCE * acc["chance"]
+
+
+def _base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> dict:
+    """What every method's record shares; local paths relative to `out`, where the records are written."""
+    from .models import weights_fingerprint
 
     param = next(net.parameters())
     return {
         "schema": SCHEMA,
-        "dataset": {"ref": dataset, "fingerprint": info["fingerprint"], "n": info["n"], "revision": info.get("revision"),
+        "dataset": {"ref": portable(info["ref"], out), "fingerprint": info["fingerprint"], "n": info["n"], "revision": info.get("revision"),
                     "kind": (info.get("generation") or {}).get("kind")},
-        "model": {"ref": net.ref, "name": getattr(net, "name", type(net).__name__), "sha256": model_sha256(net),
+        "model": {"ref": portable(net.ref, out), "name": getattr(net, "name", type(net).__name__), "fingerprint": weights_fingerprint(net),
                   "wall": net.wall.to_dict()},
         "target": setting.target,
         "postprocess": {"name": setting.postprocess, "definition": M.POSTPROCESS[setting.postprocess]},
@@ -356,7 +415,7 @@ def _loop(todo, ds, views: Views, setting: Setting, batch_size, progress):
     for r in todo:
         r.views = Instances(r.method, views, setting.seed)
         _attempt(r, "setup", [], lambda r=r: r.views.get("canonical"))
-    bars = _bars(todo, len(ds), progress)
+    bar = Progress(len(ds), f"evaluate {setting.name}", enabled=progress)  # one bar: the methods share each pass
     skipped: list[dict] = []
     all_ids, all_shas = [], []
     try:
@@ -367,13 +426,9 @@ def _loop(todo, ds, views: Views, setting: Setting, batch_size, progress):
             all_ids += ids
             all_shas += shas
             _batch(live, views, setting, x01, idx, ids, labels)
-            for r in live if bars else ():
-                bars[r.name].update(len(ids))
-                if r.status == "failed":
-                    bars[r.name].set_postfix_str("FAILED")
+            bar.update(len(ids), postfix=_rates(todo, len(all_ids)))
     finally:
-        for b in (bars or {}).values():
-            b.close()
+        bar.close()
         for r in todo:
             reason = r.views.teardown() if r.views is not None else None
             if reason and r.status == "pending":
@@ -381,13 +436,11 @@ def _loop(todo, ds, views: Views, setting: Setting, batch_size, progress):
     return skipped, all_ids, all_shas
 
 
-def _bars(runs, total, progress):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return {r.name: tqdm(total=total, desc=f"{r.name:>20}", unit="img", position=i, leave=True, dynamic_ncols=True)
-            for i, r in enumerate(runs)}
+def _rates(runs, n: int) -> str:
+    """The bar's postfix: each method's own rate (its maps and axes; the shared pass is apart), slowest first, so
+    a narrow terminal still shows the ones that set the pace."""
+    parts = sorted(runs, key=lambda r: (r.status != "failed", -r.seconds))
+    return ", ".join(f"{r.name} FAILED" if r.status == "failed" else f"{r.name} {rate(n, r.seconds)}" for r in parts)
 
 
 def _attempt(r: MethodRun, what: str, ids, call):
@@ -515,6 +568,7 @@ def _write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Set
         "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
         "rows": {"file": f"{stem}.parquet", "sha256": hashlib.sha256(data).hexdigest(),
                  "columns": list(r.rows[0])},
+        **({"accuracy": acc} if (acc := accuracy(r.rows, setting.classes)) else {}),
         "timing": {"seconds": round(r.seconds, 4), "images_per_s": round(n / r.seconds, 3) if r.seconds > 0 else None},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -557,15 +611,38 @@ def summary_rows(runs: list[MethodRun]) -> list[list]:
         ci = "-" if mu["ci95"] is None else f"[{f(mu['ci95'][0])}, {f(mu['ci95'][1])}]"
         ips = r.record["timing"].get("images_per_s")
         flags = [k.replace("_", "-") for k, v in (r.record.get("flags") or {}).items() if v]
+        acc = (r.record.get("accuracy") or {}).get("top1")
         rows.append([r.name, mu["n"], mu["n_empty"], f"{f(mu['mean'])} ± {f(mu['std'])}", ci,
                      f(m["dead_mass"]["mean"]), f(m["leak_rate"]["mean"]), f((m.get("mu_hidden") or {}).get("mean")),
-                     g("deletion_auc"), g("rand_corr"), ", ".join(flags) or "-", "-" if ips is None else f"{ips:.2f}",
-                     "resumed" if r.status == "skipped" else "done"])
+                     g("deletion_auc"), g("rand_corr"), ", ".join(flags) or "-", "-" if acc is None else f"{acc:.1%}",
+                     "-" if ips is None else f"{ips:.2f}", "resumed" if r.status == "skipped" else "done"])
     return rows
 
 
 SUMMARY_HEADERS = ["method", "n", "n_empty", "mu x100", "95% CI", "dead mass x100", "leak rate x100", "mu hidden x100",
-                   "deletion AUC", "rand. corr", "flags", "img/s", "status"]
+                   "deletion AUC", "rand. corr", "flags", "model top-1", "img/s", "status"]
+
+
+def accuracy_note(runs: list[MethodRun]) -> str | None:
+    """One line when the model's top-1 on the scored images is near chance, or could not be measured because the
+    dataset's labels name other classes than the model's."""
+    rec = next((r.record for r in runs if r.record and r.record.get("accuracy")), None)
+    if rec is None:
+        return None
+    acc, model = rec["accuracy"], rec["model"]["ref"]
+    if acc["top1"] is None:
+        return (f"model top-1 not measured: the dataset's labels name other classes than model {model}'s (mu is "
+                "still measured, on the classes the model predicts)")
+    if near_chance(acc):
+        return (f"warning: model {model} has top-1 {acc['top1']:.1%} on these {acc['n']} images, near chance "
+                f"({acc['chance']:.1%}; warned below {NEAR_CHANCE:g}x chance): its maps explain guesses, not a "
+                "trained classifier's decisions; check the model and that the dataset fits it")
+    return None
+
+
+def summary_notes(runs: list[MethodRun]) -> list[str]:
+    """The lines printed under the summary table: the axes' sample, the model's accuracy when it is suspect."""
+    return [n for n in (sample_note(runs), accuracy_note(runs)) if n]
 
 
 def sample_note(runs: list[MethodRun]) -> str | None:

@@ -110,7 +110,7 @@ def plan_dataset(folder: str | Path, repo_id: str, private: bool = False, revisi
 
 
 def plan_model(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> Plan:
-    from .models import load_model, model_sha256
+    from .models import load_model, weights_fingerprint
     from .wall import check
 
     folder = Path(folder)
@@ -118,16 +118,20 @@ def plan_model(folder: str | Path, repo_id: str, private: bool = False, revision
         raise StackbenchError(f"model folder {folder} does not exist; write it with `stackbench train` or "
                               "save_pretrained")
     model = load_model(str(folder))
-    sha = model_sha256(model)
+    sha = weights_fingerprint(model)
     checks = [f"loads with from_pretrained ({model.name}, sha256 {sha[:12]})"]
     if (folder / "README.md").is_file():
         _card_metadata(folder / "README.md", ModelCard, "model")
         checks.append("card YAML parses (huggingface_hub)")
+        # the card sends readers to the run record: publish it with the card, or refuse a folder that lost it
+        if "train.json" in (folder / "README.md").read_text(errors="replace") and not (folder / "train.json").is_file():
+            raise StackbenchError(f"model folder {folder}: its card points to train.json, which is missing; copy the "
+                                  "training run's train.json next to it (or remove the card) before publishing")
     result = check(model, model.input_size)
     if model.walled and not result.holds(model.wall):
         raise StackbenchError(f"model folder {folder} fails the wall check ({result.describe()}); not publishing")
     checks.append(f"wall check: {result.describe()}")
-    files = _files(folder, ("README.md", "config.json", "model.safetensors", "*.jsonl", "*.csv"))
+    files = _files(folder, ("README.md", "config.json", "model.safetensors", "train.json", "*.jsonl", "*.csv"))
     return Plan(repo_id, "model", folder, files, f"stackbench: {model.name} ({sha[:12]})",
                 private, revision, checks)
 
@@ -206,7 +210,7 @@ def _board_tables(store: Path) -> tuple[list[dict], list[dict]]:
     import pyarrow.parquet as pq
 
     from . import leaderboard as lb
-    from .records import METRICS
+    from .records import METRICS, weights_fingerprint_of
 
     results, rows = [], []
     for path in lb.stored_rows(store):
@@ -218,7 +222,7 @@ def _board_tables(store: Path) -> tuple[list[dict], list[dict]]:
                         "submitted": sub.get("submitted"), "method": rec["method"]["name"],
                         **{f"{m}_{k}": rec["metrics"][m][k] for m in METRICS
                            for k in ("mean", "std", "n", "n_empty")},
-                        "dataset_fingerprint": rec["dataset"]["fingerprint"], "model_sha256": rec["model"]["sha256"],
+                        "dataset_fingerprint": rec["dataset"]["fingerprint"], "model_fingerprint": weights_fingerprint_of(rec),
                         "record": json.dumps(rec, sort_keys=True)})
         for r in pq.read_table(path.with_suffix(".parquet")).to_pylist():
             rows.append({"track": key[0], "dataset": key[1], "row": path.stem, **r})

@@ -17,9 +17,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,8 @@ from .datafolder import atomic_write_bytes, atomic_write_json, fingerprint
 from .errors import Refused, StackbenchError, close_matches, first_line, foreign_failure, watching_ctrl_c
 from .metrics import images_phrase, mu_cell
 from .models import file_sha256
-from .records import METRICS, SCHEMA, safe_url, validate_record
+from .progress import Progress, quiet_libraries
+from .records import METRICS, SCHEMA, safe_url, validate_record, weights_fingerprint_of
 
 DATASETS = ("stack-mix", "stack-gen")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -40,6 +43,7 @@ REL_TOL = 1e-6            # stored aggregates must be what their own per-image r
 RERUN_ATOL = 1e-4
 # Deletion AUC and the rank correlation move more with that round-off (a near-tie in a map reorders pixels).
 RERUN_ATOL_OF = {"deletion_auc": 1e-3, "rand_corr": 1e-3}
+log = logging.getLogger(__name__)
 VERIFIED = "verified.json"  # the rows the last `verify` of the store reproduced
 METHODS_DIR = "methods"   # submitted plugin code, one folder per row name
 
@@ -57,6 +61,20 @@ def resolve_store(store) -> Path:
     return default_store() if store is None else Path(store)
 
 
+def init_store(store) -> bool:
+    """Make `store` a board of the shipped tracks when it is missing or an empty folder (a pip-installed
+    stackbench has no clone of the board); True when it did. A folder with other files is left alone."""
+    from .resources import resource
+
+    store = Path(store)
+    if (store / "tracks.json").is_file() or (store.is_dir() and any(store.iterdir())):
+        return False
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(resource("board", "reported"), store / "reported", dirs_exist_ok=True)
+    atomic_write_bytes(store / "tracks.json", resource("board", "tracks.json").read_bytes())
+    return True
+
+
 # ------------------------------------------------------------------------------------------------ tracks
 
 @dataclass
@@ -66,7 +84,7 @@ class Track:
     name: str
     model: str
     datasets: dict  # dataset name -> {"preset": NAME, "fingerprint": sha256 | None} or {"path": DIR}
-    model_sha256: str | None = None
+    model_fingerprint: str | None = None  # the official weights' content fingerprint (records: model.fingerprint)
     target: str = "predicted"
     postprocess: str = "gradcam-lib"
     seed: int = 0
@@ -103,6 +121,8 @@ def _generate(kind: str, preset: str, folder: Path, progress: bool) -> None:
     from .generate.stackmix import StackMixRecipe, generate_stack_mix
 
     fields = load_preset(kind, preset)
+    if progress:
+        log.info(f"generating the track's {kind} dataset ({preset}) into {folder}")
     if kind == "stack-mix":
         generate_stack_mix(folder, StackMixRecipe.from_fields(fields), progress=progress, overwrite=True)
     else:
@@ -115,10 +135,18 @@ def load_tracks(store: Path | None = None) -> dict[str, Track]:
         raise StackbenchError(f"{path} is missing: the leaderboard store must define its tracks")
     try:
         raw = json.loads(path.read_text())
-        return {name: Track(name=name, **spec) for name, spec in raw["tracks"].items()}
+        return {name: Track(name=name, **_renamed(spec)) for name, spec in raw["tracks"].items()}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise StackbenchError(f"{path} is not a tracks file ({first_line(e, 80)}); restore it from the board's "
                               "repository") from None
+
+
+def _renamed(spec: dict) -> dict:
+    """A track as tracks files before 0.1 spelled it (`model_sha256`, which was always the weights' fingerprint)."""
+    spec = dict(spec)
+    if "model_sha256" in spec and "model_fingerprint" not in spec:
+        spec["model_fingerprint"] = spec.pop("model_sha256")
+    return spec
 
 
 def get_track(track: str | Track, store: Path | None = None) -> Track:
@@ -205,6 +233,8 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     store, with the method's code when it is a plugin file (methods/<name>/). Returns the written record paths."""
     from .evaluate import evaluate, resolve_methods
 
+    if store is not None and init_store(store):
+        log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
     store = resolve_store(store)
     t = get_track(track, store)
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]
@@ -217,8 +247,10 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     if taken and not replace:
         raise StackbenchError(f"{name} is already on the {t.name} board ({taken[0]}); pass --replace to overwrite it")
     staged = {}
-    with tempfile.TemporaryDirectory(prefix="stackbench-submit-") as tmp:
-        for ds in t.datasets:
+    with tempfile.TemporaryDirectory(prefix="stackbench-submit-") as tmp, quiet_libraries(progress):
+        for i, ds in enumerate(t.datasets, 1):
+            if progress:
+                log.info(f"submit {name} to track {t.name}: dataset {ds} ({i}/{len(t.datasets)})")
             folder = t.dataset_folder(ds, progress=progress)
             (run,) = evaluate([m], str(folder), t.model, target=t.target, postprocess=t.postprocess,
                               batch_size=t.batch_size, device=device, out=Path(tmp) / ds, seed=t.seed,
@@ -299,6 +331,7 @@ def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: st
             if not _close(value, stored):
                 raise StackbenchError(f"{where}: metrics.{metric}.{key} = {stored} but the per-image rows give "
                                       f"{value}")
+    _check_accuracy(record, rows, where)
     if record["schema"] == SCHEMA:
         _check_axes(record, again, where, sum(r["orientation"] is None for r in rows))
     name = record["dataset"].get("name")
@@ -306,9 +339,19 @@ def check_record(record: dict, rows_bytes: bytes | None, track: Track, where: st
     if pin and record["dataset"]["fingerprint"] != pin:
         raise StackbenchError(f"{where}: dataset fingerprint {record['dataset']['fingerprint'][:12]} is not the "
                               f"track's official {pin[:12]}")
-    if track.model_sha256 and record["model"]["sha256"] != track.model_sha256:
-        raise StackbenchError(f"{where}: model sha256 {record['model']['sha256'][:12]} is not the track's official "
-                              f"{track.model_sha256[:12]}")
+    if track.model_fingerprint and weights_fingerprint_of(record) != track.model_fingerprint:
+        raise StackbenchError(f"{where}: model weights fingerprint {weights_fingerprint_of(record)[:12]} is not the "
+                              f"track's official {track.model_fingerprint[:12]}")
+
+
+def _check_accuracy(record: dict, rows: list[dict], where: str) -> None:
+    """A record's model top-1 (when it has one: older records do not) is what its per-image rows give."""
+    acc = (record.get("accuracy") or {}).get("top1")
+    if acc is None:
+        return
+    again = sum(int(r["predicted"]) == int(r["label"]) for r in rows) / max(len(rows), 1)
+    if not _close(acc, again):
+        raise StackbenchError(f"{where}: accuracy.top1 = {acc} but the per-image rows give {again}")
 
 
 def _parameters(axes: dict) -> dict:
@@ -452,6 +495,9 @@ def rerun_row(record: dict, t: Track, inst, device: str, progress: bool) -> list
                              RERUN_ATOL_OF.get(k, RERUN_ATOL))]
         bad += [f"flags.{k}: stored {v}, recomputed {again['flags'][k]}" for k, v in record["flags"].items()
                 if again["flags"].get(k) != v]
+        old_acc, new_acc = (record.get("accuracy") or {}).get("top1"), (again.get("accuracy") or {}).get("top1")
+        if old_acc is not None and not _close(old_acc, new_acc, 0.0, RERUN_ATOL):
+            bad.append(f"accuracy.top1: stored {old_acc}, recomputed {new_acc}")
         if record["items"]["digest"] != again["items"]["digest"]:
             bad.append("items.digest differs (other images were scored)")
     return bad
@@ -486,16 +532,20 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
 
 
 def verify(track: str | None = None, method: str | None = None, store: Path | None = None, rerun: bool = True,
-           device: str = "auto", progress: bool = False, skip: tuple[str, ...] = ()) -> list[Verdict]:
+           device: str = "auto", progress: bool = True, skip: tuple[str, ...] = ()) -> list[Verdict]:
     """Check every stored row (of a track / method): record, rows, pins; then re-run it. Each row gets one
-    verdict (see Verdict). With rerun, the reproduced rows are recorded in the store's verified.json, which the
-    board shows."""
+    verdict (see Verdict), said as it comes with `progress` (a bar on a terminal, a line per row elsewhere).
+    With rerun, the reproduced rows are recorded in the store's verified.json, which the board shows."""
     store = resolve_store(store)
     tracks = load_tracks(store)
     out = []
-    with watching_ctrl_c():
-        for path in stored_rows(store, track, method):
-            out.append(verify_row(store, path, tracks, rerun, device, progress, tuple(skip)))
+    paths = stored_rows(store, track, method)
+    bar = Progress(len(paths), "verify", unit="row", enabled=progress and bool(paths), every=0.0)
+    with watching_ctrl_c(), bar, quiet_libraries(progress):
+        for path in paths:
+            v = verify_row(store, path, tracks, rerun, device, progress and rerun, tuple(skip))
+            out.append(v)
+            bar.update(1, postfix=f"{v.row}: {v.status}")
     if rerun:
         record_verdicts(store, out)
     return out
@@ -697,7 +747,7 @@ def render_markdown(store: Path | None = None, view: tuple | None = None) -> str
     lines = ["# stackbench leaderboard", "", BOARD_INTRO, ""]
     for t in tracks.values():
         lines += [f"## Track `{t.name}`", "", md_text(t.description), "",
-                  f"Model `{t.model}`" + (f" (sha256 `{t.model_sha256[:12]}`)" if t.model_sha256 else "") +
+                  f"Model `{t.model}`" + (f" (weights fingerprint `{t.model_fingerprint[:12]}`)" if t.model_fingerprint else "") +
                   f"; target: {t.target}; post-processing: {t.postprocess}.", ""]
         header = table_header(t)
         entries = boards[t.name]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .errors import foreign_failure
+from .errors import StackbenchError, foreign_failure
 from .methods import Backbone, Batch
 
 
@@ -99,3 +99,64 @@ def scored_maps(method, batch: Batch, shapes, postprocess: str, size) -> tuple[n
         raise MethodFailure(f"raised {reason}", "0") from None
     maps = check_maps(out, len(batch.ids), shapes)
     return M.fill_empty(M.postprocess(maps, postprocess, size))
+
+
+def as_images(images, size: tuple[int, int]) -> torch.Tensor:
+    """What a user hands `explain` -> float32 (N, 3, H, W) in [0, 1]: a tensor (N, 3, H, W) or (3, H, W) in [0, 1]
+    (ToTensor's output, not normalised: the backbone normalises), PIL images, uint8 (H, W, 3) arrays, or a list."""
+    from PIL import Image
+
+    if isinstance(images, (Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
+        images = [images]
+    parts = []
+    for im in images:
+        if isinstance(im, Image.Image):
+            im = np.asarray(im.convert("RGB"))
+        if isinstance(im, np.ndarray):
+            if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+                raise StackbenchError(f"image array of dtype {im.dtype}, shape {im.shape}: expected uint8 (H, W, 3); "
+                                      "or give a float tensor (3, H, W) in [0, 1]")
+            im = torch.from_numpy(im.copy()).permute(2, 0, 1).float() / 255
+        if not isinstance(im, torch.Tensor) or im.ndim not in (3, 4) or im.shape[-3] != 3:
+            raise StackbenchError(f"images: got {type(im).__name__} {tuple(getattr(im, 'shape', ()))}; expected a "
+                                  "tensor (N, 3, H, W) or (3, H, W) in [0, 1], PIL images or uint8 (H, W, 3) arrays")
+        parts.append(im.detach().float().cpu().reshape(-1, *im.shape[-3:]))
+    x = torch.cat(parts) if parts else torch.empty(0, 3, *size)
+    if tuple(x.shape[-2:]) != tuple(size):
+        raise StackbenchError(f"images of {tuple(x.shape[-2:])} px; the model's wall is drawn for {tuple(size)}: "
+                              f"resize them to {size[0]}x{size[1]} first")
+    if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        raise StackbenchError("images must be finite and in [0, 1] (ToTensor's output); these look normalised or "
+                              "unscaled: stackbench normalises them itself")
+    return x
+
+
+def explain_images(method, backbone: Backbone, images, targets=None, *, postprocess: str = "gradcam-lib",
+                   seed: int = 0, batch_size: int = 16) -> np.ndarray:
+    """`method` (set up on `backbone`) over `images` in batches, through the harness's own shared pass: (N, H, W)
+    float32 maps post-processed as the metric scores them (an empty map is the uniform one)."""
+    size = tuple(backbone._wall.input_size)
+    x01 = as_images(images, size)
+    n = len(x01)
+    if targets is not None:
+        targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1).expand(n) if np.ndim(targets) == 0 else \
+            torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        if len(targets) != n:
+            raise StackbenchError(f"targets: {len(targets)} given for {n} images; give one per image, one int, or None")
+        k = backbone.model.num_classes
+        if len(targets) and not (0 <= int(targets.min()) and int(targets.max()) < k):
+            raise StackbenchError(f"targets {targets.tolist()[:8]}: a class index from 0 to {k - 1} (the model's "
+                                  f"{k} classes), or None for the predicted class")
+    need_grads = "gradients" in method.needs
+    shapes = (tuple(backbone._wall.grid), size)
+    out, clock = [], {"forward": 0.0, "backward": 0.0}
+    for i in range(0, n, batch_size):
+        index = list(range(i, min(n, i + batch_size)))
+        batch = make_batch(backbone, x01[index], "predicted", None, index, [str(j) for j in index], seed,
+                           need_grads, clock, targets=None if targets is None else targets[index])
+        try:
+            maps, _ = scored_maps(method, batch, shapes, postprocess, size)
+        except MethodFailure as e:
+            raise StackbenchError(f"method {method.name} {e.reason} (image {index[0] + int(e.item or 0)})") from None
+        out.append(maps)
+    return np.concatenate(out) if out else np.empty((0, *size), np.float32)

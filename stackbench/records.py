@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -39,7 +40,8 @@ SCHEMA_FIELDS = {
                "package?": {"name": str, "version": str}},     # an installed distribution: what to install
     "dataset": {"ref": str, "fingerprint": _sha, "n": int, "revision?": _opt_str, "kind?": _opt_str,
                 "name?": str},
-    "model": {"ref": str, "name?": str, "sha256": _sha, "revision?": _opt_str,
+    # the weights' content fingerprint (`models.weights_fingerprint`; records before 0.1 called it sha256)
+    "model": {"ref": str, "name?": str, "fingerprint?": _sha, "sha256?": _sha, "revision?": _opt_str,
               "wall": {"dead_from": int, "grid": [int], "input_size": [int], "masked_rows": int, "side": str,
                        "orientation?": str}},
     "target": str,
@@ -54,6 +56,9 @@ SCHEMA_FIELDS = {
     "maps?": {"digest": _sha},
     "items": {"n": int, "digest": _sha, "skipped": [{"id": str, "reason": str}]},
     "rows": {"file": str, "sha256": _sha, "columns?": [str]},
+    # The model's top-1 on the scored images (null when the dataset's labels name other classes); optional: the
+    # records made before it was measured still validate.
+    "accuracy?": {"top1": _opt_num, "n": int, "chance": _num, "classes": str},
     "env": {str: str},
     "seeds": {str: int},
     "run?": {"limit": (int, type(None)), "batch_size": int, "preprocess": str},
@@ -142,6 +147,10 @@ def validate_record(record: dict, where: str = "result record") -> dict:
     if record.get("schema") not in SCHEMAS:
         raise StackbenchError(f"{where}: field schema is {record.get('schema')!r}, expected {SCHEMA!r}")
     _walk("", record, SCHEMA_FIELDS, where, record["schema"])
+    named = [k for k in ("fingerprint", "sha256") if k in record["model"]]
+    if len(named) != 1:
+        raise StackbenchError(f"{where}: field model.fingerprint is "
+                              f"{'missing' if not named else 'given twice (also as model.sha256)'}")
     v2 = record["schema"] == SCHEMA
     need = METRICS if v2 else ("mu",)
     for metric in need:
@@ -164,6 +173,10 @@ def validate_record(record: dict, where: str = "result record") -> dict:
             raise StackbenchError(f"{where}: field metrics.{metric}.mean is null although n = {agg['n']}")
     if record["items"]["n"] + len(record["items"]["skipped"]) > record["dataset"]["n"]:
         raise StackbenchError(f"{where}: items.n exceeds dataset.n")
+    acc = record.get("accuracy")
+    if acc is not None and (acc["n"] != record["items"]["n"] or not (acc["top1"] is None or 0 <= acc["top1"] <= 1)):
+        raise StackbenchError(f"{where}: field accuracy must be a top-1 in [0, 1] over the items.n = "
+                              f"{record['items']['n']} scored images, got {acc!r:.120}")
     return record
 
 
@@ -184,9 +197,24 @@ def identity(record: dict) -> dict:
     return {"schema": record["schema"], "axes": record.get("axes"),
             "method": {k: record["method"].get(k) for k in ("name", "source", "version", "config", "code", "package")},
             "dataset": {k: record["dataset"].get(k) for k in ("fingerprint", "n")},
-            "model": {k: record["model"].get(k) for k in ("sha256", "wall")},
+            "model": {"fingerprint": weights_fingerprint_of(record), "wall": record["model"].get("wall")},
             "target": record["target"], "postprocess": record["postprocess"]["name"],
             "limit": record.get("run", {}).get("limit"), "seeds": record["seeds"]}
+
+
+def portable(ref: str, holder: str | Path) -> str:
+    """A reference as a file stores it: a local path relative to the folder `holder` of that file (POSIX
+    separators), so a results folder moved or shared with its inputs still points at them; anything else (a zoo
+    name, NAME@random, hf:REPO, object:...) as given. `paper:PATH` keeps its scheme."""
+    scheme, path = ("paper:", ref[6:]) if ref.startswith("paper:") else ("", ref)
+    if not path or ":" in path.split("/", 1)[0] or "@" in path or not Path(path).exists():
+        return ref
+    return scheme + Path(os.path.relpath(Path(path).resolve(), Path(holder).resolve())).as_posix()
+
+
+def weights_fingerprint_of(record: dict) -> str:
+    """The model's weights fingerprint a record names (`model.fingerprint`; `model.sha256` in older records)."""
+    return record["model"].get("fingerprint") or record["model"]["sha256"]
 
 
 def stable(record: dict) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .datafolder import atomic_write_bytes, atomic_write_json
 from .methods import CONTROLS, PAPER_METHODS
 from .metrics import images_phrase, mu_cell, uniform_mu
-from .records import axes_sample as records_sample, sampled_mu
+from .records import axes_sample as records_sample, portable, sampled_mu
 from .standings import AXES_SHOWN, standings
 
 CONTROL = "RandomCAM"
@@ -208,8 +208,8 @@ def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str
             atomic_write_bytes(paths[f"overlays-{d}"], grid.read_bytes())
     summary = {"title": title, "context": context, "findings": facts,
                "mu": mu,
-               "records": {m: {d: str((Path(results[d]) / per[d]["record"]["rows"]["file"]).with_suffix(".json"))
-                               for d in per} for m, per in found.items()}}
+               "records": {m: {d: portable(str((Path(results[d]) / per[d]["record"]["rows"]["file"]).with_suffix(".json")),
+                                           out) for d in per} for m, per in found.items()}}
     atomic_write_json(paths["json"], summary)
     atomic_write_bytes(paths["html"], _html(title, context, md, facts, paths, datasets, axes_md).encode())
     return paths

@@ -11,7 +11,8 @@ stopped: the checkpoint (accelerate's save_state: model, optimiser, scheduler, s
 counter is the whole state, and the finished batches of the epoch are skipped without being loaded.
 
 Output folder:
-    config.json, model.safetensors   save_pretrained weights (loadable with --model OUT)
+    config.json, model.safetensors   save_pretrained weights (loadable with --model OUT; a run stopped by
+                                     --max-steps or Ctrl-C leaves its weights so far, train.json finished: false)
     README.md                        model card (cards/model_card.md): recipe, top-1/top-5, wall verdict
     train_log.jsonl                  one line per epoch: loss, top1, top5, images/s, seconds
     train.json                       the run record: config, sources (fingerprints), metrics, wall, env, timing
@@ -24,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -37,6 +37,8 @@ from torch.nn import functional as F
 
 from .datafolder import atomic_write_bytes, atomic_write_json
 from .errors import StackbenchError, first_line
+from .model_card import describe_optimizer, write_card  # noqa: F401 - train.write_card stays importable
+from .progress import LOG_EVERY_S, Progress, log, quiet_libraries
 from .models.vgg import IMAGENET_MEAN, IMAGENET_STD
 from .versions import versions
 
@@ -44,7 +46,6 @@ CHECKPOINT = "checkpoint"
 STATE = "trainer_state.json"
 LOG = "train_log.jsonl"
 RECORD = "train.json"
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "cards" / "model_card.md"
 # What a previous run leaves in its folder: --overwrite removes exactly these, nothing else.
 RUN_FILES = ("config.json", "model.safetensors", "README.md", LOG, RECORD, CHECKPOINT, CHECKPOINT + ".tmp")
 
@@ -311,7 +312,7 @@ def open_sources(cfg: TrainConfig, train_source=None, val_source=None):
     return train_src, val_source
 
 
-def build_model(cfg: TrainConfig, num_source_classes: int):
+def build_model(cfg: TrainConfig, num_source_classes: int, class_names=None):
     from .models import create_model, get_entry
 
     name = cfg.model[: -len("@random")] if cfg.model.endswith("@random") else cfg.model
@@ -323,6 +324,7 @@ def build_model(cfg: TrainConfig, num_source_classes: int):
     if num_source_classes < 2:
         raise StackbenchError(f"source {cfg.source} has {num_source_classes} class; a classifier needs at least 2")
     model = create_model(name, seed=cfg.seed, num_classes=n)
+    model.class_names = list(class_names) if class_names is not None else None  # saved as id2label / label2id
     if cfg.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -471,13 +473,15 @@ class _Stop(Exception):
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          train_source=None, val_source=None, progress: bool = True) -> dict:
+          train_source=None, val_source=None, progress: bool = True, log_every: int | None = None) -> dict:
     """Train `config.model` on `config.source` into `out_dir`; returns the run summary (also train.json).
 
     resume=True continues the run in out_dir (its stored config is used; `config` may be None, or must agree
     except for max_steps/save_every/workers). train_source/val_source: Source objects instead of the refs.
     A KeyboardInterrupt saves a checkpoint and re-raises. With config.max_steps the run stops after that many
-    steps (summary["finished"] is False) and can be resumed.
+    steps (summary["finished"] is False) and can be resumed. Either way a stopped run leaves a loadable model
+    folder beside its checkpoint. `progress`: a bar on a terminal, else a log line at the first step and then
+    every `log_every` steps (every 30 s when None); lines go to the `stackbench` logger.
     """
     out = Path(out_dir)
     accelerator = None
@@ -517,8 +521,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
     if cfg.batch_size % world:
         raise StackbenchError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
                               f"{world} processes")
-    train_src, val_src = open_sources(cfg, train_source, val_source)
-    model = build_model(cfg, train_src.num_classes)
+    with quiet_libraries(progress):  # an hf: source's download bars: off with --no-progress and off the terminal
+        train_src, val_src = open_sources(cfg, train_source, val_source)
+    model = build_model(cfg, train_src.num_classes, train_src.class_names)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if torch.cuda.is_available()
@@ -575,19 +580,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
 
     unwrapped = accelerator.unwrap_model(model)
     main = accelerator.is_main_process
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        done_images = min(run["global_step"] * cfg.batch_size, cfg.epochs * len(train_ds))
-        bar = tqdm(total=cfg.epochs * len(train_ds), initial=done_images, unit="img", unit_scale=True,
-                   desc=f"train {unwrapped.name}", dynamic_ncols=True, disable=None)
     if main:
-        accelerator.print(f"training {unwrapped.name} ({unwrapped.count_parameters() / 1e6:.1f}M params) on "
-                          f"{train_src.ref} [{len(train_ds)} items, {train_src.num_classes} classes], "
-                          f"{cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} on {world} "
-                          f"process(es), {accelerator.device}" + (f", resuming at step {run['global_step']}"
-                                                                   if resumed else ""))
+        log.info(f"training {unwrapped.name} ({unwrapped.count_parameters() / 1e6:.1f}M params) on "
+                 f"{train_src.ref} [{len(train_ds)} items, {train_src.num_classes} classes], {cfg.epochs} epochs x "
+                 f"{steps_per_epoch} steps, batch {cfg.batch_size} on {world} process(es), {accelerator.device}"
+                 + (f", resuming at step {run['global_step']}" if resumed else ""))
+    bar = _progress(cfg, unwrapped.name, len(train_ds), run["global_step"], progress and main, log_every)
 
     t_start = time.perf_counter() - run["seconds"]
     # Ctrl-C is deferred to the end of the running step, so the checkpoint holds a whole step (a forward alone
@@ -599,8 +597,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
         if interrupted or not in_step[0]:
             raise KeyboardInterrupt
         interrupted.append(True)
-        print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr)
+        log.warning("Ctrl-C: finishing this step, then saving a checkpoint and the model (Ctrl-C again to stop at "
+                    "once)")
 
     def check_interrupt():
         flag = float(bool(interrupted))
@@ -648,10 +646,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
                 scheduler.step()
                 run["global_step"] += 1
                 run["batch_in_epoch"] += 1
-                if bar is not None:
-                    bar.update(min(cfg.batch_size, bar.total - bar.n))
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}" if batch is not None else "-",
-                                    lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
+                bar.update(min(cfg.batch_size, bar.total - bar.n), postfix=_postfix(cfg, run, epoch, steps_per_epoch,
+                                                                                    scheduler.get_last_lr()[0]))
                 in_step[0] = False
                 check_interrupt()
                 if cfg.save_every and run["global_step"] % cfg.save_every == 0:
@@ -673,8 +669,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
             run["log"].append(row)
             run.update(epoch=epoch + 1, batch_in_epoch=0, partial=[0.0, 0.0, 0.0, 0.0])
             if main:
-                accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, val top-1 "
-                                  f"{row['top1']:.2%}, top-5 {row['top5']:.2%}, {seconds:.0f} s")
+                log.info(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, val top-1 {row['top1']:.2%}, top-5 "
+                         f"{row['top5']:.2%}, {seconds:.0f} s")
                 _write_log(out, run["log"])
             run["seconds"] = time.perf_counter() - t_start
             save_checkpoint()
@@ -682,32 +678,31 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
                 raise _Stop
     except _Stop:
         run["seconds"] = time.perf_counter() - t_start
-        if bar is not None:
-            bar.close()
+        bar.close()
         save_checkpoint()
+        summary = _leave_model(accelerator, model, val_dl, cfg, out, run, src_info, steps_per_epoch, (train_ds, val_ds))
         if main:
-            accelerator.print(f"stopped after {run['global_step']} steps (--max-steps); continue with: "
-                              f"stackbench train --resume --out {out}")
-        return {"finished": False, "global_step": run["global_step"], "out": str(out), "log": run["log"]}
+            log.info(f"stopped after {run['global_step']} steps (--max-steps); the model so far is in {out} "
+                     f"(stackbench evaluate --model {out}); continue with: stackbench train --resume --out {out}")
+        return {**summary, "global_step": run["global_step"], "out": str(out), "log": run["log"]}
     except KeyboardInterrupt:
         run["seconds"] = time.perf_counter() - t_start
-        if bar is not None:
-            bar.close()
+        bar.close()
         if in_step[0]:  # stopped inside a step: its state is half-updated; keep the last checkpoint
             saved = json.loads((out / CHECKPOINT / STATE).read_text()) if (out / CHECKPOINT / STATE).is_file() else None
             where = f"the last checkpoint (step {saved['global_step']})" if saved else "no checkpoint"
-            print(f"\ninterrupted inside a step: kept {where}; continue with: stackbench train --resume --out {out}",
-                  file=sys.stderr)
+            log.warning(f"interrupted inside a step: kept {where}; continue with: stackbench train --resume --out "
+                        f"{out}")
             raise
         save_checkpoint()
-        print(f"\ninterrupted: checkpoint saved at step {run['global_step']} in {out / CHECKPOINT}; continue with: "
-              f"stackbench train --resume --out {out}", file=sys.stderr)
+        _leave_model(accelerator, model, val_dl, cfg, out, run, src_info, steps_per_epoch, (train_ds, val_ds))
+        log.warning(f"interrupted: checkpoint saved at step {run['global_step']} in {out / CHECKPOINT}, the model "
+                    f"so far in {out}; continue with: stackbench train --resume --out {out}")
         raise
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
-    if bar is not None:
-        bar.close()
+    bar.close()
     run["seconds"] = time.perf_counter() - t_start
     summary = None
     if main:
@@ -720,14 +715,49 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
     return summary if summary is not None else {"finished": True, "out": str(out)}
 
 
+def _progress(cfg: TrainConfig, name: str, n_items: int, step: int, enabled: bool, log_every: int | None) -> Progress:
+    """The run's one bar (terminal) or its log lines (elsewhere: at the first step, then every `log_every` steps,
+    or every 30 s when None)."""
+    total = cfg.epochs * n_items
+    every = LOG_EVERY_S if log_every is None else float("inf")
+    return Progress(total, f"train {name}", unit="img", enabled=enabled, initial=min(step * cfg.batch_size, total),
+                    every=every, every_n=log_every)
+
+
+def _postfix(cfg: TrainConfig, run: dict, epoch: int, steps_per_epoch: int, lr: float) -> str:
+    """Step, epoch, the epoch's mean loss so far and the learning rate (what people watch to see it learn)."""
+    p = run["partial"]
+    loss = f"{p[0] / p[2]:.3f}" if p[2] else "-"
+    return (f"step {run['global_step']}/{cfg.epochs * steps_per_epoch}, epoch {epoch + 1}/{cfg.epochs}, loss {loss}, "
+            f"lr {lr:.3g}")
+
+
+def _leave_model(accelerator, model, val_dl, cfg, out: Path, run: dict, src_info: dict, steps_per_epoch: int,
+                 sets: tuple) -> dict:
+    """A stopped run (--max-steps, Ctrl-C) leaves what a finished one does beside its checkpoint: a loadable model
+    folder (config.json, model.safetensors), its card and train.json (finished: false), so `stackbench evaluate
+    --model OUT` works on it; a resumed run replaces them. Its top-1/top-5 are measured on the weights it leaves
+    (the last epoch's, when it stopped at an epoch's end)."""
+    last = run["log"][-1] if run["log"] else {}
+    metrics = last if last.get("step") == run["global_step"] else evaluate_topk(model, val_dl, accelerator)
+    summary = {"finished": False}
+    if accelerator.is_main_process:
+        summary = _finish(accelerator.unwrap_model(model), cfg, out, run, src_info, accelerator.num_processes,
+                          str(accelerator.device), accelerator.mixed_precision, steps_per_epoch,
+                          sorted(sets[0].skipped), sorted(sets[1].skipped), stopped_metrics=metrics)
+    accelerator.wait_for_everyone()
+    return summary
+
+
 def _write_log(out: Path, log: list[dict]) -> None:
     atomic_write_bytes(out / LOG, "".join(json.dumps(r, sort_keys=True) + "\n" for r in log).encode())
 
 
 def _finish(model, cfg, out, run, src_info, world, device, mixed_precision, steps_per_epoch, train_skips,
-            val_skips) -> dict:
-    """Main process: weights, wall check, record, card."""
-    from .models import model_sha256
+            val_skips, stopped_metrics: dict | None = None) -> dict:
+    """Main process: weights, wall check, record, card. `stopped_metrics`: a stopped run's top-1/top-5 on the
+    weights it leaves (None: a finished run, its last epoch's)."""
+    from .models import weights_fingerprint
     from .wall import check, dead_zone
 
     model = model.float().to(memory_format=torch.contiguous_format).cpu().eval()
@@ -738,22 +768,23 @@ def _finish(model, cfg, out, run, src_info, world, device, mixed_precision, step
     wall = {"declared": model.wall.describe(), "traced_rows": [min(zone.rows), max(zone.rows)] if zone.rows else [],
             "check": result.describe(), "identical": bool(result.identical), "dead_weight_max": dead_max,
             "verdict": "PASS" if result.holds(model.wall) else "FAIL"}
-    last = run["log"][-1] if run["log"] else {}
+    last = stopped_metrics or (run["log"][-1] if run["log"] else {})
     summary = {
-        "schema": "stackbench.train/1", "finished": True, "out": str(out), "model": model.name,
-        "sha256": model_sha256(model), "num_classes": model.num_classes, "config": cfg.to_dict(),
+        "schema": "stackbench.train/1", "finished": stopped_metrics is None, "out": str(out), "model": model.name,
+        "weights_fingerprint": weights_fingerprint(model), "num_classes": model.num_classes, "config": cfg.to_dict(),
         "sources": src_info, "skipped": {"train": train_skips, "val": val_skips},
         "metrics": {"top1": last.get("top1"), "top5": last.get("top5"), "val_loss": last.get("val_loss"),
                     "val_n": last.get("val_n"), "split": f"{src_info['val']['ref']} ({src_info['val']['split']})"},
         "wall": wall, "steps": run["global_step"], "steps_per_epoch": steps_per_epoch,
+        "optimizer": describe_optimizer(make_optimizer(cfg, model)),  # the run's class and settings, as torch has them
         "timing": {"seconds": run["seconds"], "device": device, "processes": world,
                    "mixed_precision": mixed_precision, "torch_threads": torch.get_num_threads()},
         "env": versions("torch", "torchvision", "accelerate"), "log": run["log"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    atomic_write_json(out / RECORD, summary)
+    atomic_write_json(out / RECORD, {k: v for k, v in summary.items() if k != "out"})  # no path of this machine
     write_card(out, summary)
-    save_weights(model, out)  # last: a loadable folder means the run finished and its record and card are there
+    save_weights(model, out)  # last: a loadable folder means its record and card are there (finished or not)
     return summary
 
 
@@ -761,31 +792,16 @@ def save_weights(model, out: Path) -> None:
     """save_pretrained through a staging folder: model.safetensors, then config.json (what makes the folder
     loadable) appear whole, or not at all."""
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".weights-"))
+    config = dict(model._hub_mixin_config)
+    names = getattr(model, "class_names", None)
+    if names:  # transformers' convention: what the outputs mean travels with the weights
+        config.update(id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
     try:
-        model.save_pretrained(stage)
+        model.save_pretrained(stage, config=config)
         for name in ("model.safetensors", "config.json"):
             os.replace(stage / name, out / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def write_card(out: Path, summary: dict) -> None:
-    """README.md of the output folder, rendered from cards/model_card.md with huggingface_hub."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    cfg, m = summary["config"], summary["metrics"]
-    data = ModelCardData(
-        library_name="stackbench", license="mit", pipeline_tag="image-classification",
-        tags=["stackbench", "saliency", "walled-model", summary["model"]],
-        model_name=f"{summary['model']} trained on {summary['sources']['train']['ref']}",
-    )
-    template = CARD_TEMPLATE.read_text() if CARD_TEMPLATE.is_file() else None
-    if template is None:
-        raise StackbenchError(f"model card template {CARD_TEMPLATE} is missing; reinstall stackbench")
-    card = ModelCard.from_template(data, template_str=template, s=summary, cfg=cfg, m=m,
-                                   minutes=summary["timing"]["seconds"] / 60,
-                                   config_json=json.dumps(cfg, indent=2, sort_keys=True))
-    atomic_write_bytes(out / "README.md", str(card).encode())
 
 
 def export_weights(model_ref: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> str:

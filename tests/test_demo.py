@@ -1,4 +1,4 @@
-"""The main jobs: `stackbench demo --quick` with the shipped model, and `reproduce` with stand-ins."""
+"""The main jobs: `reproduce` with stand-ins (`stackbench demo --quick` runs from the wheel: test_wheel.py)."""
 import json
 import re
 
@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from stackbench.cli import main
 from stackbench.generate.pipelines import random_pipeline
+from stackbench.rates import REFERENCE
 from stackbench.sources import shapes
 
 REPORT_FILES = {"table.md", "mu.png", "report.html", "report.json", "overlays-stack-mix.png", "overlays-stack-gen.png"}
@@ -14,25 +15,6 @@ REPORT_FILES = {"table.md", "mu.png", "report.html", "report.json", "overlays-st
 def _hirescam_row(table: str) -> list[str]:
     row = next(line for line in table.splitlines() if line.startswith("| HiResCAM |"))
     return [c.strip() for c in row.strip("|").split("|")]
-
-
-def test_demo_quick(tmp_path):
-    out = tmp_path / "demo"
-    args = ["demo", "--quick", "--num-images", "8", "--axes-images", "2", "--out", str(out), "--no-progress"]
-    r = CliRunner().invoke(main, args)
-    assert r.exit_code == 0, r.output
-    assert REPORT_FILES <= {p.name for p in out.iterdir()}
-    cells = _hirescam_row((out / "table.md").read_text())
-    assert cells[1:3] == ["0.0 ± 0.0", "0.0 ± 0.0"]
-    summary = json.loads((out / "report.json").read_text())
-    assert summary["mu"]["HiResCAM"]["stack-mix"]["mean"] == 0.0 and summary["mu"]["HiResCAM"]["stack-gen"]["mean"] == 0.0
-    assert summary["findings"][0].startswith("HiResCAM: mu = 0 exactly")
-    assert "seeded sample of 2 images per set" in (out / "axes.md").read_text()
-    assert "| HiResCAM |" in r.output and "report.html" in r.output
-    # a second run reuses the datasets and the finished records
-    again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and (out / "table.md").read_text() == "\n".join(
-        line for line in r.output.splitlines() if line.startswith("|")) + "\n"
 
 
 def _imagefolder(root, classes=("tench", "goldfish", "great white shark"), per_class=4):
@@ -44,7 +26,8 @@ def _imagefolder(root, classes=("tench", "goldfish", "great white shark"), per_c
     return root
 
 
-def test_reproduce_with_stand_ins(tmp_path):
+def test_reproduce_with_stand_ins(tmp_path, monkeypatch):
+    monkeypatch.setenv("STACKBENCH_CACHE", str(tmp_path / "cache"))  # a real run records its measured rate there
     folder = _imagefolder(tmp_path / "imagenet")
     random_pipeline("tiny", seed=0).save_pretrained(tmp_path / "sd")
     args = ["reproduce", "--preset", "paper", "--imagenet", f"imagefolder:{folder}", "--sd-model", str(tmp_path / "sd"),
@@ -55,8 +38,13 @@ def test_reproduce_with_stand_ins(tmp_path):
     assert dry.exit_code == 0, dry.output
     assert len(re.findall(r"^\[\d/3\] ", dry.output, flags=re.M)) == 3 and "estimate" in dry.output
     assert "nothing was run" in dry.output and not (tmp_path / "paper").exists()
+    # the evaluation's estimate: a measured rate, scaled by a calibration timed on this machine, both named
+    assert f"evaluate estimate: measured on {REFERENCE['machine']} on {REFERENCE['date']}" in dry.output
+    assert "calibration timed here now" in dry.output and " cores" in dry.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
+    assert "\x1b[" not in r.stderr and "evaluate stack-mix:" not in r.stderr  # --no-progress: no bars, no lines
+    assert json.loads((tmp_path / "cache" / "rates.json").read_text())  # what it cost here, for the next estimate
     assert REPORT_FILES <= {p.name for p in (tmp_path / "paper").iterdir()}
     assert _hirescam_row((tmp_path / "paper" / "table.md").read_text())[1:3] == ["0.0 ± 0.0", "0.0 ± 0.0"]
     assert "seeded sample of 1 image per set" in (tmp_path / "paper" / "axes.md").read_text()

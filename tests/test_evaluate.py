@@ -28,15 +28,16 @@ def png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def make_folder(path, n=4, wall_row=170, corrupt=()):
+def make_folder(path, n=4, wall_row=170, corrupt=(), classes=CLASSES):
     rows = []
     for i in range(n):
         data = b"not a png" if i in corrupt else png(i)
-        rows.append({"id": f"mix-{i:03d}", "image": {"bytes": data, "path": None}, "label": i % 10,
-                     "class_name": CLASSES[i % 10], "wall_row": wall_row, "seed": i, "top_box": [0, 0, 224, 170],
+        k = i % len(classes)
+        rows.append({"id": f"mix-{i:03d}", "image": {"bytes": data, "path": None}, "label": k,
+                     "class_name": classes[k], "wall_row": wall_row, "seed": i, "top_box": [0, 0, 224, 170],
                      "bottom_box": [0, 170, 224, 224], "top_source": f"s{i}", "bottom_source": f"t{i}",
                      "layout": "stack"})
-    datafolder.write_shard(rows, datafolder.features("stack-mix", CLASSES), datafolder.shard_path(path, 0, 1))
+    datafolder.write_shard(rows, datafolder.features("stack-mix", list(classes)), datafolder.shard_path(path, 0, 1))
     return str(path)
 
 
@@ -64,7 +65,7 @@ def test_evaluate_writes_records_and_rows_hirescam_zero_gradcam_positive(folder,
     rec = read_record(tmp_path / "GradCAM.json")
     assert rec["schema"] == "stackbench.result/2"
     assert rec["dataset"]["fingerprint"] == datafolder.fingerprint(folder) and rec["dataset"]["n"] == 4
-    assert rec["model"]["wall"]["dead_from"] == 170 and len(rec["model"]["sha256"]) == 64
+    assert rec["model"]["wall"]["dead_from"] == 170 and len(rec["model"]["fingerprint"]) == 64
     assert rec["target"] == "predicted" and rec["postprocess"]["name"] == "gradcam-lib"
     assert rec["metrics"]["mu"]["mean"] == pytest.approx(gc["mu"].mean())
     assert rec["metrics"]["mu"]["n"] == 4  # schema 2: empty maps are scored (as uniform maps) and counted in n_empty
@@ -202,6 +203,15 @@ def test_entry_point_plugin(folder, tmp_path, monkeypatch):
     assert "posgrad" in result.output
 
 
+def test_target_label_needs_the_models_classes(tmp_path):
+    four = make_folder(tmp_path / "four", n=4, classes=["cat", "dog", "fox", "owl"])
+    res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAM", "--dataset", four, "--model", MODEL,
+                                    "--target", "label", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "4 classes (cat, dog, fox, owl" in res.output and "10 classes" in res.output
+    assert "--target predicted" in res.output and not (tmp_path / "o" / "GradCAM.json").exists()
+
+
 def test_wall_mismatch_and_unknown_method_are_refused(tmp_path):
     other = make_folder(tmp_path / "w160", n=1, wall_row=160)
     with pytest.raises(StackbenchError, match="row 160.*from row 170"):
@@ -210,9 +220,16 @@ def test_wall_mismatch_and_unknown_method_are_refused(tmp_path):
         evaluate(["HiResCM"], other, MODEL, out=tmp_path / "o", progress=False)
 
 
-def test_corrupt_item_is_skipped_and_listed(tmp_path):
+def test_corrupt_item_is_skipped_and_listed(tmp_path, monkeypatch):
+    import datasets
+
+    from stackbench import evaluate as E
+
     f = make_folder(tmp_path / "bad", n=3, corrupt=(1,))
+    real, quiet = E._loop, []
+    monkeypatch.setattr(E, "_loop", lambda *a: (quiet.append(datasets.are_progress_bars_disabled()), real(*a))[1])
     r = evaluate(["GradCAM"], f, MODEL, out=tmp_path / "o", progress=False)[0]
+    assert quiet == [True] and not datasets.are_progress_bars_disabled()  # no datasets bar under --no-progress
     rec = read_record(tmp_path / "o" / "GradCAM.json")
     assert r.status == "done" and rec["items"]["n"] == 2
     assert [s["id"] for s in rec["items"]["skipped"]] == ["mix-001"]
@@ -223,8 +240,8 @@ def test_validate_record_names_the_bad_field(folder, tmp_path):
     rec = json.loads((tmp_path / "GradCAM.json").read_text())
     validate_record(rec)
     broken = json.loads(json.dumps(rec))
-    del broken["model"]["sha256"]
-    with pytest.raises(StackbenchError, match="field model.sha256 is missing"):
+    del broken["model"]["fingerprint"]
+    with pytest.raises(StackbenchError, match="field model.fingerprint is missing"):
         validate_record(broken)
     broken = json.loads(json.dumps(rec))
     broken["dataset"]["fingerprint"] = "abc"
@@ -238,10 +255,20 @@ def test_validate_record_names_the_bad_field(folder, tmp_path):
 
 def test_cli_evaluate_prints_table_and_saves_maps_and_overlays(folder, tmp_path):
     out = tmp_path / "cli"
+    # progress on, stderr not a terminal (the runner's pipe): plain lines, one per pass, no escape codes
     res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAM", "--method", "HiResCAM", "--dataset", folder,
-                                    "--model", MODEL, "--limit", "2", "--save-maps", "--out", str(out), "--no-progress"])
+                                    "--model", MODEL, "--limit", "2", "--save-maps", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "GradCAM" in res.output and "mu x100" in res.output and "0.0 ± 0.0" in res.output
+    assert "\x1b[" not in res.stderr and "\r" not in res.stderr
+    passes = [line for line in res.stderr.splitlines() if line.startswith("evaluate mix") and " img (" in line]
+    assert passes and all("GradCAM" in line and "HiResCAM" in line for line in passes)
+    # the model's top-1 on the scored images: in the record, the table, and a warning when near chance
+    acc = read_record(out / "GradCAM.json")["accuracy"]
+    rows = pq.read_table(out / "GradCAM.parquet").to_pandas()
+    assert acc["top1"] == (rows["predicted"] == rows["label"]).mean() and acc["classes"] == "indices"
+    assert acc["n"] == 2 and acc["chance"] == 0.1 and "model top-1" in res.output and f"{acc['top1']:.1%}" in res.output
+    assert ("near chance" in res.output) == (acc["top1"] < 0.2)
     maps = np.load(out / "HiResCAM.maps.npz")
     assert maps["maps"].shape == (2, 224, 224) and np.all(maps["maps"][:, 170:] == 0)
     assert (out / "overlays.png").stat().st_size > 1000

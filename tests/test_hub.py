@@ -1,4 +1,5 @@
 """Publishing and loading back, with the network boundary (HfApi) replaced by a recorder."""
+import json
 import shutil
 
 import huggingface_hub
@@ -49,8 +50,16 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
+    """A model folder as `stackbench train` leaves it: weights, train.json and the card that points to it."""
+    from stackbench.model_card import write_card
+
     folder = tmp_path_factory.mktemp("model") / "mini"
     create_model("minivgg-masked", seed=0).save_pretrained(folder)
+    src = {"kind": "shapes", "ref": "shapes:20@0", "split": "val", "n_items": 20, "fingerprint": "sha256:0"}
+    summary = {"model": "minivgg-masked", "num_classes": 10, "config": {"optimizer": "adamw", "lr": 0.001},
+               "sources": {"train": src, "val": src}, "metrics": {"top1": 0.5, "top5": 0.9, "val_n": 20}}
+    (folder / "train.json").write_text(json.dumps(summary))
+    write_card(folder, summary)
     return folder
 
 
@@ -81,12 +90,22 @@ def test_publish_dataset_is_one_commit_and_never_leaks_the_token(dataset, record
             assert TOKEN.encode() not in p.read_bytes()
 
 
-def test_publish_model_checks_the_wall_and_loads(model_folder, recorder):
+def test_publish_model_checks_the_wall_and_loads(model_folder, recorder, tmp_path):
     plan = hub.plan_model(model_folder, "me/mini")
-    assert {"config.json", "model.safetensors", "README.md"} <= {f for f, _ in plan.files}
+    assert {"config.json", "model.safetensors", "README.md", "train.json"} <= {f for f, _ in plan.files}
     assert any("PASS" in c for c in plan.checks)
     hub.publish(plan)
     assert [c[0] for c in recorder.calls].count("create_commit") == 1
+    commit = next(c for c in recorder.calls if c[0] == "create_commit")
+    assert "train.json" in {op.path_in_repo for op in commit[2]["operations"]}  # the record the card points to
+    # a folder whose card points to a train.json it lost is refused before anything is sent
+    lost = tmp_path / "lost"
+    shutil.copytree(model_folder, lost)
+    (lost / "train.json").unlink()
+    recorder.calls.clear()
+    with pytest.raises(StackbenchError, match="points to train.json, which is missing"):
+        hub.plan_model(lost, "me/mini")
+    assert recorder.calls == []
 
 
 def test_broken_card_or_missing_shard_is_refused_before_any_call(dataset, recorder, tmp_path):

@@ -82,7 +82,12 @@ def test_a_name_on_the_board_needs_replace(store):
     submit(store, "GradCAM")
     with pytest.raises(StackbenchError, match="already on the test board"):
         submit(store, "GradCAM")
-    submit(store, "GradCAM", replace=True)
+    # with progress, off the terminal: a line per dataset and per pass, no escape codes
+    r = CliRunner().invoke(main, ["submit", "--method", "GradCAM", "--track", "test", "--store", str(store), "--device",
+                                  "cpu", "--replace"])
+    assert r.exit_code == 0, r.output
+    assert "dataset stack-mix (1/2)" in r.stderr and "dataset stack-gen (2/2)" in r.stderr
+    assert "\x1b[" not in r.stderr and "\r" not in r.stderr
 
 
 def test_untrusted_strings_render_inert(store):
@@ -120,10 +125,15 @@ def test_verify_reruns_and_catches_a_hand_edited_number(store):
     rec = json.loads(paths[0].read_text())
     rec["metrics"]["mu"]["mean"] *= 0.5  # a better-looking number
     paths[0].write_text(json.dumps(rec))
+    rec = json.loads(paths[1].read_text())
+    rec["accuracy"]["top1"] = 1.0  # a model that looks perfect
+    paths[1].write_text(json.dumps(rec))
     r = CliRunner().invoke(main, ["leaderboard", "verify", "--track", "test", "--store", str(store), "--no-rerun"])
     assert r.exit_code == 1
-    assert "FAILED      test/stack-mix/minivgg-masked_random/GradCAM: " in r.output and "metrics.mu.mean" in r.output
-    assert r.output.count("test/stack-mix/minivgg-masked_random/GradCAM") == 1  # the row named once
+    assert "FAILED      test/stack-mix/minivgg-masked_random/GradCAM: " in r.stdout and "metrics.mu.mean" in r.stdout
+    assert r.stdout.count("test/stack-mix/minivgg-masked_random/GradCAM") == 1  # the row named once
+    assert "accuracy.top1 = 1.0 but the per-image rows give" in r.stdout
+    assert "verify: 1/2 row" in r.stderr and "verify: 2/2 row" in r.stderr  # progress as the rows come
 
 
 def test_verify_catches_edited_rows_and_a_missing_field(store):
@@ -131,12 +141,12 @@ def test_verify_catches_edited_rows_and_a_missing_field(store):
     rows = paths[0].with_suffix(".parquet")
     rows.write_bytes(rows.read_bytes()[:-10] + b"0123456789")
     rec = json.loads(paths[1].read_text())
-    del rec["model"]["sha256"]
+    del rec["model"]["fingerprint"]
     paths[1].write_text(json.dumps(rec))
     verdicts = {v.row: v for v in lb.verify("test", store=store, rerun=False)}
     assert verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].failed
     assert "does not match rows.sha256" in verdicts["test/stack-mix/minivgg-masked_random/HiResCAM"].message
-    assert "field model.sha256 is missing" in verdicts["test/stack-gen/minivgg-masked_random/HiResCAM"].message
+    assert "field model.fingerprint is missing" in verdicts["test/stack-gen/minivgg-masked_random/HiResCAM"].message
 
 
 def test_two_concurrent_submits_both_land(store):

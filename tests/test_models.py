@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stackbench import StackbenchError
-from stackbench.models import (WallLeakWarning, create_model, list_models, load_model, model_sha256,
+from stackbench.models import (WallLeakWarning, create_model, list_models, load_model, weights_fingerprint,
                                register_model)
 from stackbench.wall import check
 
@@ -52,7 +52,7 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
     state = torch.random.get_rng_state()
     a, b, c = (create_model("minivgg-masked", seed=s) for s in (7, 7, 8))
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert model_sha256(a) == model_sha256(b) != model_sha256(c)
+    assert weights_fingerprint(a) == weights_fingerprint(b) != weights_fingerprint(c)
     assert load_model("minivgg-masked@random", seed=7).ref == "minivgg-masked@random#seed=7"
 
 
@@ -61,7 +61,7 @@ def test_save_pretrained_round_trip_is_bitwise(tmp_path, mini_masked, images):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["name"] == "minivgg-masked"
     loaded = load_model(str(tmp_path / "m"))
     assert torch.equal(loaded(images), mini_masked(images))
-    assert model_sha256(loaded) == model_sha256(mini_masked)
+    assert weights_fingerprint(loaded) == weights_fingerprint(mini_masked)
 
 
 def test_paper_checkpoints_load_as_they_are(tmp_path, images):

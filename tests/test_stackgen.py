@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from huggingface_hub import DatasetCard
 
 from stackbench import StackbenchError
 from stackbench import datafolder as df
@@ -38,16 +39,48 @@ def sd_recipe(sd_folder, **kw):
     return StackGenRecipe(**{**base, **kw})
 
 
-def test_shapes_scenes_put_one_object_behind_the_wall(tmp_path):
+def spy_on_shapes(monkeypatch) -> list:
+    """Records, for every object the shapes renderer draws, the exact bounds of its mask's nonzero pixels."""
+    from stackbench.sources import shapes
+
+    masks, bounds = [], []
+    object_mask, draw_object = shapes.object_mask, shapes.draw_object
+
+    def mask_spy(*args):
+        masks.append(object_mask(*args))
+        return masks[-1]
+
+    def draw_spy(canvas, cls, box, rng):
+        out = draw_object(canvas, cls, box, rng)
+        ys, xs = np.nonzero(np.asarray(masks[-1]))
+        x0, y0 = (int(round(v)) for v in box[:2])  # where draw_object pastes the mask
+        bounds.append([x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1])
+        return out
+
+    monkeypatch.setattr(shapes, "object_mask", mask_spy)
+    monkeypatch.setattr(shapes, "draw_object", draw_spy)
+    return bounds
+
+
+def test_shapes_scenes_put_one_object_behind_the_wall(tmp_path, monkeypatch):
+    drawn = spy_on_shapes(monkeypatch)
     r = CliRunner().invoke(main, ["generate", "stack-gen", "--generator", "shapes", "--num-images", "10",
                                   "--out", str(tmp_path / "a"), "--no-progress"])
     assert r.exit_code == 0, r.output
     imgs, ds = images(tmp_path / "a")
     assert len(ds) == 10 and set(ds["class_name"]) == {"circle", "square", "triangle", "star", "cross", "ring",
                                                           "crescent", "heart", "arrow", "lightning"}
-    row = ds[0]
-    assert row["wall_row"] == 170 and row["bottom_box"][1] == 170 and row["bottom_box"][3] == 224
-    assert row["top_box"][3] <= 170 and row["image"].size == (224, 224)
+    # no diffusion columns (nor empty verifier scores) on scenes no diffusion model made
+    assert ds.column_names == ["id", "image", "label", "class_name", "wall_row", "seed", "top_box", "bottom_box",
+                               "generator"] and set(ds["generator"]) == {"shapes/2"}
+    # each box is the exact bounds of its object's pixels; the hidden one lies wholly behind the wall
+    assert len(drawn) == 20
+    for row, top, bottom in zip(ds, drawn[0::2], drawn[1::2]):
+        assert row["top_box"] == top and row["bottom_box"] == bottom
+        assert row["wall_row"] == 170 and 170 <= row["bottom_box"][1] and row["bottom_box"][3] <= 224
+        assert row["top_box"][3] <= 170 and row["image"].size == (224, 224)
+    gen = df.read_generation(tmp_path / "a")["recipe"]
+    assert gen["steps"] is gen["guidance"] is gen["prompts"] is gen["max_attempts"] is None
     # the same command again (another folder) gives the same bytes
     CliRunner().invoke(main, ["generate", "stack-gen", "--generator", "shapes", "--num-images", "10",
                               "--out", str(tmp_path / "b"), "--no-progress"])
@@ -65,7 +98,13 @@ def test_diffusers_same_seed_same_images_and_batch_independent(tmp_path, sd_fold
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     row = ds[0]
     assert row["generator"] == str(sd_folder) and row["steps"] == 2 and row["prompt_bottom"].startswith("a photo of a")
-    assert row["class_name"] in ("tench", "golf ball") and row["verify_top"] is None
+    assert row["class_name"] in ("tench", "golf ball") and "verify_top" not in row  # no verifier, no score column
+    assert row["guidance"] == 7.5 and row["bottom_box"][1] == 170 and row["bottom_box"][3] == 224
+    # the card: the diffusion columns explained, the recipe that ran, a licence nobody stated is `unknown`
+    card = DatasetCard.load(tmp_path / "b1" / "README.md")
+    assert card.data.license == "unknown" and "license_name" not in card.data.to_dict()
+    assert "| `steps` | denoising steps of the sampler |" in card.text and "not a detected box" in card.text
+    assert "--steps 2 --guidance 7.5" in card.text and "None" not in card.text
     gen = df.read_generation(tmp_path / "b1")
     assert gen["source"]["kind"] == "diffusers" and len(gen["source"]["fingerprint"]) == 64
 
@@ -123,3 +162,7 @@ def test_bad_inputs_are_one_clear_line(tmp_path, sd_folder):
     assert "unknown class 'unicorn'" in err("--classes", "unicorn")
     with pytest.raises(StackbenchError, match="needs --model"):
         StackGenRecipe(generator="diffusers").validate()
+    # a shapes scene has no sampler: diffusion settings are refused, not silently recorded
+    assert "--steps, --guidance (given here or by the preset) apply to --generator diffusers only" in err(
+        "--generator", "shapes", "--steps", "30", "--guidance", "7.5")
+    assert "--max-attempts counts the attempts under --min-verify" in err("--max-attempts", "3")

@@ -1,6 +1,7 @@
 """STACK-MIX: determinism (seed, --num-proc, kill -9 + resume), bad inputs, load_dataset round trip, boxes vs
 pixels, CLI errors."""
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from huggingface_hub import DatasetCard
 from PIL import Image
 
 from stackbench import datafolder as df
@@ -181,6 +183,12 @@ def test_fit_puts_the_whole_bottom_image_in_the_band(tmp_path, bad_folder):
         band[y0 - 170:y1 - 170, x0:x1] = band[0, 0]
         assert (band == band[0, 0]).all()  # the rest of the band is one fill colour
     assert res.generation["converted"] == {} and len(ds) == 3 and set(ds["class_name"]) == {"beta"}
+    # the card: a box bounds the placed photo (said so), and a user's own photos get no ImageNet licence
+    card = DatasetCard.load(tmp_path / "fit" / "README.md")
+    assert card.data.license == "unknown" and "license_name" not in card.data.to_dict()
+    assert "ImageNet" not in card.text.split("## Licence", 1)[1].split("## Citation", 1)[0]
+    assert re.search(r"^\| `bottom_box` \| .*whole second photo.*the box bounds the placed photo, not its object \|$",
+                     card.text, re.M)
 
 
 @pytest.fixture(scope="module")
@@ -240,11 +248,13 @@ def test_presets_are_data_files():
 
 
 def test_missing_data_folders_are_one_clear_error(tmp_path, monkeypatch):
-    from stackbench.generate import resources
+    from stackbench import resources
+    from stackbench.generate import load_preset
 
-    monkeypatch.setattr(resources, "ROOT", tmp_path)
-    with pytest.raises(StackbenchError, match="generation/stack-mix is missing under .*pip install -e"):
-        resources.load_preset("stack-mix", "mini")
+    monkeypatch.setattr(resources, "PACKAGED", tmp_path / "packaged")
+    monkeypatch.setattr(resources, "SOURCE", tmp_path)
+    with pytest.raises(StackbenchError, match="generation/stack-mix is missing from this installation.*pip install"):
+        load_preset("stack-mix", "mini")
 
 
 def test_preset_classes_file_and_jpeg(tmp_path):

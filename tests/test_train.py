@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from stackbench.cli import main
 from stackbench.errors import StackbenchError
-from stackbench.models import load_model, model_sha256
+from stackbench.models import load_model, weights_fingerprint
 from stackbench.sources import open_source
 from stackbench.train import (CHECKPOINT, IMAGENET_MEAN, IMAGENET_STD, LOG, RECORD, STATE, SourceDataset, _seed,
                               build_model, collate, export_weights, lr_factor, preset, to_input, train, train_augment,
@@ -56,7 +56,7 @@ def test_training_lowers_the_loss_and_keeps_the_wall(full_run):
     out, summary = full_run
     before = train_loss(build_model(TINY, 10), TINY)
     trained = load_model(str(out))
-    assert summary["sha256"] == model_sha256(trained)
+    assert summary["weights_fingerprint"] == weights_fingerprint(trained)
     assert train_loss(trained, TINY) < before - 0.05
     first = trained[-1][0]
     assert first.dead.any() and torch.count_nonzero(first.weight[:, first.dead]) == 0
@@ -97,7 +97,7 @@ def test_export_weights_is_byte_stable_fp16_and_walled(full_run, tmp_path):
     assert torch.allclose(state[key].float(), first.weight.detach(), atol=1e-3)
 
 
-def test_ctrl_c_then_max_steps_then_resume_is_bitwise_identical(full_run, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_then_max_steps_then_resume_is_bitwise_identical(full_run, tmp_path, caplog, monkeypatch):
     ref, _ = full_run
     out = tmp_path / "run"
     calls = []
@@ -112,14 +112,16 @@ def test_ctrl_c_then_max_steps_then_resume_is_bitwise_identical(full_run, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train(TINY, out, progress=False)
     monkeypatch.undo()
-    assert "stackbench train --resume --out" in capsys.readouterr().err
+    assert "stackbench train --resume --out" in caplog.text  # the `stackbench` logger (the CLI shows it on stderr)
     # The step in flight finished first: the checkpoint holds two whole steps (the end of epoch 1, before validation).
     assert json.loads((out / CHECKPOINT / STATE).read_text())["global_step"] == 2
+    assert load_model(str(out)).class_names[:3] == ["circle", "square", "triangle"]  # Ctrl-C left a model too
     with pytest.raises(StackbenchError, match="holds another training run"):
         train(TINY, out, progress=False)
     # Resume and stop mid-epoch 2 (step 3), then finish.
     part = train(TINY.replace(max_steps=3), out, resume=True, progress=False)
     assert part["finished"] is False and part["global_step"] == 3
+    _stopped_run_is_a_model(out, part, tmp_path)
     bad = tmp_path / "corrupt"
     shutil.copytree(out, bad)
     with open(bad / CHECKPOINT / "optimizer.bin", "r+b") as f:
@@ -131,6 +133,26 @@ def test_ctrl_c_then_max_steps_then_resume_is_bitwise_identical(full_run, tmp_pa
     assert [r["loss"] for r in summary["log"]] == [r["loss"] for r in full_run[1]["log"]]
     with pytest.raises(StackbenchError, match="already finished"):
         train(None, out, resume=True, progress=False)
+
+
+def _stopped_run_is_a_model(out: Path, part: dict, tmp_path: Path) -> None:
+    """A stopped run leaves a loadable model folder (its classes named), a card and train.json beside its checkpoint,
+    and evaluate takes it: --target label works on a dataset of its classes, and top-1 is measured by name."""
+    from stackbench.evaluate import evaluate
+    from stackbench.generate import generate_stack_mix
+
+    assert {"config.json", "model.safetensors", "README.md", RECORD, CHECKPOINT} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["0"] == "circle" and config["label2id"]["circle"] == 0
+    record = json.loads((out / RECORD).read_text())
+    assert record["finished"] is False and record["steps"] == 3 and record["metrics"]["val_n"] == 20
+    assert record["weights_fingerprint"] == weights_fingerprint(load_model(str(out)))
+    generate_stack_mix(tmp_path / "mix", source="shapes", split="test", num_images=2, layout="fit", progress=False)
+    (run,) = evaluate(["HiResCAM"], str(tmp_path / "mix"), str(out), target="label", out=tmp_path / "ev",
+                      progress=False, figure=False)
+    assert run.status == "done" and run.record["accuracy"]["classes"] == "names"
+    # paths in records are relative to the record's folder; train.json names no folder of this machine
+    assert (run.record["model"]["ref"], run.record["dataset"]["ref"]) == ("../run", "../mix") and "out" not in record
 
 
 def test_refusals(tmp_path):
@@ -213,4 +235,4 @@ def test_two_processes_gloo(tmp_path):
     # Each process saved its own RNG state; the main process alone wrote the rest and printed the result.
     state = json.loads((out / CHECKPOINT / STATE).read_text())
     assert state["world_size"] == 2 and {"random_states_0.pkl", "random_states_1.pkl"} <= set(state["files"])
-    assert r.stdout.count("; wrote ") == 1 and r.stdout.count("epoch 1/1") == 1
+    assert r.stdout.count("; wrote ") == 1 and r.stderr.count("epoch 1/1") == 1 and "\x1b[" not in r.stderr

@@ -1,9 +1,29 @@
-"""What the commands share: table printing and common options."""
+"""What the commands share: table printing and the option builders, so one kind of value reads the same in every
+command: REF (a model, method or dataset reference), SRC (an image source), DIR (a folder), PATH (a file), N (a
+count or a size), SEED, DEVICE.
+
+This module and every command module import only click and light modules at their top: `stackbench --help` must
+not pay for torch. Library imports go inside the command functions."""
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import click
+
+MODEL_HELP = "NAME, NAME@random, PATH (save_pretrained folder), hf:REPO[@REV] or paper:PATH"
+METHOD_HELP = "registered name, module:attr, path/file.py:attr or entry point (see `stackbench methods`)"
+DEVICE_HELP = "auto (cuda if present, else cpu), cpu, cuda or cuda:N"
+
+# Seeds feed numpy's SeedSequence and torch.manual_seed: whole numbers from 0 to 2**63 - 1.
+class _SeedRange(click.IntRange):
+    """A seed: any whole number numpy and torch take; the help says so briefly, not with 19 digits."""
+
+    def _describe_range(self) -> str:
+        return "0 to 2**63-1"
+
+
+SEED = _SeedRange(0, 2**63 - 1)
 
 
 def format_table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
@@ -14,12 +34,49 @@ def format_table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
 
 
-def model_option(required: bool = True, default: str | None = None):
-    return click.option("--model", "model_ref", required=required and default is None, default=default,
-                        metavar="REF", help="NAME, NAME@random, PATH (save_pretrained folder), hf:REPO[@REV] or paper:PATH")
+def echo_json(value) -> None:
+    """`--json`: one JSON document on stdout and nothing else (values JSON lacks, e.g. paths, as strings)."""
+    click.echo(json.dumps(value, indent=2, default=str))
 
 
-# Seeds feed numpy's SeedSequence and torch.manual_seed: whole numbers from 0 to 2**63 - 1.
-SEED = click.IntRange(0, 2**63 - 1)
-seed_option = click.option("--seed", type=SEED, default=0, show_default=True,
-                           help="seed for NAME@random initialisation and for tracing")
+def option(*decls, **attrs):
+    """click.option with the house defaults: a shown default (one default style everywhere)."""
+    attrs.setdefault("show_default", True)
+    return click.option(*decls, **attrs)
+
+
+def count_option(*decls, help: str, default: int | None = None, min: int | None = None, **attrs):  # noqa: A002
+    """An integer count or size: metavar N; `min` bounds it (a usage error below it)."""
+    kind = int if min is None else click.IntRange(min=min)
+    return option(*decls, type=kind, default=default, metavar="N", help=help, **attrs)
+
+
+def model_option(required: bool = True, default: str | None = None, help: str = MODEL_HELP):  # noqa: A002
+    return option("--model", "model_ref", required=required and default is None, default=default, metavar="REF",
+                  help=help)
+
+
+def seed_option(help: str = "seed for NAME@random initialisation and for tracing",  # noqa: A002
+                default: int | None = 0):
+    return option("--seed", type=SEED, default=default, metavar="SEED", help=help)
+
+
+def device_option(help: str = DEVICE_HELP):  # noqa: A002
+    return option("--device", default="auto", metavar="DEVICE", help=help)
+
+
+def out_option(help: str, default: str | None = None, required: bool = False, path: bool = True):  # noqa: A002
+    """An output folder. `path=False` keeps a plain string (a command that checks the folder itself)."""
+    kind = click.Path(file_okay=False) if path else str
+    return option("--out", type=kind, default=default, required=required, metavar="DIR", help=help)
+
+
+def num_proc_option(help: str, default: int | None = 1):  # noqa: A002
+    """Parallelism has one name, `--num-proc` (as in `datasets`)."""
+    return count_option("--num-proc", default=default, help=help)
+
+
+no_progress_option = click.option("--no-progress", is_flag=True, help="no progress bars")
+dry_run_option = click.option("--dry-run", is_flag=True, help="print the steps with estimated costs and stop")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="print JSON on stdout instead of the table (nothing else goes to stdout)")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import click
 
-from .. import demo as D
+from ..constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES
+from .common import count_option, device_option, dry_run_option, no_progress_option, option, out_option
 
 
-def _print(result: D.Outcome | None) -> None:
+def _print(result) -> None:
+    """Print a `stackbench.demo.Outcome` (None after --dry-run)."""
     if result is None:
         return
     click.echo("")
@@ -21,44 +23,48 @@ def _print(result: D.Outcome | None) -> None:
 
 
 @click.command()
-@click.option("--out", default="stackbench-demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--quick", is_flag=True, help=f"{D.QUICK_IMAGES} images per set instead of {D.DEMO_IMAGES}")
-@click.option("--num-images", type=int, default=None, help="images per set (overrides --quick)")
-@click.option("--axes-images", type=click.IntRange(min=1), default=None, metavar="N",
+@out_option("folder for the datasets, results and report", default="stackbench-demo")
+@click.option("--quick", is_flag=True, help=f"{QUICK_IMAGES} images per set instead of {DEMO_IMAGES}")
+@count_option("--num-images", help="images per set (overrides --quick)")
+@count_option("--axes-images", min=1,
               help=f"images per set that also get the board's axes (a seeded sample; mu is on every image)  "
-                   f"[default: {D.DEMO_AXES}, {D.QUICK_AXES} with --quick]")
-@click.option("--model", default="minivgg-masked", show_default=True, help="the walled model to explain")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dry-run", is_flag=True, help="print the steps with estimated costs and stop")
-@click.option("--no-progress", is_flag=True)
+                   f"[default: {DEMO_AXES}, {QUICK_AXES} with --quick]")
+@option("--model", default="minivgg-masked", metavar="REF", help="the walled model to explain")
+@device_option()
+@dry_run_option
+@no_progress_option
 def demo(out, quick, num_images, axes_images, model, device, dry_run, no_progress):
     """The mini track from nothing: both datasets, the paper's eight methods and four controls, the report."""
+    from .. import demo as D
+
     _print(D.demo(out, quick=quick, model=model, num_images=num_images, device=device, progress=not no_progress,
                   dry_run=dry_run, echo=click.echo, axes_images=axes_images))
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(["paper"]), default="paper", show_default=True)
-@click.option("--imagenet", required=True, metavar="SRC", help="ImageNet as a source: imagefolder:PATH or hf:REPO")
-@click.option("--split", default=None, help="the source's validation split (e.g. val for an imagefolder)")
-@click.option("--sd-model", required=True, metavar="REF", help="Stable Diffusion checkpoint (Hub id or folder)")
-@click.option("--model", default=None, metavar="REF", help="the walled model (e.g. paper:params_vgg16_masked.pt)")
+@option("--preset", type=click.Choice(["paper"]), default="paper", help="the paper's recipe for every step")
+@option("--imagenet", required=True, metavar="SRC", help="ImageNet as a source: imagefolder:PATH or hf:REPO")
+@option("--split", default=None, metavar="NAME", help="the source's validation split (e.g. val for an imagefolder)")
+@option("--sd-model", required=True, metavar="REF", help="Stable Diffusion checkpoint (Hub id or folder)")
+@option("--model", default=None, metavar="REF", help="the walled model (e.g. paper:params_vgg16_masked.pt)")
 @click.option("--train", "do_train", is_flag=True, help="train vgg16-masked with the paper preset instead")
-@click.option("--train-source", default=None, metavar="SRC", help="training source for --train (default: --imagenet)")
-@click.option("--num-images", type=int, default=100, show_default=True)
-@click.option("--axes-images", type=click.IntRange(min=1), default=None, metavar="N",
+@option("--train-source", default=None, metavar="SRC", help="training source for --train  [default: --imagenet]")
+@count_option("--num-images", default=100, help="images per set")
+@count_option("--axes-images", min=1,
               help="images per set that also get the board's axes (a seeded sample)  [default: every image]")
-@click.option("--verify-model", default="preset", show_default=True,
-              help="CLIP model for STACK-GEN verification; 'none' to skip it")
-@click.option("--steps", type=int, default=None, help="diffusion steps (default: the preset's 30)")
-@click.option("--gen-size", type=int, default=None, help="generation size (default: the checkpoint's own)")
-@click.option("--out", default="stackbench-paper", show_default=True, type=click.Path(file_okay=False))
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dry-run", is_flag=True, help="print every step with its estimated cost and stop")
-@click.option("--no-progress", is_flag=True)
+@option("--verify-model", default="preset", metavar="REF",
+        help="CLIP model for STACK-GEN verification; 'none' to skip it")
+@count_option("--steps", help="diffusion steps  [default: the preset's 30]")
+@count_option("--gen-size", help="generation size in px  [default: the checkpoint's own]")
+@out_option("folder for the datasets, model, results and report", default="stackbench-paper")
+@device_option()
+@dry_run_option
+@no_progress_option
 def reproduce(preset, imagenet, split, sd_model, model, do_train, train_source, num_images, axes_images, verify_model,
               steps, gen_size, out, device, dry_run, no_progress):
     """The paper's pipeline: STACK-MIX from ImageNet, STACK-GEN with SD, the walled VGG16, Table 1."""
+    from .. import demo as D
+
     _print(D.reproduce(imagenet, sd_model, out=out, split=split, model=model, train=do_train,
                        train_source=train_source, num_images=num_images,
                        verify_model=None if verify_model == "none" else verify_model, steps=steps, gen_size=gen_size,

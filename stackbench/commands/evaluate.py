@@ -5,42 +5,42 @@ import sys
 
 import click
 
-from ..evaluate import SUMMARY_HEADERS, evaluate as run_evaluate, sample_note, summary_rows
-from .common import format_table, model_option, seed_option
+from .common import (METHOD_HELP, count_option, device_option, echo_json, format_table, json_option, model_option,
+                     no_progress_option, option, out_option, seed_option)
 
 
 @click.command()
-@click.option("--method", "methods", multiple=True, required=True, metavar="M",
-              help="registered name, module:attr, path/file.py:attr, entry point, or 'all' (repeatable)")
-@click.option("--dataset", required=True, metavar="REF", help="dataset folder or hf:REPO[@REV]")
+@option("--method", "methods", multiple=True, required=True, metavar="REF",
+        help=f"{METHOD_HELP}, or 'all' (repeatable)")
+@option("--dataset", required=True, metavar="REF", help="dataset folder or hf:REPO[@REV]")
 @model_option()
-@click.option("--target", type=click.Choice(["predicted", "label"]), default="predicted", show_default=True,
-              help="class each map explains (the paper: the model's top-1)")
-@click.option("--postprocess", type=click.Choice(["gradcam-lib", "raw"]), default="gradcam-lib", show_default=True,
-              help="map post-processing, part of the metric")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--limit", type=int, default=None, help="evaluate the first N images only")
-@click.option("--axes-images", type=click.IntRange(min=1), default=None, metavar="N",
+@option("--target", type=click.Choice(["predicted", "label"]), default="predicted",
+        help="class each map explains (the paper: the model's top-1)")
+@option("--postprocess", type=click.Choice(["gradcam-lib", "raw"]), default="gradcam-lib",
+        help="map post-processing, part of the metric")
+@count_option("--batch-size", default=8, help="images per batch")
+@count_option("--limit", help="evaluate the first N images only")
+@count_option("--axes-images", min=1,
               help="measure the board's axes (hidden wall, deletion, randomisation) on a seeded sample of N images "
                    "only, mu on every image; faster, but a board row needs every image  [default: every image]")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@device_option()
 @click.option("--save-maps", is_flag=True, help="also write the post-processed maps (<method>.maps.npz)")
-@click.option("--out", default="results", show_default=True, metavar="DIR", help="output folder")
-@seed_option
-@click.option("--no-progress", is_flag=True, help="no progress bars")
+@out_option("output folder", default="results", path=False)
+@seed_option()
+@no_progress_option
 @click.option("--allow-incomplete", is_flag=True, help="evaluate a dataset folder whose generation did not finish")
 def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit, axes_images, device, save_maps, out,
              seed, no_progress, allow_incomplete):
     """Score saliency methods by how much of their maps falls behind the wall (mu, paper eq. 1) and on the board's
     axes."""
     from ..axes import Axes
+    from ..evaluate import SUMMARY_HEADERS, evaluate as run_evaluate, summary_notes, summary_rows
 
     runs = run_evaluate(list(methods), dataset, model_ref, target=target, postprocess=postprocess,
                         batch_size=batch_size, limit=limit, device=device, save_maps=save_maps, out=out, seed=seed,
                         progress=not no_progress, allow_incomplete=allow_incomplete, axes=Axes(sample=axes_images))
     click.echo(format_table(summary_rows(runs), SUMMARY_HEADERS))
-    note = sample_note(runs)
-    if note:
+    for note in summary_notes(runs):  # the axes' sample; a model near chance
         click.echo(note)
     click.echo(f"records: {out}/<method>.json, per-image rows: {out}/<method>.parquet")
     failed = [r for r in runs if r.status == "failed"]
@@ -49,16 +49,29 @@ def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit
     sys.exit(1 if failed else 0)
 
 
-@click.command()
-def methods():
-    """List the registered saliency methods and installed plugins."""
+def method_rows() -> list[dict]:
+    """Every registered method and installed plugin: name, family, needs, reference. Registering the built-ins
+    imports torch, not the libraries they wrap (pytorch-grad-cam and captum load on first use)."""
     from ..methods import get_method_class, list_methods
     from ..methods.plugins import entry_point_names
 
     rows = []
     for name in list_methods():
         cls = get_method_class(name)
-        rows.append([name, cls.family, ", ".join(sorted(cls.needs)), cls.reference or "-"])
+        rows.append({"name": name, "family": cls.family, "needs": sorted(cls.needs), "reference": cls.reference})
     for name, ep in entry_point_names().items():
-        rows.append([name, "entry point", "-", ep.value])
-    click.echo(format_table(rows, ["method", "family", "needs", "reference"]))
+        rows.append({"name": name, "family": "entry point", "needs": [], "reference": ep.value})
+    return rows
+
+
+@click.command()
+@json_option
+def methods(as_json):
+    """List the registered saliency methods and installed plugins."""
+    rows = method_rows()
+    if as_json:
+        echo_json(rows)
+        return
+    needs = lambda r: "-" if r["family"] == "entry point" else ", ".join(r["needs"])  # noqa: E731
+    click.echo(format_table([[r["name"], r["family"], needs(r), r["reference"] or "-"] for r in rows],
+                            ["method", "family", "needs", "reference"]))

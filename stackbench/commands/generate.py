@@ -1,13 +1,15 @@
 """`stackbench generate stack-mix` and `stackbench generate stack-gen`: build a dataset folder, then print a summary."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from ..generate import load_preset
-from ..generate.stackmix import StackMixRecipe, generate_stack_mix
-from ..generate.writer import WriteResult
-from ..sources import SOURCE_HELP
-from .common import SEED
+from ..constants import SOURCE_HELP
+from .common import count_option, device_option, no_progress_option, num_proc_option, option, out_option, seed_option
+
+if TYPE_CHECKING:
+    from ..generate.writer import WriteResult
 
 MAX_LISTED = 20
 
@@ -20,11 +22,11 @@ def generate():
 def writer_options(f):
     """Options every generator shares (the writer's)."""
     for opt in reversed([
-        click.option("--out", required=True, type=click.Path(file_okay=False), help="dataset folder to write"),
-        click.option("--num-proc", type=int, default=1, show_default=True, help="worker processes (CPU cores)"),
-        click.option("--shard-size", type=int, default=500, show_default=True, help="rows per Parquet shard"),
+        out_option("dataset folder to write", required=True),
+        num_proc_option("worker processes (CPU cores)"),
+        count_option("--shard-size", default=500, help="rows per Parquet shard"),
         click.option("--overwrite", is_flag=True, help="replace a folder that holds a different recipe"),
-        click.option("--no-progress", is_flag=True, help="no progress bar"),
+        no_progress_option,
     ]):
         f = opt(f)
     return f
@@ -57,26 +59,29 @@ def print_summary(result: WriteResult) -> None:
 
 
 @generate.command("stack-mix")
-@click.option("--preset", default=None, help="defaults from generation/stack-mix/NAME.json (paper, mini); "
-              "options given here override them")
-@click.option("--source", default=None, help=f"image source: {SOURCE_HELP} [default: shapes]")
-@click.option("--split", default=None, help="source split (imagefolder sub-folder, datasets split, shapes "
-              "train/val/test)")
-@click.option("--num-images", type=int, default=None, help="number of images [default: 100]")
-@click.option("--per-class", type=int, default=None, help="images per class (instead of --num-images)")
-@click.option("--classes", default=None, metavar="LIST|FILE",
-              help="comma-separated class names/indices, or a file with one per line (e.g. generation/classes/)")
-@click.option("--layout", type=click.Choice(["cut", "fit"]), default=None,
-              help="cut: the paper's CutMix rows [default]; fit: the whole second image in the band")
-@click.option("--seed", type=SEED, default=None, help="recipe seed [default: 0]")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding [default: png]")
-@click.option("--min-size", type=int, default=None, help="skip inputs smaller than this per side [default: 64]")
+@option("--preset", default=None, metavar="NAME", help="defaults from generation/stack-mix/NAME.json (paper, mini); "
+        "options given here override them")
+@option("--source", default=None, metavar="SRC", help=f"image source: {SOURCE_HELP}  [default: shapes]")
+@option("--split", default=None, metavar="NAME", help="source split (imagefolder sub-folder, datasets split, shapes "
+        "train/val/test)")
+@count_option("--num-images", help="number of images  [default: 100]")
+@count_option("--per-class", help="images per class (instead of --num-images)")
+@option("--classes", default=None, metavar="LIST|FILE",
+        help="comma-separated class names/indices, or a file with one per line (e.g. generation/classes/)")
+@option("--layout", type=click.Choice(["cut", "fit"]), default=None,
+        help="cut: the paper's CutMix rows; fit: the whole second image in the band  [default: cut]")
+@seed_option("recipe seed  [default: 0]", default=None)
+@option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding  [default: png]")
+@count_option("--min-size", help="skip inputs smaller than this per side, in px  [default: 64]")
 @click.option("--allow-repeats", is_flag=True, help="allow more images than the source gives before it uses an "
               "image twice")
 @writer_options
 def stack_mix(preset, source, split, num_images, per_class, classes, layout, seed, fmt, min_size, allow_repeats, out,
               num_proc, shard_size, overwrite, no_progress):
     """STACK-MIX: two same-class images stacked, one behind the wall."""
+    from ..generate import load_preset
+    from ..generate.stackmix import StackMixRecipe, generate_stack_mix
+
     given = {"source": source, "split": split, "num_images": num_images, "per_class": per_class,
              "classes": classes, "layout": layout, "seed": seed, "format": fmt, "min_size": min_size}
     fields = load_preset("stack-mix", preset) if preset else {}
@@ -89,31 +94,30 @@ def stack_mix(preset, source, split, num_images, per_class, classes, layout, see
 
 
 @generate.command("stack-gen")
-@click.option("--preset", default=None, help="defaults from generation/stack-gen/NAME.json (paper, mini); "
-              "options given here override them")
-@click.option("--generator", type=click.Choice(["shapes", "diffusers"]), default=None,
-              help="shapes: the embedded scene renderer [default]; diffusers: a Stable Diffusion checkpoint")
-@click.option("--model", default=None, metavar="REF", help="diffusers: Hub id or local folder (SD 1.x/2.x)")
-@click.option("--revision", default=None, help="diffusers: Hub revision of --model")
-@click.option("--classes", default=None, metavar="LIST|FILE",
-              help="class names, comma-separated or a file (default: shapes' ten / generation/classes/imagenette.txt)")
-@click.option("--num-images", type=int, default=None, help="number of images [default: 100]")
-@click.option("--seed", type=SEED, default=None, help="recipe seed [default: 0]")
-@click.option("--steps", type=int, default=None, help="diffusers: denoising steps [default: 30]")
-@click.option("--guidance", type=float, default=None, help="diffusers: classifier-free guidance [default: 7.5]")
-@click.option("--gen-size", type=int, default=None, help="generation size in px [default: the checkpoint's own]")
-@click.option("--batch-size", type=int, default=None, help="images per pipeline call [default: 1]")
-@click.option("--prompts", default=None, metavar="NAME|FILE",
-              help="prompt templates: generation/stack-gen/prompts/NAME.json or a JSON file [default: default]")
+@option("--preset", default=None, metavar="NAME", help="defaults from generation/stack-gen/NAME.json (paper, mini); "
+        "options given here override them")
+@option("--generator", type=click.Choice(["shapes", "diffusers"]), default=None,
+        help="shapes: the embedded scene renderer; diffusers: a Stable Diffusion checkpoint  [default: shapes]")
+@option("--model", default=None, metavar="REF", help="diffusers: Hub id or local folder (SD 1.x/2.x)")
+@option("--revision", default=None, metavar="REV", help="diffusers: Hub revision of --model")
+@option("--classes", default=None, metavar="LIST|FILE",
+        help="class names, comma-separated or a file  [default: shapes' ten / generation/classes/imagenette.txt]")
+@count_option("--num-images", help="number of images  [default: 100]")
+@seed_option("recipe seed  [default: 0]", default=None)
+@count_option("--steps", help="diffusers: denoising steps  [default: 30]")
+@option("--guidance", type=float, default=None, help="diffusers: classifier-free guidance  [default: 7.5]")
+@count_option("--gen-size", help="generation size in px  [default: the checkpoint's own]")
+@count_option("--batch-size", help="images per pipeline call  [default: 1]")
+@option("--prompts", default=None, metavar="NAME|FILE",
+        help="prompt templates: generation/stack-gen/prompts/NAME.json or a JSON file  [default: default]")
 @click.option("--verify", is_flag=True, help="score both object crops with a zero-shot CLIP model")
-@click.option("--verify-model", default=None, metavar="REF",
-              help="CLIP checkpoint for --verify (Hub id or folder) [default: openai/clip-vit-base-patch32]")
-@click.option("--min-verify", type=float, default=None,
-              help="keep only items whose two crops score at least T; others are regenerated deterministically")
-@click.option("--max-attempts", type=int, default=None, help="attempts per item under --min-verify [default: 8]")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding [default: png]")
-@click.option("--device", default="auto", show_default=True,
-              help="auto: this process' accelerator (under accelerate launch / torchrun), else cuda if present, else cpu")
+@option("--verify-model", default=None, metavar="REF",
+        help="CLIP checkpoint for --verify (Hub id or folder)  [default: openai/clip-vit-base-patch32]")
+@option("--min-verify", type=float, default=None,
+        help="keep only items whose two crops score at least T; others are regenerated deterministically")
+@count_option("--max-attempts", help="attempts per item under --min-verify  [default: 8]")
+@option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding  [default: png]")
+@device_option("auto: this process' accelerator (under accelerate launch / torchrun), else cuda if present, else cpu")
 @writer_options
 def stack_gen(preset, generator, model, revision, classes, num_images, seed, steps, guidance, gen_size, batch_size,
               prompts, verify, verify_model, min_verify, max_attempts, fmt, device, out, num_proc, shard_size, overwrite,
@@ -122,7 +126,8 @@ def stack_gen(preset, generator, model, revision, classes, num_images, seed, ste
 
     Many GPUs: `accelerate launch -m stackbench generate stack-gen ...` (or torchrun) splits the shards across
     processes; the same command works unchanged with one process."""
-    from ..evaluate import pick_device
+    from ..devices import pick_device
+    from ..generate import load_preset
     from ..generate.stackgen import StackGenRecipe, generate_stack_gen, load_prompts
 
     fields = load_preset("stack-gen", preset) if preset else {}

@@ -6,27 +6,32 @@ from pathlib import Path
 
 import click
 
-from .. import leaderboard as lb
-from .common import format_table
+from .common import (METHOD_HELP, device_option, echo_json, format_table, json_option, no_progress_option, option)
 
-store_option = click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
-                            help="the leaderboard store (a folder with tracks.json)  [default: ./leaderboard]")
+store_option = option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+                      help="the leaderboard store (a folder with tracks.json)  [default: ./leaderboard]")
+
+
+def track_option(help: str, default: str | None = None):  # noqa: A002
+    return option("--track", default=default, metavar="NAME", help=help)
 
 
 @click.command()
-@click.option("--method", required=True, metavar="REF", help="a registered name, module:attr, path/file.py:attr or entry point")
-@click.option("--track", default="mini", show_default=True, help="leaderboard track (see leaderboard/tracks.json)")
-@click.option("--name", default=None, help="row name on the board (default: the method's name)")
-@click.option("--author", default=None)
-@click.option("--url", default=None, help="http(s) link to the method's paper or code")
-@click.option("--description", default=None)
+@option("--method", required=True, metavar="REF", help=METHOD_HELP)
+@track_option("leaderboard track (see leaderboard/tracks.json)", default="mini")
+@option("--name", default=None, metavar="NAME", help="row name on the board  [default: the method's name]")
+@option("--author", default=None, help="who made the method (shown on the board)")
+@option("--url", default=None, metavar="URL", help="http(s) link to the method's paper or code")
+@option("--description", default=None, help="one line about the method (shown on the board)")
 @click.option("--replace", is_flag=True, help="overwrite a row of the same name")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--no-progress", is_flag=True)
+@device_option()
+@no_progress_option
 @store_option
 def submit(method, track, name, author, url, description, replace, device, no_progress, store):
     """Run the track's official evaluation of a method on both datasets and add it to the store (a plugin file is
     copied into the store's methods/ folder, so anyone can re-run it)."""
+    from .. import leaderboard as lb
+
     store = lb.resolve_store(store)
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
                       store=store, device=device, progress=not no_progress)
@@ -43,30 +48,30 @@ def leaderboard():
     """Verify, render and show the leaderboard store."""
 
 
-LABEL = {lb.REPRODUCED: "reproduced", lb.FAILED: "FAILED", lb.NOT_RERUN: "not re-run"}
-
-
 @leaderboard.command()
-@click.option("--track", default=None)
-@click.option("--method", default=None, help="only rows of this submission name")
+@track_option("only rows of this track  [default: every track]")
+@option("--method", default=None, metavar="NAME", help="only rows of this submission name")
 @click.option("--no-rerun", is_flag=True, help="check records, rows and pins only; re-run nothing (every row is "
               "reported 'not re-run')")
-@click.option("--skip", multiple=True, help="do not re-run these rows (repeatable; e.g. costly methods)")
+@option("--skip", multiple=True, metavar="NAME", help="do not re-run these rows (repeatable; e.g. costly methods)")
 @click.option("--allow-not-rerun", is_flag=True, help="exit 0 even when rows could not be re-run (they are still "
               "listed)")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 @store_option
 def verify(track, method, no_rerun, skip, allow_not_rerun, device, store):
     """Re-run every stored row. Each row is reproduced (every metric within the tolerance), FAILED (the field and
     both values) or not re-run (the reason). Exit 1 when a row failed or was not re-run (see --allow-not-rerun)."""
+    from .. import leaderboard as lb
+
+    label = {lb.REPRODUCED: "reproduced", lb.FAILED: "FAILED", lb.NOT_RERUN: "not re-run"}
     verdicts = lb.verify(track, method, store=store, rerun=not no_rerun, device=device, skip=tuple(skip))
-    width = max(len(v) for v in LABEL.values())
+    width = max(len(v) for v in label.values())
     for v in verdicts:
-        click.echo(f"{LABEL[v.status]:<{width}}  {v.row}: {v.message}")
+        click.echo(f"{label[v.status]:<{width}}  {v.row}: {v.message}")
     if not verdicts:
         click.echo("no stored rows" + (" match" if track or method else ""))
         sys.exit(1)
-    count = {s: sum(v.status == s for v in verdicts) for s in LABEL}
+    count = {s: sum(v.status == s for v in verdicts) for s in label}
     if no_rerun:
         click.echo(f"{len(verdicts) - count[lb.FAILED]} rows: records, rows and pins check, not re-run (--no-rerun); "
                    f"{count[lb.FAILED]} failed")
@@ -80,19 +85,27 @@ def verify(track, method, no_rerun, skip, allow_not_rerun, device, store):
 @store_option
 def build(store):
     """Render README.md, index.html and mu.png from the store (refused when a record does not check)."""
+    from .. import leaderboard as lb
+
     for p in lb.build(store):
         click.echo(f"wrote {p}")
 
 
 @leaderboard.command()
-@click.option("--track", default=None)
+@track_option("only this track  [default: every track]")
+@json_option
 @store_option
-def show(track, store):
+def show(track, as_json, store):
     """Print the board in the terminal (refused when a record does not check)."""
+    from .. import leaderboard as lb
+
     tracks, boards = lb.load_tracks(store), lb.board(store)
-    for t in tracks.values():
-        if track and t.name != track:
-            continue
+    shown = [t for t in tracks.values() if not track or t.name == track]
+    if as_json:
+        echo_json({t.name: {"model": t.model, "datasets": list(t.datasets), "entries": boards[t.name]}
+                   for t in shown})
+        return
+    for t in shown:
         click.echo(f"track {t.name} (model {t.model})")
         for title, part in lb.sections(boards[t.name]):
             click.echo(f"  {title}")

@@ -3,18 +3,29 @@ from __future__ import annotations
 
 import click
 
-from .. import hub
+from .common import option
+
+def repo_id_option(help: str):  # noqa: A002
+    return option("--repo-id", required=True, metavar="ID", help=help)
+
+
+private_option = click.option("--private", is_flag=True, help="create the repo private")
+revision_option = option("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if missing)")
+dry_run_option = click.option("--dry-run", is_flag=True, help="print what would be sent and exit; no network")
 
 
 def _options(fn):
-    fn = click.option("--dry-run", is_flag=True, help="print what would be sent and exit; no network")(fn)
-    fn = click.option("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if missing)")(fn)
-    fn = click.option("--private", is_flag=True, help="create the repo private")(fn)
-    fn = click.option("--repo-id", required=True, metavar="ID", help="user/name on the Hub")(fn)
-    return click.argument("folder", type=click.Path(file_okay=False))(fn)
+    fn = dry_run_option(fn)
+    fn = revision_option(fn)
+    fn = private_option(fn)
+    fn = repo_id_option("user/name on the Hub")(fn)
+    return click.argument("folder", type=click.Path(file_okay=False), metavar="DIR")(fn)
 
 
-def _run(plan: hub.Plan, dry_run: bool):
+def _run(plan, dry_run: bool):
+    """Print a `stackbench.hub.Plan`, then send it unless --dry-run."""
+    from .. import hub
+
     click.echo(plan.describe())
     if dry_run:
         click.echo("dry run: nothing sent")
@@ -32,6 +43,8 @@ def publish():
 @_options
 def publish_dataset(folder, repo_id, private, revision, dry_run):
     """A dataset folder written by `stackbench generate`."""
+    from .. import hub
+
     _run(hub.plan_dataset(folder, repo_id, private, revision), dry_run)
 
 
@@ -39,17 +52,21 @@ def publish_dataset(folder, repo_id, private, revision, dry_run):
 @_options
 def publish_model(folder, repo_id, private, revision, dry_run):
     """A model folder written by `stackbench train` or save_pretrained (must pass the wall check)."""
+    from .. import hub
+
     _run(hub.plan_model(folder, repo_id, private, revision), dry_run)
 
 
 @publish.command("leaderboard")
-@click.option("--repo-id", required=True, metavar="ID", help="user/name of the dataset repo on the Hub")
-@click.option("--private", is_flag=True)
-@click.option("--revision", default=None, metavar="BRANCH")
-@click.option("--dry-run", is_flag=True, help="print what would be sent and exit; no network")
-@click.option("--store", type=click.Path(file_okay=False), default=None, help="the leaderboard store [default: ./leaderboard]")
+@repo_id_option("user/name of the dataset repo on the Hub")
+@private_option
+@revision_option
+@dry_run_option
+@option("--store", type=click.Path(file_okay=False), default=None, metavar="DIR",
+        help="the leaderboard store  [default: ./leaderboard]")
 def publish_leaderboard(repo_id, private, revision, dry_run, store):
     """The leaderboard store as a Parquet dataset (every row verified first)."""
+    from .. import hub
     from .. import leaderboard as lb
 
     _run(hub.plan_leaderboard(lb.resolve_store(store), repo_id, private, revision), dry_run)

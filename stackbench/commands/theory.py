@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import StackbenchError
-from .common import SEED, format_table
+from .common import count_option, format_table, option, out_option, seed_option
 
 
 def _progress():
@@ -28,10 +28,10 @@ def _image(image_path, digit):
 
 
 def image_options(f):
-    f = click.option("--digit", type=int, default=None, metavar="N",
-                     help="item N of scikit-learn's bundled handwritten digits (default 0), as a 29x29 MNIST-like image")(f)
-    return click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
-                        help="a grayscale image (bright digit on dark), resized to 29x29")(f)
+    f = count_option("--digit", help="item N of scikit-learn's bundled handwritten digits, as a 29x29 MNIST-like "
+                     "image  [default: 0]")(f)
+    return option("--image", "image_path", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+                  help="a grayscale image (bright digit on dark), resized to 29x29")(f)
 
 
 def _fmt(x, spec=".3g"):
@@ -45,16 +45,14 @@ def theory():
 
 @theory.command()
 @image_options
-@click.option("--layers", "-L", type=int, multiple=True, default=(1, 2, 3), show_default=True,
-              help="dense layers L (repeat the option for several)")
-@click.option("--filters", type=int, default=8, show_default=True, help="conv filters V (> 1)")
-@click.option("--hidden", type=int, default=32, show_default=True, help="width of the hidden dense layers")
-@click.option("--trials", type=int, default=100, show_default=True, help="random initialisations per L")
-@click.option("--tau", type=float, default=1.0, show_default=True, help="initialisation scale: weights ~ N(0, tau^2)")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--tol", type=float, default=1e-5, show_default=True, help="largest relative error that passes")
-@click.option("--out", type=click.Path(file_okay=False), default="stackbench-theory", show_default=True,
-              help="folder for alpha.json")
+@count_option("--layers", "-L", multiple=True, default=(1, 2, 3), help="dense layers L (repeat the option for several)")
+@count_option("--filters", default=8, help="conv filters V (> 1)")
+@count_option("--hidden", default=32, help="width of the hidden dense layers")
+@count_option("--trials", default=100, help="random initialisations per L")
+@option("--tau", type=float, default=1.0, help="initialisation scale: weights ~ N(0, tau^2)")
+@seed_option("seed of the random initialisations")
+@option("--tol", type=float, default=1e-5, help="largest relative error that passes")
+@out_option("folder for alpha.json", default="stackbench-theory")
 def alpha(image_path, digit, layers, filters, hidden, trials, tau, seed, tol, out):
     """Proposition 2.1's closed-form alpha against autograd's GAP of the gradient, for each L."""
     from .. import theory
@@ -77,13 +75,12 @@ def alpha(image_path, digit, layers, filters, hidden, trials, tau, seed, tol, ou
 
 @theory.command()
 @image_options
-@click.option("--filters", type=int, multiple=True, default=(21, 64, 256), show_default=True,
+@count_option("--filters", multiple=True, default=(21, 64, 256),
               help="conv filters V (repeat the option for several); Theorem 1 needs V > 20")
-@click.option("--tau", type=float, default=1.0, show_default=True, help="initialisation scale: weights ~ N(0, tau^2)")
-@click.option("--trials", type=int, default=2000, show_default=True, help="Monte Carlo initialisations T per V")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="stackbench-theory", show_default=True,
-              help="folder for bound.json and bound.png")
+@option("--tau", type=float, default=1.0, help="initialisation scale: weights ~ N(0, tau^2)")
+@count_option("--trials", default=2000, help="Monte Carlo initialisations T per V")
+@seed_option("seed of the Monte Carlo initialisations")
+@out_option("folder for bound.json and bound.png", default="stackbench-theory")
 def bound(image_path, digit, filters, tau, trials, seed, out):
     """Theorem 1: Monte Carlo of E[GradCAM] over T initialisations (L = 1) beside the paper's lower bound."""
     from .. import theory

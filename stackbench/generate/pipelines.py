@@ -29,7 +29,9 @@ def resolve_checkpoint(ref: str, revision: str | None = None) -> tuple[Path, str
         return local, None
     from ..hubfetch import snapshot
 
-    return snapshot(f"--model {ref}", ref, revision, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
+    # README.md: the checkpoint's card, whose licence the dataset card repeats
+    return snapshot(f"--model {ref}", ref, revision,
+                    allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model", "README.md"],
                     ignore_patterns=["*.fp16.*", "*non_ema*", "*.ckpt"])
 
 

@@ -1,24 +1,10 @@
-"""Where the repository's data folders are: `generation/` (presets, class lists) and `cards/` (templates).
-
-They live at the repository root (the package is installed editable), next to the `stackbench` package.
-"""
+"""The generation presets (`generation/<kind>/<name>.json`) and the recipes built from them."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import StackbenchError, close_matches
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def resource(*parts: str) -> Path:
-    """Path of a file under the repository root, or one clear error if it is missing."""
-    path = ROOT.joinpath(*parts)
-    if not path.exists():
-        raise StackbenchError(f"{'/'.join(parts)} is missing under {ROOT}; stackbench reads its presets and card "
-                              "templates from the source tree: install it with `pip install -e .` from a clone")
-    return path
+from ..resources import resource
 
 
 class FromFields:

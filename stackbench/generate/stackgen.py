@@ -5,6 +5,10 @@ Two generators behind one builder:
              above the wall, object B's inside the band behind it, a scene prompt for the rest;
   shapes     the embedded renderer: one shared background, two instances of a `shapes` class.
 
+Boxes say where each object is: for shapes, the exact bounds of its mask; for diffusers, the region its prompt was
+confined to. Columns only a diffusion model gives a meaning to (prompts, steps, guidance) exist on diffusers sets
+only, and the verifier's scores only when one ran.
+
 Item i is a pure function of (recipe, seed, i): its class is slot i of a seeded class order, attempt a of it
 uses the seed derived from (seed, i, a) (initial latents drawn on the CPU, so any device starts from the same
 noise), and with --min-verify the first attempt whose two crops CLIP recognises is kept. Batches are fixed
@@ -13,6 +17,7 @@ pixels only by float round-off (it is part of the recipe).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,11 @@ from .writer import Report, WriteResult, write_dataset
 
 KIND = "stack-gen"
 GENERATORS = ("shapes", "diffusers")
+DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_ATTEMPTS = 30, 7.5, 8
+# Recipe fields and columns that only a diffusion model gives a meaning to: a shapes scene has none of them.
+DIFFUSERS_FIELDS = ("model", "revision", "steps", "guidance", "prompts")
+DIFFUSERS_COLUMNS = ("prompt_top", "prompt_bottom", "prompt_scene", "negative_prompt", "steps", "guidance")
+VERIFY_COLUMNS = ("verify_top", "verify_bottom")
 _CLASS_ORDER, _ITEM = 11, 12  # seed-stream tags (distinct from STACK-MIX's)
 
 
@@ -56,20 +66,26 @@ class StackGenRecipe(FromFields):
     classes: list[str] | None = None  # None: the generator's default class list
     num_images: int = 100
     seed: int = 0
-    steps: int = 30
-    guidance: float = 7.5
+    steps: int | None = None          # diffusers: denoising steps (None: DEFAULT_STEPS)
+    guidance: float | None = None     # diffusers: guidance scale (None: DEFAULT_GUIDANCE)
     gen_size: int | None = None       # native size of the generator (None: the checkpoint's own)
     batch_size: int = 1
-    prompts: dict = field(default_factory=load_prompts)
+    prompts: dict | None = None       # diffusers: prompt templates (None: the shipped default)
     verify_model: str | None = None
     min_verify: float | None = None
-    max_attempts: int = 8
+    max_attempts: int | None = None   # with --min-verify: attempts per item (None: DEFAULT_ATTEMPTS)
     format: str = "png"
     size: int = 224
     wall_row: int = field(default_factory=lambda: Wall().dead_from)
 
     def __post_init__(self):
         self.classes = read_class_spec(self.classes)  # a list, a comma-separated string or a file
+        if self.generator == "diffusers":  # defaults only where they mean something: the recipe records what ran
+            self.steps = DEFAULT_STEPS if self.steps is None else self.steps
+            self.guidance = DEFAULT_GUIDANCE if self.guidance is None else self.guidance
+            self.prompts = load_prompts() if self.prompts is None else self.prompts
+        if self.min_verify is not None and self.max_attempts is None:
+            self.max_attempts = DEFAULT_ATTEMPTS
 
     def validate(self) -> None:
         if self.generator not in GENERATORS:
@@ -77,11 +93,18 @@ class StackGenRecipe(FromFields):
                                   f"use {' or '.join(GENERATORS)}")
         if self.generator == "diffusers" and not self.model:
             raise StackbenchError("--generator diffusers needs --model (a Stable Diffusion Hub id or folder)")
+        given = [f"--{k}" for k in DIFFUSERS_FIELDS if self.generator == "shapes" and getattr(self, k) is not None]
+        if given:
+            raise StackbenchError(f"--generator shapes draws its scenes without a diffusion model: {', '.join(given)} "
+                                  "(given here or by the preset) apply to --generator diffusers only; drop them")
         if self.format not in FORMATS:
             raise StackbenchError(f"unknown --format {self.format!r}; use {' or '.join(FORMATS)}")
         for name in ("num_images", "steps", "batch_size", "max_attempts"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise StackbenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_attempts is not None and self.min_verify is None:
+            raise StackbenchError("--max-attempts counts the attempts under --min-verify; give --min-verify too, or "
+                                  "drop --max-attempts")
         if self.min_verify is not None and not self.verify_model:
             raise StackbenchError("--min-verify needs --verify-model (a CLIP checkpoint)")
         if self.min_verify is not None and not 0 <= self.min_verify <= 1:
@@ -103,6 +126,28 @@ def default_classes(generator: str) -> list[str]:
     if generator == "shapes":
         return label_space("shapes")
     return read_class_spec(str(resource("generation", "classes", "imagenette.txt")))
+
+
+def stored_box(box, scale: float, size: int) -> list[int]:
+    """A box at the native size -> the stored image's pixels, rounded outward (exact when the scale is 1)."""
+    x0, y0, x1, y1 = box
+    lo = lambda v: max(0, math.floor(v * scale + 1e-9))  # noqa: E731 - the epsilon keeps exact products exact
+    hi = lambda v: min(size, math.ceil(v * scale - 1e-9))  # noqa: E731
+    return [lo(x0), lo(y0), hi(x1), hi(y1)]
+
+
+def checkpoint_licence(folder: Path) -> str | None:
+    """The `license` of a checkpoint's model card (README.md YAML), or None when it has no readable one."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        lic = ModelCard.load(card, ignore_metadata_errors=True).data.license
+    except Exception:  # noqa: BLE001 - a broken card only means the licence is not known
+        return None
+    return lic if isinstance(lic, str) and lic else None
 
 
 def item_seed(seed: int, i: int, attempt: int) -> int:
@@ -185,32 +230,43 @@ class StackGenBuilder:
         return {"top": p["top"].format(name=name), "bottom": p["bottom"].format(name=name),
                 "scene": p["scene"].format(name=name), "negative": p["negative"].format(name=name)}
 
-    def _render(self, items: list[tuple[int, int, int]], layout) -> list[Image.Image]:
-        """items: (index, class, attempt) -> images at the native size."""
+    def _render(self, items: list[tuple[int, int, int]], layout) -> list[tuple[Image.Image, list]]:
+        """items: (index, class, attempt) -> (image, [top box, bottom box]) at the native size. Shapes give each
+        object's exact bounds; a diffusion model gives the regions its prompts were confined to."""
         r = self.recipe
         if r.generator == "shapes":
             return [self._render_shapes(c, item_seed(r.seed, i, a), layout) for i, c, a in items]
         from .regional import generate_regional
 
         ps = [self.prompts(c) for _, c, _ in items]
-        return generate_regional(self._pipeline(), layout, [p["scene"] for p in ps], [p["top"] for p in ps],
-                                 [p["bottom"] for p in ps], [p["negative"] for p in ps],
-                                 [item_seed(r.seed, i, a) for i, _, a in items], steps=r.steps,
-                                 guidance=r.guidance)
+        images = generate_regional(self._pipeline(), layout, [p["scene"] for p in ps], [p["top"] for p in ps],
+                                   [p["bottom"] for p in ps], [p["negative"] for p in ps],
+                                   [item_seed(r.seed, i, a) for i, _, a in items], steps=r.steps,
+                                   guidance=r.guidance)
+        return [(img, [layout.top_box, layout.bottom_box]) for img in images]
 
     @staticmethod
-    def _render_shapes(c: int, seed: int, layout) -> Image.Image:
+    def _render_shapes(c: int, seed: int, layout) -> tuple[Image.Image, list]:
         from ..sources.shapes import draw_object, finish, render_background
 
         rng = np.random.default_rng(seed)
         canvas = render_background((layout.width, layout.height), rng)
-        for box in (layout.top_box, layout.bottom_box):
+        boxes = []
+        for k, box in enumerate((layout.top_box, layout.bottom_box)):
             x0, y0, x1, y1 = box
             side = min(y1 - y0, x1 - x0) * rng.uniform(0.8, 1.0)
             cx = rng.uniform(x0 + side / 2, x1 - side / 2)
             cy = (y0 + y1) / 2
-            draw_object(canvas, c, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng)
-        return finish(canvas, rng)
+            hidden = k == 1
+            # The hidden object is drawn on a copy and only its band is kept: its drop shadow must not show above
+            # the wall, where the model would see it.
+            target = canvas.copy() if hidden else canvas
+            boxes.append(list(draw_object(target, c, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2),
+                                          rng)))
+            if hidden:
+                band = (0, y0, layout.width, layout.height)
+                canvas.paste(target.crop(band), band[:2])
+        return finish(canvas, rng), boxes
 
     def layout(self):
         from .regional import Layout
@@ -223,17 +279,17 @@ class StackGenBuilder:
         layout = self.layout()
         classes = {i: self.class_order[i % len(self.class_order)] for i in indices}
         attempt = {i: 0 for i in indices}
-        done: dict[int, tuple[Image.Image, float | None, float | None]] = {}
+        done: dict[int, tuple | None] = {}
         verifier = self._verify()
         pending = list(indices)
         while pending:
             images = self._render([(i, classes[i], attempt[i]) for i in pending], layout)
-            scores = self._scores(verifier, images, [classes[i] for i in pending], layout)
+            scores = self._scores(verifier, [img for img, _ in images], [classes[i] for i in pending], layout)
             retry = []
-            for i, img, (s_top, s_bottom) in zip(pending, images, scores):
+            for i, (img, boxes), (s_top, s_bottom) in zip(pending, images, scores):
                 ok = r.min_verify is None or (s_top >= r.min_verify and s_bottom >= r.min_verify)
                 if ok or attempt[i] + 1 >= r.max_attempts:
-                    done[i] = (img, s_top, s_bottom) if ok else None
+                    done[i] = (img, boxes, s_top, s_bottom) if ok else None
                     if not ok:
                         report.drop(i, f"CLIP scores ({s_top:.3f}, {s_bottom:.3f}) below --min-verify "
                                        f"{r.min_verify} after {r.max_attempts} attempts")
@@ -250,25 +306,38 @@ class StackGenBuilder:
         s = verifier.scores(crops, list(labels) * 2)
         return list(zip(s[:len(images)], s[len(images):]))
 
+    def features(self):
+        """The columns of this set: no diffusion columns on shapes scenes, no scores without a verifier."""
+        import datasets
+
+        from ..datafolder import features
+
+        drop = (DIFFUSERS_COLUMNS if self.recipe.generator == "shapes" else ()) + \
+            (VERIFY_COLUMNS if not self.recipe.verify_model else ())
+        return datasets.Features({k: v for k, v in features(KIND, self.class_names).items() if k not in drop})
+
     def _row(self, i: int, c: int, attempt: int, done, layout) -> dict:
         r = self.recipe
-        img, s_top, s_bottom = done
-        scale = r.size / layout.height
-        box = lambda b: [int(round(v * scale)) for v in b]  # noqa: E731
-        top_box, bottom_box = box(layout.top_box), box(layout.bottom_box)
-        bottom_box[1] = r.wall_row  # the band starts exactly at the wall in the stored image
+        img, boxes, s_top, s_bottom = done
+        top_box, bottom_box = (stored_box(b, r.size / layout.height, r.size) for b in boxes)
+        if r.generator == "diffusers":
+            bottom_box[1] = r.wall_row  # the prompt band starts exactly at the wall in the stored image
         if img.size != (r.size, r.size):
             img = img.resize((r.size, r.size), Image.BILINEAR)
-        p = self.prompts(c)
         gen = self.source
-        return {"id": f"stack-gen-{r.seed}-{i:06d}", "image": {"bytes": encode(img, r.format), "path": None},
-                "label": c, "class_name": self.class_names[c], "wall_row": r.wall_row, "seed": r.seed,
-                "top_box": top_box, "bottom_box": bottom_box, "prompt_top": p["top"], "prompt_bottom": p["bottom"],
-                "prompt_scene": p["scene"], "negative_prompt": p["negative"],
-                "generator": gen["ref"] + (f"@{gen['revision']}" if gen.get("revision") else ""),
-                "steps": r.steps if r.generator == "diffusers" else 0,
-                "guidance": r.guidance if r.generator == "diffusers" else 0.0,
-                "verify_top": s_top, "verify_bottom": s_bottom}
+        row = {"id": f"stack-gen-{r.seed}-{i:06d}", "image": {"bytes": encode(img, r.format), "path": None},
+               "label": c, "class_name": self.class_names[c], "wall_row": r.wall_row, "seed": r.seed,
+               "top_box": top_box, "bottom_box": bottom_box}
+        if r.generator == "diffusers":
+            p = self.prompts(c)
+            row.update(prompt_top=p["top"], prompt_bottom=p["bottom"], prompt_scene=p["scene"],
+                       negative_prompt=p["negative"], steps=r.steps, guidance=r.guidance,
+                       generator=gen["ref"] + (f"@{gen['revision']}" if gen.get("revision") else ""))
+        else:
+            row["generator"] = gen["version"]
+        if r.verify_model:
+            row.update(verify_top=s_top, verify_bottom=s_bottom)
+        return row
 
     def build(self, i: int, report: Report) -> dict | None:
         return self.build_batch([i], report)[0]
@@ -280,7 +349,10 @@ class StackGenBuilder:
         return {"recipe": recipe, "source": self.source}
 
     def info(self) -> dict:
-        return {"classes_used": [self.class_names[c] for c in sorted(set(self.class_order))]}
+        info = {"classes_used": [self.class_names[c] for c in sorted(set(self.class_order))]}
+        if self.recipe.generator == "diffusers":  # the checkpoint's licence governs its outputs: the card says it
+            info["generator_license"] = checkpoint_licence(self._folder)
+        return info
 
 
 def generate_stack_gen(out: str | Path, recipe: StackGenRecipe | None = None, *, device: str = "cpu",

@@ -65,7 +65,8 @@ class Builder(Protocol):
         slices of each shard."""
 
     def info(self) -> dict:
-        """Extra, deterministic facts for generation.json (e.g. classes used, skips found while planning)."""
+        """Extra, deterministic facts for generation.json (e.g. classes used, skips found while planning). A builder
+        may also offer `features() -> datasets.Features`: its columns, when fewer than the kind's."""
 
 
 @dataclass
@@ -194,7 +195,8 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
         if refusal:
             raise StackbenchError(refusal)
 
-    feats = df.features(builder.kind, builder.class_names)
+    # A builder may narrow the kind's columns to those that mean something for its recipe.
+    feats = builder.features() if hasattr(builder, "features") else df.features(builder.kind, builder.class_names)
     n_shards = max(1, math.ceil(builder.n_items / shard_size))
     expected = {df.shard_path(folder, s, n_shards).name for s in range(n_shards)}
     if main:
@@ -208,10 +210,10 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     size_of = lambda s: min((s + 1) * shard_size, builder.n_items) - s * shard_size  # noqa: E731
     built_items = sum(size_of(s) for s in todo)
 
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
-    bar = tqdm(total=builder.n_items, initial=builder.n_items - built_items, unit="img", disable=not progress or not main,
-               desc=f"{builder.kind} -> {folder.name}", dynamic_ncols=True)
+    bar = Progress(builder.n_items, f"{builder.kind} -> {folder.name}", initial=builder.n_items - built_items,
+                   enabled=progress and main)  # a bar on a terminal, plain log lines elsewhere
     t0 = time.perf_counter()
     procs = min(num_proc, len(todo))
     try:

@@ -102,20 +102,33 @@ def from_basecam(cls, source: str, name: str | None = None):
         "__module__": __name__})
 
 
-def _builtin(name: str, attr: str, finer: bool = False, aliases: tuple = ()):
-    import pytorch_grad_cam
+class _Deferred:
+    """A built-in adapter's `cam_class`, imported on first use: importing pytorch-grad-cam costs seconds
+    (torchvision, matplotlib, cv2), which `stackbench methods` and registering the built-ins should not pay."""
 
-    cls = from_basecam(getattr(pytorch_grad_cam, attr), source="stackbench", name=name)
-    cls.finer_targets = finer
-    cls.__doc__ = f"pytorch-grad-cam's {attr}, run unchanged."
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def __get__(self, obj, owner=None):
+        import pytorch_grad_cam
+
+        return getattr(pytorch_grad_cam, self.attr)
+
+
+def _builtin(name: str, attr: str, module: str, finer: bool = False, aliases: tuple = ()):
+    """What from_basecam gives for pytorch_grad_cam.<module>.<attr>, without importing it (a test checks it)."""
+    cls = type(f"{attr}Adapter", (LibraryCAM,), {
+        "name": name, "cam_class": _Deferred(attr), "source": "stackbench",
+        "reference": f"pytorch_grad_cam.{module}.{attr}", "version": f"grad-cam {_version('grad-cam')}",
+        "__module__": __name__, "finer_targets": finer, "__doc__": f"pytorch-grad-cam's {attr}, run unchanged."})
     register_method(name, aliases=aliases)(cls)
     return cls
 
 
-FullGrad = _builtin("FullGrad", "FullGrad")
-KPCACAM = _builtin("KPCA-CAM", "KPCA_CAM", aliases=("KPCA_CAM",))
-ShapleyCAM = _builtin("ShapleyCAM", "ShapleyCAM")
-FinerCAM = _builtin("FinerCAM", "FinerCAM", finer=True)
+FullGrad = _builtin("FullGrad", "FullGrad", "fullgrad_cam")
+KPCACAM = _builtin("KPCA-CAM", "KPCA_CAM", "kpca_cam", aliases=("KPCA_CAM",))
+ShapleyCAM = _builtin("ShapleyCAM", "ShapleyCAM", "shapley_cam")
+FinerCAM = _builtin("FinerCAM", "FinerCAM", "finer_cam", finer=True)
 
 
 class CaptumMethod(SaliencyMethod):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import StackbenchError
-from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
 NEEDS = ("activations", "gradients", "forwards", "input_gradients")
 
@@ -39,12 +39,51 @@ class SaliencyMethod:
     code: ClassVar[dict | None] = None            # a plugin file's {file, sha256}: the exact code that ran
     package: ClassVar[dict | None] = None         # an installed plugin's distribution {name, version}
 
-    def __init__(self, **config):
+    def __init__(self, model=None, **config):
         unknown = set(config) - set(self.defaults)
         if unknown:
             raise StackbenchError(f"method {self.name}: unknown option(s) {sorted(unknown)}; "
                                   f"it takes {sorted(self.defaults) or 'none'}")
         self.config = {**self.defaults, **config}
+        self._use: dict | None = None          # what `bind` attached: model, seed, postprocess, batch size
+        self._backbone: Backbone | None = None  # set up while inside `with`
+        if model is not None:
+            self.bind(model)
+
+    # ---- used directly, the way pytorch-grad-cam's and captum's methods are:
+    #     with GradCAM(model) as cam:
+    #         maps = cam(images, targets=None)     # (N, H, W) float32, post-processed as the metric scores them
+
+    def bind(self, model, *, seed: int = 0, postprocess: str = "gradcam-lib", batch_size: int = 16):
+        """Attach a walled model (an object or a reference such as "minivgg-masked") for `method(images)`."""
+        from ..models import load_model
+
+        self._use = {"model": load_model(model), "seed": seed, "postprocess": postprocess, "batch_size": batch_size}
+        return self
+
+    def __enter__(self):
+        if self._use is None:
+            raise StackbenchError(f"method {self.name}: no model to explain; give one: `with {type(self).__name__}"
+                                  "(model) as cam:` or `.bind(model)`")
+        self._backbone = Backbone(self._use["model"])
+        self.setup(self._backbone, self._use["seed"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._backbone = None
+        self.teardown()
+
+    def __call__(self, images, targets=None):
+        """Maps of `images` (tensor (N, 3, H, W) or (3, H, W) in [0, 1], PIL image(s), uint8 array(s)) for
+        `targets` (None: the predicted class; an int; one per image). Outside `with`, sets up and tears down."""
+        from ..passes import explain_images  # the harness's own pass; it builds on this module
+
+        if self._backbone is None:
+            with self:
+                return self(images, targets)
+        use = self._use
+        return explain_images(self, self._backbone, images, targets, postprocess=use["postprocess"],
+                              seed=use["seed"], batch_size=use["batch_size"])
 
     def setup(self, backbone: "Backbone", seed: int = 0) -> None:
         """Called once per evaluation before the first batch."""

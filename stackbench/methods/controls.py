@@ -26,8 +26,8 @@ class WallRowControl(SaliencyMethod):
     family = "control"
     defaults = {"wall_row": WALL_ROW}
 
-    def __init__(self, **config):
-        super().__init__(**config)
+    def __init__(self, model=None, **config):
+        super().__init__(model, **config)
         row = self.config["wall_row"]
         if isinstance(row, bool) or not isinstance(row, int) or row < 1:
             raise StackbenchError(f"method {self.name}: wall_row {row!r} must be a positive whole number of rows")

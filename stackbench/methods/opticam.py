@@ -29,8 +29,8 @@ class OptiCAM(TargetLayerCAM):
     defaults = {"lr": 0.1, "steps": 50, "loss": "max-logit", "init": 0.5, "early_stop": True,
                 "normalise": "(S - min) / (max - min + 1e-8)"}
 
-    def __init__(self, **config):
-        super().__init__(**config)
+    def __init__(self, model=None, **config):
+        super().__init__(model, **config)
         if self.config["loss"] not in LOSSES:
             raise StackbenchError(f"Opti-CAM: loss {self.config['loss']!r} is not one of {LOSSES}")
         self.trace: list[list[float]] = []   # per step: target logit of each masked image (last batch)

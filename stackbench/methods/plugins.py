@@ -16,7 +16,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from ..errors import StackbenchError, close_matches, foreign_failure
-from ..models.loading import file_sha256
 
 GROUP = "stackbench.methods"
 
@@ -90,6 +89,8 @@ def _package_of(module) -> dict | None:
 def load_plugin(spec: str):
     """`module:attr` or `path/to/file.py:attr` -> a SaliencyMethod class (with its `code` or `package`)."""
     where, attr = _split(spec)
+    from ..models.loading import file_sha256  # here: the model code (and huggingface_hub) only when a plugin loads
+
     code = package = None
     if is_file_spec(spec):
         path = Path(where)

@@ -5,6 +5,8 @@ installed `stackbench.methods` entry point; see `stackbench.methods.plugins`."""
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import sys
 
 from ..errors import StackbenchError, close_matches
 
@@ -45,10 +47,16 @@ def list_methods(pattern: str = "*", family: str | None = None) -> list[str]:
                   if fnmatch.fnmatch(n, pattern) and (family is None or c.family == family))
 
 
-def get_method_class(spec: str):
-    """The SaliencyMethod class for a spec (name, alias, case-insensitive name, plugin, entry point)."""
+def get_method_class(spec):
+    """The SaliencyMethod class for a spec (name, alias, case-insensitive name, plugin, entry point) or a class
+    (a SaliencyMethod or pytorch-grad-cam BaseCAM subclass)."""
     from .plugins import entry_point_names, load_entry_point, load_plugin
 
+    if inspect.isclass(spec):
+        return _from_class(spec)
+    if not isinstance(spec, str):
+        raise StackbenchError(f"method {type(spec).__name__} object: expected a name, a SaliencyMethod class or "
+                              "instance, or a pytorch_grad_cam BaseCAM class")
     if spec in _METHODS:
         return _METHODS[spec]
     if spec in _ALIASES:
@@ -67,6 +75,28 @@ def get_method_class(spec: str):
                           "stackbench.methods entry point")
 
 
-def get_method(spec: str, **config):
-    """A configured method instance for a spec (see module doc)."""
+def _from_class(cls):
+    """A class given as an object: a built-in as it is; else the plugin `module:qualname` names, so its record
+    carries the same source (and code hash) as that spec on the command line. A class defined in a notebook
+    (`__main__`) runs, but its record cannot name code anyone else can re-run."""
+    from .plugins import as_method_class, load_plugin
+
+    if cls in _METHODS.values():
+        return cls
+    spec = f"{cls.__module__}:{cls.__qualname__}"
+    module = sys.modules.get(cls.__module__)
+    if cls.__module__ != "__main__" and getattr(module, cls.__qualname__, None) is cls:
+        return load_plugin(spec)
+    return as_method_class(cls, spec, cls.__name__)
+
+
+def get_method(spec, **config):
+    """A configured method instance for a spec (see module doc), a class, or an instance (returned as it is)."""
+    from .base import SaliencyMethod
+
+    if isinstance(spec, SaliencyMethod):
+        if config:
+            raise StackbenchError(f"method {spec.name}: an instance is already configured ({spec.config}); pass the "
+                                  "options to its class instead")
+        return spec
     return get_method_class(spec)(**config)

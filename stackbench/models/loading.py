@@ -19,6 +19,7 @@ import inspect
 
 from ..errors import StackbenchError, first_line
 from .registry import create_model, get_entry, list_models
+from ..wall import Wall
 from .vgg import WalledVGG, WallLinear
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -39,8 +40,14 @@ def split_ref(ref: str, sep: str = "@") -> tuple[str, str | None]:
     return head, (tail or None)
 
 
-def load_model(ref: str, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
-    """Resolve a model reference (see module doc) to a model in eval mode, with `.ref` set."""
+def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
+    """Resolve a model reference (see module doc) to a model in eval mode, with `.ref` set. A walled model object
+    is taken as it is (moved to `device`, put in eval mode; `.ref` kept, or `object:ClassName`)."""
+    if isinstance(ref, torch.nn.Module):
+        return _walled_object(ref).to(device).eval()
+    if not isinstance(ref, (str, Path)):
+        raise StackbenchError(f"model {type(ref).__name__} object: expected a reference (a zoo name, NAME@random, a "
+                              "folder, hf:REPO, paper:PATH) or a walled nn.Module")
     ref = str(ref)
     if not ref.strip():  # Path("") is the current folder: say what is wrong instead of "folder . has no config.json"
         raise StackbenchError(f"--model {ref!r} is empty; give a zoo name ({', '.join(list_models())}), NAME@random, "
@@ -61,6 +68,16 @@ def load_model(ref: str, seed: int = 0, device: str | torch.device = "cpu", arch
         model = load_published(ref)
     model.ref = ref
     return model.to(device).eval()
+
+
+def _walled_object(model: torch.nn.Module) -> torch.nn.Module:
+    """A user's model object: it must carry its wall (stackbench's walled models do); its `ref` names it."""
+    if not isinstance(getattr(model, "wall", None), Wall):
+        raise StackbenchError(f"model {type(model).__name__} object has no stackbench wall (`.wall`): build it with "
+                              "stackbench.load_model(REF) or stackbench.models.create_model(NAME)")
+    if not getattr(model, "ref", None):
+        model.ref = f"object:{type(model).__name__}"
+    return model
 
 
 def load_published(name: str) -> WalledVGG:
@@ -231,8 +248,10 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_sha256(model: torch.nn.Module) -> str:
-    """Fingerprint of the weights (name, dtype, shape and bytes of every state_dict entry, sorted)."""
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """The weights' content fingerprint: sha256 over the name, dtype, shape and bytes of every state_dict entry,
+    sorted. Not a hash of any file: the same weights saved as safetensors or .pt, or loaded from the Hub, give
+    the same fingerprint (`file_sha256` hashes a file's bytes)."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()

@@ -12,11 +12,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.nn import functional as F
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (every zoo model's input normalisation)
 from ..wall import Wall, wall_for
-
-# Every zoo model takes RGB in [0, 1] normalised with ImageNet's statistics (torchvision's convention).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Head (dense layer) initialisations: "normal" is torchvision's N(0, 0.01) (the paper's VGG16); "kaiming" is
 # PyTorch's Linear default (Kaiming-uniform weights and bias), which a narrow head trained from scratch needs: with
@@ -50,6 +47,16 @@ class WallLinear(nn.Linear):
         self.weight[:, self.dead] = 0
 
 
+def class_names_of(id2label: dict | None, num_classes: int) -> list[str] | None:
+    """id2label ({"0": "tench", ...}, keys as JSON writes them) -> the class names in output order."""
+    if not id2label:
+        return None
+    names = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(names) != list(range(num_classes)):
+        raise ValueError(f"id2label names {len(names)} outputs, the head has {num_classes}")
+    return [names[i] for i in range(num_classes)]
+
+
 class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
                 tags=["stackbench", "saliency", "image-classification"],
                 repo_url="https://github.com/stackbench/stackbench"):
@@ -61,7 +68,8 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
 
     def __init__(self, *, name: str = "vgg16-masked", width_divisor: int = 1, last_channels: int = 256,
                  hidden: int = 4096, num_classes: int = 1000, masked_rows: int = 9, batch_norm: bool = False,
-                 dropout: float = 0.5, input_size: int = 224, head_init: str = "normal"):
+                 dropout: float = 0.5, input_size: int = 224, head_init: str = "normal",
+                 id2label: dict | None = None, label2id: dict | None = None):
         if head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {head_init!r}; use one of {', '.join(HEAD_INITS)}")
         layers: list[nn.Module] = []
@@ -93,6 +101,9 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
         self.num_classes = num_classes
         self.input_size = (input_size, input_size)
         self.head_init = head_init
+        # The class names, when the weights' config records them (`stackbench train` does, as transformers' id2label
+        # / label2id): evaluate checks a dataset's labels against them. None: not recorded (zoo, NAME@random, paper:).
+        self.class_names = class_names_of(id2label, num_classes)
         self._init_weights()
 
     def save_pretrained(self, *args, **kwargs):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 
+from ..constants import SOURCE_HELP  # noqa: F401  (defined light: --help shows it)
 from ..errors import StackbenchError
 from .base import Skip, Source, SourceItem
 from .images import DEFAULT_MIN_SIZE, SkipImage, decode, to_rgb
 
-SOURCE_HELP = "shapes[:N][@SEED], imagefolder:PATH or hf:REPO[:CONFIG]"
 _SHAPES = re.compile(r"^shapes(?::(\d+))?(?:@(\d+))?$")
 
 

@@ -1,0 +1,93 @@
+"""Measured rates behind the time estimates of `stackbench demo --dry-run` and `reproduce --dry-run`.
+
+An estimate is a measured cost scaled to this machine as it is now: the cost per image of the evaluate step (every
+method at batch 16) was measured on some machine together with a calibration there (one forward + backward of the
+model over CALIB_IMAGES images); the dry run times the same calibration here, now, and scales. A demo that runs
+for real records its own measurement for this machine (in the cache), which later estimates use instead of the
+shipped reference. The calibration captures the load of the machine and the model's size (vgg16 vs minivgg).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .progress import machine
+
+CALIB_IMAGES = 4
+# The evaluate step's cost in units of one image with mu only; an image that also gets the board's axes (three
+# more explanations, deletion steps) costs AXES_UNITS (the split measured for the demo's first estimates).
+AXES_UNITS = 2.5 / 1.2
+# The shipped measurement (used until this machine has its own): `STACKBENCH_CACHE=/tmp/c stackbench demo --quick`
+# (16 images per set, axes on 4; 12.5 min), its rates.json entry copied here. Measured on a 2-core machine shared
+# with other jobs (load 3 to 5): re-measure on an idle one when convenient, the calibration carries the load over.
+REFERENCE = {"unit_s": 15.40, "calib_s": 1.085, "machine": "AMD EPYC, 2 cores, shared (load 3-5)",
+             "date": "2026-11-28", "model": "minivgg-masked"}
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get("STACKBENCH_CACHE", Path.home() / ".cache" / "stackbench")) / "rates.json"
+
+
+def machine_key(device: str) -> str:
+    """The machine without its load (the calibration carries the load)."""
+    return f"{machine().split(', load')[0]} [{device.split(':')[0]}]"
+
+
+def calibrate(model: str, device: str) -> float:
+    """Seconds of one forward + backward of `model` (its architecture, randomly initialised: the same cost) over
+    CALIB_IMAGES images here, now: the best of three after a warm-up."""
+    import torch
+
+    from .models import create_model, load_model
+
+    name = model.split("@")[0]
+    try:
+        net = create_model(name, seed=0)
+    except Exception:  # noqa: BLE001 - a folder, hf: or paper: reference: load it (its size is its cost)
+        net = load_model(model)
+    net = net.to(device).eval()
+    x = torch.rand(CALIB_IMAGES, 3, *net.input_size, device=device)
+    times = []
+    for _ in range(4):  # the first is a warm-up (kernel selection, allocations): not counted
+        t0 = time.perf_counter()
+        xi = x.clone().requires_grad_(True)
+        net(xi).max(dim=1).values.sum().backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def recorded(device: str) -> dict | None:
+    try:
+        return json.loads(cache_file().read_text()).get(machine_key(device))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record(device: str, model: str, unit_s: float, calib_s: float) -> None:
+    """Keep this machine's measured cost for the next estimates (best effort: a read-only cache is no error)."""
+    from .datafolder import atomic_write_json
+
+    path = cache_file()
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[machine_key(device)] = {"unit_s": unit_s, "calib_s": calib_s, "machine": machine(), "model": model,
+                                     "date": time.strftime("%Y-%m-%d")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, data)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def per_unit(model: str, device: str) -> tuple[float, str]:
+    """(seconds per unit of the evaluate step here, now; where that comes from, in words)."""
+    base = recorded(device) or REFERENCE
+    now = calibrate(model, device)
+    unit = base["unit_s"] * now / base["calib_s"]
+    when = f" on {base['date']}" if base.get("date") else ""
+    return unit, (f"measured on {base['machine']}{when} with {base['model']}, scaled by a calibration timed here "
+                  f"now ({machine()}: {now:.2f} s for a forward + backward of {model.split('@')[0]} over "
+                  f"{CALIB_IMAGES} images; {base['calib_s']:.2f} s there)")

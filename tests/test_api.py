@@ -1,0 +1,118 @@
+"""The Python API: the README's example runs as written; objects are accepted wherever a reference is; methods are
+context managers and callables; explain + mu give exactly the harness's numbers."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import stackbench
+from stackbench.evaluate import evaluate
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_example() -> str:
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"__name__": "__main__"}  # as in a notebook
+    exec(compile(_readme_example(), "README.md#python-api", "exec"), scope)  # noqa: S102 - the documented example
+    runs = scope["runs"]
+    assert [r.status for r in runs] == ["done", "done"]
+    assert runs[0].record["method"]["source"] == "__main__:MeanActivation"
+    assert (tmp_path / "results-8" / "MeanActivation.json").is_file()
+    assert scope["maps"].shape == (4, 224, 224) and scope["maps"].dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = stackbench.build_dataset("stack-mix", tmp_path_factory.mktemp("api") / "mix", num_images=6)
+    return folder, stackbench.open_dataset(folder), stackbench.load_model("minivgg-masked")
+
+
+@pytest.fixture(scope="module")
+def scored(stack, tmp_path_factory):
+    """GradCAM's run by references and by objects (a Dataset, a model, the method's class)."""
+    from stackbench.methods.gradient import GradCAM
+
+    folder, data, model = stack
+    out = tmp_path_factory.mktemp("scored")
+    by_ref = evaluate(["GradCAM"], str(folder), "minivgg-masked", out=out / "ref", progress=False, figure=False)[0]
+    by_obj = evaluate(GradCAM, data, model, out=out / "obj", progress=False, figure=False)[0]
+    return by_ref, by_obj
+
+
+def test_objects_and_references_give_the_same_record(scored):
+    """A model object, a Dataset object and a method class score exactly what their references score."""
+    a, b = (r.record for r in scored)
+    assert a["dataset"]["fingerprint"] == b["dataset"]["fingerprint"] and b["dataset"]["ref"] == "object:datasets.Dataset"
+    assert a["metrics"] == b["metrics"] and a["maps"] == b["maps"]
+    json.dumps(b)  # the record of objects is plain JSON
+
+
+def test_explain_and_mu_are_the_harness_numbers(stack, scored):
+    folder, data, model = stack
+    run = scored[1]
+    rows = pq.read_table(run.record_path.with_suffix(".parquet")).to_pandas()
+    images = [r["image"] for r in data]
+    maps = stackbench.explain(model, images, method="GradCAM", batch_size=8)
+    assert np.array_equal(stackbench.mu(maps, model), rows["mu"].to_numpy())
+    # a tensor in [0, 1], a uint8 array and a PIL image are the same image (one batch of one: bit for bit)
+    x = torch.from_numpy(np.array(images[0])).permute(2, 0, 1).float() / 255
+    one = stackbench.explain(model, x, "GradCAM")
+    assert one.shape == (1, 224, 224) and np.allclose(one[0], maps[0], atol=1e-6)
+    for same in (np.array(images[0]), images[0]):
+        assert np.array_equal(stackbench.explain(model, same, "GradCAM"), one)
+    # a hidden wall: mu reads the band where the wall is, so a map turned with the wall keeps its mu
+    turned = stackbench.Wall().oriented("rot90")
+    from stackbench.wall import apply
+
+    assert np.allclose(stackbench.mu(apply(torch.from_numpy(maps), "rot90").numpy(), turned), rows["mu"].to_numpy())
+
+
+def test_methods_are_context_managers_and_callables(stack):
+    from pytorch_grad_cam import HiResCAM as LibraryHiResCAM
+
+    _, data, model = stack
+    images = [r["image"] for r in data.select(range(3))]
+    with stackbench.get_method("HiResCAM", model) as cam:
+        ours = cam(images, targets=2)
+    assert (stackbench.mu(ours, model) == 0).all()
+    with stackbench.get_method(LibraryHiResCAM, model) as cam:  # pytorch-grad-cam's own class, adapted
+        assert np.allclose(cam(images, targets=2), ours, atol=1e-5)
+    bare = stackbench.get_method("GradCAM")
+    with pytest.raises(stackbench.StackbenchError, match="no model to explain"):
+        bare(images)
+    assert np.array_equal(bare.bind(model)(images), stackbench.explain(model, images, "GradCAM"))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x: stackbench.explain(m, x * 4 - 2), "in \\[0, 1\\]"),
+    (lambda m, x: stackbench.explain(m, x[..., :100, :100]), "resize them to 224x224"),
+    (lambda m, x: stackbench.explain(m, x, targets=[1, 2, 3]), "3 given for 2 images"),
+    (lambda m, x: stackbench.explain(m, x, targets=10), "from 0 to 9"),
+    (lambda m, x: stackbench.explain(torch.nn.Linear(2, 2), x), "no stackbench wall"),
+    (lambda m, x: stackbench.explain(m, x, method=3), "method int object"),
+    (lambda m, x: stackbench.explain(m, x, method="GradCAMM"), "did you mean"),
+    (lambda m, x: stackbench.mu(np.zeros((2, 100, 100)), m), "expected \\(N, 224, 224\\)"),
+    (lambda m, x: stackbench.open_dataset(42), "expected a dataset folder"),
+])
+def test_bad_objects_are_named_in_one_line(stack, call, message):
+    _, _, model = stack
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(stackbench.StackbenchError, match=message):
+        call(model, x)
+
+
+def test_import_stackbench_does_not_load_torch():
+    code = "import sys, stackbench; stackbench.__version__; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
