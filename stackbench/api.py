@@ -59,6 +59,9 @@ def mu(maps, wall=None) -> np.ndarray:
     wall = Wall() if wall is None else wall
     if not isinstance(wall, Wall):
         raise StackbenchError(f"wall: got {type(wall).__name__}; give a stackbench Wall, a walled model or None")
+    if not wall.dead_height:
+        raise StackbenchError("this model has no wall (no pixel is behind it): mu is not defined; use a walled "
+                              "model (e.g. minivgg-masked)")
     m = np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps)
     m = m[None] if m.ndim == 2 else m
     if m.ndim != 3 or tuple(m.shape[1:]) != tuple(wall.input_size):
@@ -90,8 +93,25 @@ def build_dataset(kind: str, out, *, preset: str | None = "mini", progress: bool
     if unknown:
         raise StackbenchError(f"{kind}: unknown recipe field(s) {sorted(unknown)}; it has "
                               f"{', '.join(recipe.__dataclass_fields__)}")
+    if not isinstance(out, (str, Path)):
+        raise StackbenchError(f"out {out!r:.40}: a folder path")
+    for k, v in fields.items():  # checked here: a wrong type would fail half-way and leave a folder behind
+        _check_field(kind, k, v, str(recipe.__dataclass_fields__[k].type))
     run(out, recipe.from_fields({**base, **fields}), progress=progress, overwrite=overwrite)
     return Path(out)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_field(kind: str, name: str, value, annotation: str) -> None:
+    """A recipe field given from Python has the type its dataclass declares (int, float, str; None if allowed)."""
+    if value is None and "None" in annotation:
+        return
+    want = _TYPES.get(annotation.split("|")[0].strip())
+    if want and (not isinstance(value, want) or (bool not in want and isinstance(value, bool))):
+        raise StackbenchError(f"{kind}: {name}={value!r:.40} must be {annotation.split('|')[0].strip()}"
+                              f"{' or None' if 'None' in annotation else ''}")
 
 
 def open_dataset(data, allow_incomplete: bool = False):

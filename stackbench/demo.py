@@ -105,11 +105,31 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
             fresh = fresh and all(r.status == "done" for r in runs)  # a resumed run measures nothing
         if fresh:
             seconds = time.perf_counter() - t0
-            rates.record(device, probe, seconds / units, (before + rates.calibrate(probe, device)) / 2)
+            rates.record(device, ref_of(probe), seconds / units, (before + rates.calibrate(probe, device)) / 2)
 
-    return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {model}: mu on every "
-                            f"image, the board's axes on {axes_scope(axes_images, n)} per set",
+    return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {ref_of(model)}: mu on "
+                            f"every image, the board's axes on {axes_scope(axes_images, n)} per set",
                 unit_s * units, run, basis)
+
+
+def ref_of(model) -> str:
+    """How reports and estimates name a model: its reference, or what `load_model` calls a model object."""
+    if isinstance(model, (str, Path)):
+        return str(model)
+    from .models import load_model
+
+    return load_model(model, device=next(model.parameters()).device).ref
+
+
+def _check_walled(model) -> None:
+    """Before minutes of generation: the demo measures what a walled model cannot see."""
+    from .models import load_model
+
+    net = load_model(model, device="cpu") if isinstance(model, (str, Path)) else load_model(
+        model, device=next(model.parameters()).device)  # an object stays where it is
+    if not net.wall.dead_height:
+        raise StackbenchError(f"model {ref_of(model)} has no wall (nothing is hidden from it): give a walled model, "
+                              "e.g. minivgg-masked")
 
 
 def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
@@ -138,9 +158,12 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
 
     t0 = time.perf_counter()
     out = Path(out)
+    if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
+        raise StackbenchError(f"--num-images {num_images!r}: must be a whole number of at least 1")
     n = num_images or (QUICK_IMAGES if quick else DEMO_IMAGES)
     k = axes_images or (QUICK_AXES if quick else DEMO_AXES)
     dev = _device(device)
+    _check_walled(model)
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
     mix, gen = load_preset("stack-mix", "mini"), load_preset("stack-gen", "mini")
@@ -158,7 +181,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     if dry_run:
         return None
     result = _report(out, data, "stackbench demo: CAM-based methods see through walls (mini track)",
-                     {"model": model, "images per set": n, "board axes on": f"{axes_scope(k, n)} per set",
+                     {"model": ref_of(model), "images per set": n, "board axes on": f"{axes_scope(k, n)} per set",
                       "device": dev, "datasets": "mini STACK-MIX (fit layout, "
                       "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(METHODS)})
     result.seconds = time.perf_counter() - t0

@@ -19,6 +19,9 @@ def pick_device(device: str):
         raise StackbenchError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise StackbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise StackbenchError(f"--device {device}: unsupported device type; use auto, cpu, cuda or cuda:N")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise StackbenchError(f"--device {device}: unsupported device; use auto, cpu, cuda or cuda:N")
+    backend = getattr(torch.backends, "mps", None) if dev.type == "mps" else getattr(torch, "xpu", None)
+    if dev.type in ("mps", "xpu") and not (backend is not None and backend.is_available()):
+        raise StackbenchError(f"--device {device}: {dev.type} is not available here; use --device cpu or auto")
     return dev

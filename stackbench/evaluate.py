@@ -219,6 +219,10 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     per pass on a terminal, plain lines on the `stackbench` logger elsewhere; False shows nothing (and silences
     the bars of datasets and huggingface_hub)."""
     _check_args(target, postprocess, batch_size, limit, seed)
+    if axes is not None and not isinstance(axes, Axes):
+        raise StackbenchError(f"axes {axes!r:.40}: give a stackbench.axes.Axes (e.g. Axes(sample=20)) or None")
+    if method_config is not None and not isinstance(method_config, dict):
+        raise StackbenchError(f"method_config {method_config!r:.40}: a dict of method name -> options")
     instances = _instances(methods, method_config)
     dev = pick_device(device)
     with quiet_libraries(progress):
@@ -296,7 +300,7 @@ def _instances(methods, method_config) -> list[SaliencyMethod]:
         methods = [methods]
     given = [m for m in methods if isinstance(m, SaliencyMethod)]
     specs = [m for m in methods if not isinstance(m, SaliencyMethod)]
-    return given + (resolve_methods(specs, **(method_config or {})) if specs else [])
+    return given + resolve_methods(specs, **(method_config or {})) if specs or not given else given
 
 
 def _open_inputs(dataset, model, dev, seed, target, allow_incomplete):

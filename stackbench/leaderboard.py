@@ -100,14 +100,18 @@ class Track:
             folder = Path(spec["path"])
         else:
             folder = (cache or cache_dir()) / self.name / f"{name}-{spec['preset']}"
+            pin = spec.get("fingerprint")
             if not (folder / "generation.json").is_file() or \
-                    json.loads((folder / "generation.json").read_text()).get("status") != "complete":
+                    json.loads((folder / "generation.json").read_text()).get("status") != "complete" or \
+                    (pin and fingerprint(folder) != pin):  # a cache made by another stackbench: remade
                 _generate(name, spec["preset"], folder, progress)
         pin = spec.get("fingerprint")
         if pin and fingerprint(folder) != pin:
             raise StackbenchError(f"track {self.name}: dataset {name} at {folder} has fingerprint "
-                                  f"{fingerprint(folder)[:12]}, the track pins {pin[:12]}; delete the folder to "
-                                  "regenerate it, or check your library versions (generation.json lists them)")
+                                  f"{fingerprint(folder)[:12]}, the track pins {pin[:12]}; " + (
+                                      "it was just regenerated from its preset: check your library versions against "
+                                      "the board's (generation.json lists them)" if "path" not in spec else
+                                      "give the track's own dataset"))
         return folder
 
 
@@ -231,16 +235,55 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
            device: str = "auto", progress: bool = True, method_config: dict | None = None) -> list[Path]:
     """Run the track's official evaluation of `method` on each of its datasets and write the records into the
     store, with the method's code when it is a plugin file (methods/<name>/). Returns the written record paths."""
-    from .evaluate import evaluate, resolve_methods
+    from .devices import pick_device
+    from .evaluate import resolve_methods
 
-    if store is not None and init_store(store):
-        log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
-    store = resolve_store(store)
-    t = get_track(track, store)
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]
+    if m.source.split(":")[0] in ("__main__", "builtins"):
+        raise StackbenchError(f"method {m.name} is defined in a notebook or script ({m.source}): nobody else could "
+                              "re-run its row; put it in a file and submit path/file.py:NAME")
     name = m.name if name is None else name
     stem_for(name)
     url = safe_url(url)
+    pick_device(device)  # before anything is said or made
+    existed = store is None or Path(store).exists()
+    created = store is not None and init_store(store)
+    try:
+        return _submit(m, method, track, name, author, url, description, replace, resolve_store(store), device,
+                       progress, created)
+    except BaseException:
+        if created:  # a board this submission started: leave nothing of it behind
+            _undo_new_store(Path(store), existed)
+        raise
+
+
+def _undo_new_store(store: Path, existed: bool) -> None:
+    for part in ("tracks.json", "reported", "results", METHODS_DIR, ".lock"):
+        p = store / part
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            store.rmdir()
+
+
+def _check_writable(store: Path) -> None:
+    """Before minutes of evaluation: can the store take files? (os.access says yes to root on a read-only mount.)"""
+    try:
+        with tempfile.TemporaryFile(dir=store):
+            pass
+    except OSError as e:
+        raise StackbenchError(f"--store {store} is not writable ({first_line(e, 80)}); give a folder you can "
+                              "write to") from None
+
+
+def _submit(m, method, track, name, author, url, description, replace, store: Path, device, progress,
+            created: bool) -> list[Path]:
+    from .evaluate import evaluate
+
+    if created:
+        log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
+    t = get_track(track, store)
+    _check_writable(store)
     code = _code_to_store(m, store, name)
     paths = {ds: row_path(store, t.name, ds, t.model, name) for ds in t.datasets}
     taken = [p for p in paths.values() if p.exists()]
@@ -263,7 +306,8 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
                 record["method"] = {**record["method"], "source": code[0]}
             record["track"] = t.name
             record["submission"] = {"name": name, "author": author, "url": url, "description": description,
-                                    "method_spec": method, "submitted": record["created"][:10]}
+                                    "method_spec": method if isinstance(method, str) else m.source,
+                                    "submitted": record["created"][:10]}
             record["rows"] = {**record["rows"], "file": paths[ds].with_suffix(".parquet").name}
             rows = run.record_path.with_suffix(".parquet").read_bytes()
             check_record(record, rows, t, where=f"{t.name}/{ds}/{name}")

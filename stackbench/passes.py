@@ -108,6 +108,9 @@ def as_images(images, size: tuple[int, int]) -> torch.Tensor:
 
     if isinstance(images, (Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
         images = [images]
+    if not isinstance(images, (list, tuple, torch.Tensor)) and not hasattr(images, "__next__"):
+        raise StackbenchError(f"images: got {type(images).__name__}; expected a tensor (N, 3, H, W) or (3, H, W) in "
+                              "[0, 1], PIL images or uint8 (H, W, 3) arrays, or a list of them")
     parts = []
     for im in images:
         if isinstance(im, Image.Image):
@@ -116,19 +119,35 @@ def as_images(images, size: tuple[int, int]) -> torch.Tensor:
             if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
                 raise StackbenchError(f"image array of dtype {im.dtype}, shape {im.shape}: expected uint8 (H, W, 3); "
                                       "or give a float tensor (3, H, W) in [0, 1]")
-            im = torch.from_numpy(im.copy()).permute(2, 0, 1).float() / 255
+            im = torch.from_numpy(im.copy()).permute(2, 0, 1)
+        if isinstance(im, torch.Tensor) and im.dtype == torch.uint8:  # read_image's output: 0..255
+            im = im.float() / 255
         if not isinstance(im, torch.Tensor) or im.ndim not in (3, 4) or im.shape[-3] != 3:
             raise StackbenchError(f"images: got {type(im).__name__} {tuple(getattr(im, 'shape', ()))}; expected a "
                                   "tensor (N, 3, H, W) or (3, H, W) in [0, 1], PIL images or uint8 (H, W, 3) arrays")
+        if tuple(im.shape[-2:]) != tuple(size):
+            raise StackbenchError(f"image {len(parts)} is {tuple(im.shape[-2:])} px; the model's wall is drawn for "
+                                  f"{tuple(size)}: resize it to {size[0]}x{size[1]} first")
         parts.append(im.detach().float().cpu().reshape(-1, *im.shape[-3:]))
     x = torch.cat(parts) if parts else torch.empty(0, 3, *size)
-    if tuple(x.shape[-2:]) != tuple(size):
-        raise StackbenchError(f"images of {tuple(x.shape[-2:])} px; the model's wall is drawn for {tuple(size)}: "
-                              f"resize them to {size[0]}x{size[1]} first")
     if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
         raise StackbenchError("images must be finite and in [0, 1] (ToTensor's output); these look normalised or "
                               "unscaled: stackbench normalises them itself")
     return x
+
+
+def _targets(targets, n: int) -> torch.Tensor:
+    """None-free class indices: one int for every image, or one per image; anything else is one clear error."""
+    try:
+        t = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)
+        ok = t.dtype.kind in "iu"  # not floats (0.5 is no class), strings, None or bools
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or t.ndim > 1:
+        raise StackbenchError(f"targets {targets!r:.60}: class indices (one int, or one per image), or None for the "
+                              "predicted class")
+    t = torch.from_numpy(t.astype(np.int64).reshape(-1))
+    return t.expand(n) if t.numel() == 1 and np.ndim(targets) == 0 else t
 
 
 def explain_images(method, backbone: Backbone, images, targets=None, *, postprocess: str = "gradcam-lib",
@@ -139,8 +158,7 @@ def explain_images(method, backbone: Backbone, images, targets=None, *, postproc
     x01 = as_images(images, size)
     n = len(x01)
     if targets is not None:
-        targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1).expand(n) if np.ndim(targets) == 0 else \
-            torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        targets = _targets(targets, n)
         if len(targets) != n:
             raise StackbenchError(f"targets: {len(targets)} given for {n} images; give one per image, one int, or None")
         k = backbone.model.num_classes

@@ -8,6 +8,7 @@ shipped reference. The calibration captures the load of the machine and the mode
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -42,11 +43,13 @@ def calibrate(model: str, device: str) -> float:
 
     from .models import create_model, load_model
 
-    name = model.split("@")[0]
-    try:
-        net = create_model(name, seed=0)
-    except Exception:  # noqa: BLE001 - a folder, hf: or paper: reference: load it (its size is its cost)
-        net = load_model(model)
+    if isinstance(model, torch.nn.Module):  # a model object: a copy (the backward must not touch its gradients)
+        net = copy.deepcopy(model)
+    else:
+        try:
+            net = create_model(str(model).split("@")[0], seed=0)
+        except Exception:  # noqa: BLE001 - a folder, hf: or paper: reference: load it (its size is its cost)
+            net = load_model(model)
     net = net.to(device).eval()
     x = torch.rand(CALIB_IMAGES, 3, *net.input_size, device=device)
     times = []
@@ -88,6 +91,7 @@ def per_unit(model: str, device: str) -> tuple[float, str]:
     now = calibrate(model, device)
     unit = base["unit_s"] * now / base["calib_s"]
     when = f" on {base['date']}" if base.get("date") else ""
+    name = str(model).split("@")[0] if isinstance(model, (str, Path)) else type(model).__name__
     return unit, (f"measured on {base['machine']}{when} with {base['model']}, scaled by a calibration timed here "
-                  f"now ({machine()}: {now:.2f} s for a forward + backward of {model.split('@')[0]} over "
+                  f"now ({machine()}: {now:.2f} s for a forward + backward of {name} over "
                   f"{CALIB_IMAGES} images; {base['calib_s']:.2f} s there)")

@@ -130,8 +130,8 @@ class TrainConfig:
         ]
         for name, ok, want in rules:
             if not ok:
-                raise StackbenchError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be {want}; nothing "
-                                      "was written")
+                option = {"workers": "num-proc"}.get(name, name.replace("_", "-"))  # the CLI's name for it
+                raise StackbenchError(f"--{option} {getattr(self, name)!r}: must be {want}; nothing was written")
         return self
 
     def replace(self, **changes) -> "TrainConfig":

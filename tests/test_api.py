@@ -97,7 +97,7 @@ def test_methods_are_context_managers_and_callables(stack):
 
 @pytest.mark.parametrize("call, message", [
     (lambda m, x: stackbench.explain(m, x * 4 - 2), "in \\[0, 1\\]"),
-    (lambda m, x: stackbench.explain(m, x[..., :100, :100]), "resize them to 224x224"),
+    (lambda m, x: stackbench.explain(m, x[..., :100, :100]), "resize it to 224x224"),
     (lambda m, x: stackbench.explain(m, x, targets=[1, 2, 3]), "3 given for 2 images"),
     (lambda m, x: stackbench.explain(m, x, targets=10), "from 0 to 9"),
     (lambda m, x: stackbench.explain(torch.nn.Linear(2, 2), x), "no stackbench wall"),
@@ -105,6 +105,14 @@ def test_methods_are_context_managers_and_callables(stack):
     (lambda m, x: stackbench.explain(m, x, method="GradCAMM"), "did you mean"),
     (lambda m, x: stackbench.mu(np.zeros((2, 100, 100)), m), "expected \\(N, 224, 224\\)"),
     (lambda m, x: stackbench.open_dataset(42), "expected a dataset folder"),
+    (lambda m, x: stackbench.explain(m, None), "images: got NoneType"),
+    (lambda m, x: stackbench.explain(m, [x[0], x[1, :, :100, :100]]), "image 1 is \\(100, 100\\) px"),
+    (lambda m, x: stackbench.explain(m, x, targets=["circle", "square"]), "class indices"),
+    (lambda m, x: stackbench.explain(m, x, targets=[None, 1]), "class indices"),
+    (lambda m, x: stackbench.explain(m, x, targets=[0.5, 1.0]), "class indices"),
+    (lambda m, x: stackbench.mu(np.ones((1, 224, 224)), stackbench.load_model("minivgg@random")), "has no wall"),
+    (lambda m, x: stackbench.load_model("minivgg-masked", device="mps"), "mps is not available"),
+    (lambda m, x: evaluate([], "nowhere", m), "no method given"),
 ])
 def test_bad_objects_are_named_in_one_line(stack, call, message):
     _, _, model = stack
@@ -116,3 +124,53 @@ def test_bad_objects_are_named_in_one_line(stack, call, message):
 def test_import_stackbench_does_not_load_torch():
     code = "import sys, stackbench; stackbench.__version__; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_the_jobs_take_objects_too(stack, tmp_path):
+    """The demo plans with a model object (named as load_model names it); submit refuses a class nobody else could
+    re-run (defined in __main__) before it creates anything."""
+    from stackbench import leaderboard as lb
+    from stackbench.demo import demo
+
+    _, _, model = stack
+    said = []
+    assert demo(out=tmp_path / "demo", quick=True, model=model, dry_run=True, echo=said.append) is None
+    assert any(f"with {model.ref}" in line for line in said) and not (tmp_path / "demo").exists()
+
+    class Notebook(stackbench.SaliencyMethod):
+        name = "Notebook"
+
+        def explain(self, batch):
+            return batch.activations.mean(dim=1)
+
+    Notebook.__module__ = "__main__"
+    with pytest.raises(stackbench.StackbenchError, match="defined in a notebook or script"):
+        lb.submit(Notebook, store=tmp_path / "board", progress=False)
+    assert not (tmp_path / "board").exists()
+
+
+def test_bad_input_leaves_nothing_behind(stack, tmp_path, monkeypatch):
+    folder, data, model = stack
+    with pytest.raises(stackbench.StackbenchError, match="num_images=4.5 must be int"):
+        stackbench.build_dataset("stack-mix", tmp_path / "half", num_images=4.5)
+    with pytest.raises(stackbench.StackbenchError, match="give a stackbench.axes.Axes"):
+        evaluate(["GradCAM"], data, model, out=tmp_path / "ev", axes="x")
+    with pytest.raises(stackbench.StackbenchError, match="has no rows"):
+        stackbench.open_dataset(data.select([]))
+    assert not (tmp_path / "half").exists() and not (tmp_path / "ev").exists()
+    # a submission that fails after starting a new board removes what it started
+    from stackbench import leaderboard as lb
+
+    with pytest.raises(stackbench.StackbenchError, match="unknown track 'bogus'"):
+        lb.submit("GradCAM", "bogus", store=tmp_path / "board", progress=False)
+    assert not (tmp_path / "board").exists()
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "tracks.json").write_bytes((Path(lb.__file__).parents[1] / "leaderboard/tracks.json").read_bytes())
+    import tempfile
+
+    def read_only(*args, **kwargs):  # a read-only mount (root ignores chmod, so the mount is simulated)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(stackbench.StackbenchError, match="--store .*ro is not writable"):  # before any evaluation
+        lb.submit("GradCAM", store=tmp_path / "ro", progress=False)

@@ -247,3 +247,14 @@ def test_leaderboard_show_json(tmp_path):
     only = json.loads(CliRunner().invoke(main, ["leaderboard", "show", "--store", str(store), "--track", "mini",
                                                 "--json"]).stdout)
     assert list(only) == ["mini"] and only["mini"] == board["mini"]
+
+
+def test_devices_that_torch_knows_but_this_machine_lacks_are_bad_input():
+    for device in ("mps", "xpu", "cpu:1"):
+        r = CliRunner().invoke(main, ["wall", "--model", "minivgg-masked", "--device", device])
+        assert r.exit_code == 2 and r.output.count("\n") == 1 and f"--device {device}:" in r.output, r.output
+
+
+def test_leaderboard_show_names_an_unknown_track():
+    r = CliRunner().invoke(main, ["leaderboard", "show", "--track", "bogus", "--store", str(ROOT / "leaderboard")])
+    assert r.exit_code == 2 and "unknown track 'bogus'" in r.output

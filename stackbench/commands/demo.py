@@ -25,7 +25,7 @@ def _print(result) -> None:
 @click.command()
 @out_option("folder for the datasets, results and report", default="stackbench-demo")
 @click.option("--quick", is_flag=True, help=f"{QUICK_IMAGES} images per set instead of {DEMO_IMAGES}")
-@count_option("--num-images", help="images per set (overrides --quick)")
+@count_option("--num-images", min=1, help="images per set (overrides --quick)")
 @count_option("--axes-images", min=1,
               help=f"images per set that also get the board's axes (a seeded sample; mu is on every image)  "
                    f"[default: {DEMO_AXES}, {QUICK_AXES} with --quick]")
@@ -49,7 +49,7 @@ def demo(out, quick, num_images, axes_images, model, device, dry_run, no_progres
 @option("--model", default=None, metavar="REF", help="the walled model (e.g. paper:params_vgg16_masked.pt)")
 @click.option("--train", "do_train", is_flag=True, help="train vgg16-masked with the paper preset instead")
 @option("--train-source", default=None, metavar="SRC", help="training source for --train  [default: --imagenet]")
-@count_option("--num-images", default=100, help="images per set")
+@count_option("--num-images", default=100, min=1, help="images per set")
 @count_option("--axes-images", min=1,
               help="images per set that also get the board's axes (a seeded sample)  [default: every image]")
 @option("--verify-model", default="preset", metavar="REF",

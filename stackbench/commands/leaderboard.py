@@ -99,8 +99,9 @@ def show(track, as_json, store):
     """Print the board in the terminal (refused when a record does not check)."""
     from .. import leaderboard as lb
 
-    tracks, boards = lb.load_tracks(store), lb.board(store)
-    shown = [t for t in tracks.values() if not track or t.name == track]
+    tracks = lb.load_tracks(store)
+    shown = [lb.get_track(track, store)] if track else list(tracks.values())  # an unknown track: one line
+    boards = lb.board(store)
     if as_json:
         echo_json({t.name: {"model": t.model, "datasets": list(t.datasets), "entries": boards[t.name]}
                    for t in shown})

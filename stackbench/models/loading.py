@@ -17,6 +17,7 @@ import torch
 
 import inspect
 
+from ..devices import pick_device
 from ..errors import StackbenchError, first_line
 from .registry import create_model, get_entry, list_models
 from ..wall import Wall
@@ -43,6 +44,8 @@ def split_ref(ref: str, sep: str = "@") -> tuple[str, str | None]:
 def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
     """Resolve a model reference (see module doc) to a model in eval mode, with `.ref` set. A walled model object
     is taken as it is (moved to `device`, put in eval mode; `.ref` kept, or `object:ClassName`)."""
+    if isinstance(device, str):
+        device = pick_device(device)
     if isinstance(ref, torch.nn.Module):
         return _walled_object(ref).to(device).eval()
     if not isinstance(ref, (str, Path)):
