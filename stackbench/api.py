@@ -8,8 +8,9 @@
     with stackbench.get_method("HiResCAM", model) as cam:    # set up once, then call per batch
         maps = cam(images, targets=[3, 3])
 
-`evaluate` (here, or `stackbench.evaluate.evaluate`) runs methods (names, classes or instances) on a dataset (a folder, hf:REPO or a `datasets.Dataset`)
-through a model (a reference or a walled nn.Module) and writes the records, as `stackbench evaluate` does.
+`evaluate` (here, or `stackbench.evaluate.evaluate`) runs methods (names, classes or instances) on a dataset (a
+folder, hf:REPO or a `datasets.Dataset`) through a model (a reference or a walled nn.Module) and writes the
+records, as `stackbench evaluate` does.
 """
 from __future__ import annotations
 

@@ -57,14 +57,16 @@ def leaderboard():
 @click.option("--allow-not-rerun", is_flag=True, help="exit 0 even when rows could not be re-run (they are still "
               "listed)")
 @device_option()
+@no_progress_option
 @store_option
-def verify(track, method, no_rerun, skip, allow_not_rerun, device, store):
+def verify(track, method, no_rerun, skip, allow_not_rerun, device, no_progress, store):
     """Re-run every stored row. Each row is reproduced (every metric within the tolerance), FAILED (the field and
     both values) or not re-run (the reason). Exit 1 when a row failed or was not re-run (see --allow-not-rerun)."""
     from .. import leaderboard as lb
 
     label = {lb.REPRODUCED: "reproduced", lb.FAILED: "FAILED", lb.NOT_RERUN: "not re-run"}
-    verdicts = lb.verify(track, method, store=store, rerun=not no_rerun, device=device, skip=tuple(skip))
+    verdicts = lb.verify(track, method, store=store, rerun=not no_rerun, device=device, skip=tuple(skip),
+                         progress=not no_progress)
     width = max(len(v) for v in label.values())
     for v in verdicts:
         click.echo(f"{label[v.status]:<{width}}  {v.row}: {v.message}")
