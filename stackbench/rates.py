@@ -20,10 +20,10 @@ CALIB_IMAGES = 4
 # The evaluate step's cost in units of one image with mu only; an image that also gets the board's axes (three
 # more explanations, deletion steps) costs AXES_UNITS (the split measured for the demo's first estimates).
 AXES_UNITS = 2.5 / 1.2
-# The shipped measurement (used until this machine has its own): `STACKBENCH_CACHE=/tmp/c stackbench demo --quick`
-# (16 images per set, axes on 4; 12.5 min), its rates.json entry copied here. Measured on a 2-core machine shared
-# with other jobs (load 3 to 5): re-measure on an idle one when convenient, the calibration carries the load over.
-REFERENCE = {"unit_s": 15.40, "calib_s": 1.085, "machine": "AMD EPYC, 2 cores, shared (load 3-5)",
+# The shipped measurement (used until this machine has its own): the default `stackbench demo` from a fresh clone
+# (100 images per set, axes on 20; 5 min 47 s), its rates.json entry copied here. Measured on a 2-core machine with
+# nothing else running (the load is the demo's own); the calibration carries another machine's speed and load over.
+REFERENCE = {"unit_s": 1.174, "calib_s": 0.1201, "machine": "AMD EPYC, 2 cores, idle",
              "date": "2026-11-28", "model": "minivgg-masked"}
 
 

@@ -83,7 +83,7 @@ def test_generate_demo_and_submit_from_the_installed_wheel(installed, tmp_path):
 
 def _demo_quick(target: Path, work: Path) -> None:
     """The demo's main job, from the wheel: Table 1 with the packaged paper numbers, HiResCAM exactly 0."""
-    args = ["demo", "--quick", "--num-images", "8", "--axes-images", "2", "--out", "demo", "--no-progress"]
+    args = ["demo", "--quick", "--num-images", "4", "--axes-images", "1", "--out", "demo", "--no-progress"]
     r = _run(target, work, *args)
     assert r.returncode == 0, r.stderr
     out = work / "demo"
@@ -96,7 +96,7 @@ def _demo_quick(target: Path, work: Path) -> None:
     assert summary["mu"]["HiResCAM"]["stack-mix"]["mean"] == 0.0 and summary["mu"]["HiResCAM"]["stack-gen"]["mean"] == 0.0
     assert summary["findings"][0].startswith("HiResCAM: mu = 0 exactly")
     assert summary["records"]["HiResCAM"]["stack-mix"] == "results/stack-mix/HiResCAM.json"  # relative to report.json
-    assert "seeded sample of 2 images per set" in (out / "axes.md").read_text()
+    assert "seeded sample of 1 image per set" in (out / "axes.md").read_text()
     assert "| HiResCAM |" in r.stdout and "report.html" in r.stdout
     # a second run reuses the datasets and the finished records
     again = _run(target, work, *args)
