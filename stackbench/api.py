@@ -14,14 +14,13 @@ records, as `stackbench evaluate` does.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from . import metrics as M
 from . import datafolder
 from .errors import StackbenchError
 from .evaluate import evaluate
+from .generate.build import build_dataset
 from .methods import SaliencyMethod, list_methods, register_method
 from .methods import get_method as _get_method
 from .models import list_models, load_model
@@ -73,46 +72,6 @@ def mu(maps, wall=None) -> np.ndarray:
 
         m = apply(torch.from_numpy(m), inverse(wall.orientation)).numpy()
     return M.mu(m, wall.dead_from)
-
-
-def build_dataset(kind: str, out, *, preset: str | None = "mini", progress: bool = False, overwrite: bool = False,
-             **fields) -> Path:
-    """Build (or resume) a STACK-MIX or STACK-GEN folder as `stackbench generate KIND --preset PRESET` does;
-    `fields` (recipe fields: num_images, seed, source, ...) go on top of the preset. Returns the folder."""
-    from .generate import load_preset
-    from .generate.stackgen import StackGenRecipe, generate_stack_gen
-    from .generate.stackmix import StackMixRecipe, generate_stack_mix
-
-    kinds = {"stack-mix": (StackMixRecipe, generate_stack_mix), "stack-gen": (StackGenRecipe, generate_stack_gen)}
-    if kind not in kinds:
-        raise StackbenchError(f"kind {kind!r}: expected stack-mix or stack-gen")
-    recipe, run = kinds[kind]
-    base = load_preset(kind, preset) if preset else {}
-    if "num_images" in fields or "per_class" in fields:  # a count given here replaces the preset's count
-        base.pop("num_images", None), base.pop("per_class", None)
-    unknown = set(fields) - set(recipe.__dataclass_fields__)
-    if unknown:
-        raise StackbenchError(f"{kind}: unknown recipe field(s) {sorted(unknown)}; it has "
-                              f"{', '.join(recipe.__dataclass_fields__)}")
-    if not isinstance(out, (str, Path)):
-        raise StackbenchError(f"out {out!r:.40}: a folder path")
-    for k, v in fields.items():  # checked here: a wrong type would fail half-way and leave a folder behind
-        _check_field(kind, k, v, str(recipe.__dataclass_fields__[k].type))
-    run(out, recipe.from_fields({**base, **fields}), progress=progress, overwrite=overwrite)
-    return Path(out)
-
-
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-
-
-def _check_field(kind: str, name: str, value, annotation: str) -> None:
-    """A recipe field given from Python has the type its dataclass declares (int, float, str; None if allowed)."""
-    if value is None and "None" in annotation:
-        return
-    want = _TYPES.get(annotation.split("|")[0].strip())
-    if want and (not isinstance(value, want) or (bool not in want and isinstance(value, bool))):
-        raise StackbenchError(f"{kind}: {name}={value!r:.40} must be {annotation.split('|')[0].strip()}"
-                              f"{' or None' if 'None' in annotation else ''}")
 
 
 def open_dataset(data, allow_incomplete: bool = False):

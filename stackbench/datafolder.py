@@ -292,12 +292,6 @@ def check_labels(ds: datasets.Dataset, ref: str) -> None:
                               f"outside its {n} classes ({bad.size} such items); regenerate the dataset")
 
 
-def _INT_TYPES():
-    import pyarrow as pa
-
-    return (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64())
-
-
 def _checked(ds: datasets.Dataset, what: str) -> datasets.Dataset:
     """A STACK dataset has its columns and labels within its classes."""
     missing = {"id", "image", "label", "wall_row"} - set(ds.column_names)
@@ -306,7 +300,9 @@ def _checked(ds: datasets.Dataset, what: str) -> datasets.Dataset:
                               "`stackbench generate`")
     if len(ds) == 0:
         raise StackbenchError(f"{what} has no rows")
-    if ds.data.schema.field("label").type not in _INT_TYPES():
+    import pyarrow as pa
+
+    if not pa.types.is_integer(ds.data.schema.field("label").type):
         raise StackbenchError(f"{what}: its label column holds {ds.data.schema.field('label').type}, not class "
                               "indices; it was not written by `stackbench generate`")
     check_labels(ds, what.removeprefix("dataset folder "))

@@ -120,17 +120,11 @@ def cache_dir() -> Path:
 
 
 def _generate(kind: str, preset: str, folder: Path, progress: bool) -> None:
-    from .generate import load_preset
-    from .generate.stackgen import StackGenRecipe, generate_stack_gen
-    from .generate.stackmix import StackMixRecipe, generate_stack_mix
+    from .generate.build import build_dataset
 
-    fields = load_preset(kind, preset)
     if progress:
         log.info(f"generating the track's {kind} dataset ({preset}) into {folder}")
-    if kind == "stack-mix":
-        generate_stack_mix(folder, StackMixRecipe.from_fields(fields), progress=progress, overwrite=True)
-    else:
-        generate_stack_gen(folder, StackGenRecipe.from_fields(fields), progress=progress, overwrite=True)
+    build_dataset(kind, folder, preset=preset, progress=progress, overwrite=True)
 
 
 def load_tracks(store: Path | None = None) -> dict[str, Track]:
