@@ -19,6 +19,7 @@ from stackbench import datafolder as df
 from stackbench.cli import main
 from stackbench.errors import StackbenchError
 from stackbench.generate import StackMixRecipe, contain, cover, generate_stack_mix
+from stackbench.generate.compose import compose
 from stackbench.sources import open_source
 
 from test_sources import make_bad_folder
@@ -53,6 +54,11 @@ def test_summary_and_folder_layout(shapes_cut):
     assert Counter(ds["label"]) == {c: 2 for c in range(10)}  # --per-class 2, balanced
     assert all(a != b for a, b in zip(ds["top_source"], ds["bottom_source"]))
     assert len(set(ds["id"])) == 20 and set(ds["wall_row"]) == {170} and set(ds["layout"]) == {"cut"}
+    # procedural objects: each box is that item's object (they differ), said so on the card
+    assert len({tuple(b) for b in ds["top_box"]}) > 10 and None in ds["bottom_box"]
+    card = DatasetCard.load(out / "README.md").text
+    assert re.search(r"^\| `bottom_box` \| .*hidden object's mask.*null when none of the object landed there \|$",
+                     card, re.M)
 
 
 def test_same_seed_same_bytes_across_num_proc(shapes_cut, tmp_path):
@@ -146,7 +152,12 @@ def _check_cut(folder, src, n):
         img = np.asarray(row["image"]).astype(int)
         w = row["wall_row"]
         top, bottom = (src.load(idx[row[k]]).image for k in ("top_source", "bottom_source"))
-        assert row["top_box"] == [0, 0, 224, w] and row["bottom_box"] == [0, w, 224, 224]
+        if src.kind == "shapes":  # the objects' own bounds, inside their slots (exactness: test_object_boxes_...)
+            tb, bb = row["top_box"], row["bottom_box"]
+            assert 0 <= tb[0] < tb[2] <= 224 and 0 <= tb[1] < tb[3] <= w
+            assert bb is None or (0 <= bb[0] < bb[2] <= 224 and w <= bb[1] < bb[3] <= 224)
+        else:  # a photo's object is unknown: the box is where the photo went
+            assert row["top_box"] == [0, 0, 224, w] and row["bottom_box"] == [0, w, 224, 224]
         assert (img[:w] == np.asarray(cover(top, (224, 224), rows=(0, w)))).all()
         assert (img[w:] == np.asarray(cover(bottom, (224, 224), rows=(w, 224)))).all()
         # ... which is the paper's CutMix of the two 224 px images (to within one grey level of resampling)
@@ -163,6 +174,38 @@ def test_cut_rows_come_from_top_and_bottom_images(shapes_cut, tmp_path, bad_fold
     generate_stack_mix(tmp_path / "c", source=f"imagefolder:{bad_folder}", classes="beta", num_images=3,
                        progress=False, allow_repeats=True)
     _check_cut(tmp_path / "c", open_source(f"imagefolder:{bad_folder}"), 3)
+
+
+@pytest.mark.parametrize("layout", ["cut", "fit"])
+def test_object_boxes_follow_the_object_through_the_resize(layout):
+    # a white rectangle on black in photos of other shapes, resized and cropped: the stored box holds the object
+    # and is no more than two pixels bigger than its solid core (> 250) on any side
+    def photo(size, box):
+        a = np.zeros((size[1], size[0], 3), np.uint8)
+        a[box[1]:box[3], box[0]:box[2]] = 255
+        return Image.fromarray(a)
+    cases = [((300, 200), (120, 30, 200, 150)), ((180, 360), (20, 250, 90, 340)), ((224, 224), (10, 10, 30, 60))]
+    for (tsize, tbox), (bsize, bbox) in zip(cases, cases[1:] + cases[:1]):
+        img, top_box, bottom_box = compose(photo(tsize, tbox), photo(bsize, bbox), layout, 224, 170,
+                                           objects=(tbox, bbox))
+        a = np.asarray(img)[..., 0].astype(int)
+        for box, rows in ((top_box, slice(0, 170)), (bottom_box, slice(170, 224))):
+            part = np.zeros_like(a)
+            part[rows] = a[rows]
+            ys, xs = np.nonzero(part > 127)  # every pixel the object mostly covers is inside ...
+            if box is None:  # the crop left none of the object in its slot
+                assert len(ys) == 0
+                continue
+            assert box[0] <= xs.min() and xs.max() < box[2] and box[1] <= ys.min() and ys.max() < box[3]
+            floor = a[223, 0] if rows.start else 0  # fit fills the band around the photo with its mean colour
+            ys, xs = np.nonzero(part > floor)  # ... and the resampling filter's faint fringe at most 1 px outside
+            assert box[0] - 1 <= xs.min() and xs.max() <= box[2] and box[1] - 1 <= ys.min() and ys.max() <= box[3]
+            ys, xs = np.nonzero(part > 250)  # shrinking blurs an edge over up to 2 output px
+            assert xs.min() - box[0] <= 2 and box[2] - 1 - xs.max() <= 2
+            assert ys.min() - box[1] <= 2 or ys.min() == rows.start
+            assert box[3] - 1 - ys.max() <= 2 or ys.max() == rows.stop - 1
+    # a photo without a known object keeps the slot as its box
+    assert compose(photo(*cases[0]), photo(*cases[1]), "cut", 224, 170)[1:] == ([0, 0, 224, 170], [0, 170, 224, 224])
 
 
 def test_fit_puts_the_whole_bottom_image_in_the_band(tmp_path, bad_folder):

@@ -199,7 +199,8 @@ class StackMixBuilder:
             report.drop(i, f"class {self.class_names[c]!r} has fewer than two usable images")
             return None
         top, bottom = got
-        img, top_box, bottom_box = compose(top.image, bottom.image, r.layout, r.size, r.wall_row)
+        img, top_box, bottom_box = compose(top.image, bottom.image, r.layout, r.size, r.wall_row,
+                                           objects=(top.object_box, bottom.object_box))
         return {"id": f"stack-mix-{r.seed}-{i:06d}", "image": {"bytes": encode(img, r.format), "path": None},
                 "label": c, "class_name": self.class_names[c], "wall_row": r.wall_row, "seed": r.seed,
                 "top_box": top_box, "bottom_box": bottom_box, "top_source": top.id, "bottom_source": bottom.id,

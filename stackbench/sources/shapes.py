@@ -247,6 +247,12 @@ def finish(canvas: Image.Image, rng: np.random.Generator) -> Image.Image:
 def item(seed: int, index: int, split: str = "train", size: int = SIZE) -> tuple[Image.Image, int, str]:
     """Item `index` of the shapes split: (RGB image, label, id). Labels cycle through the classes
     (label = index % 10), so every run of 10 consecutive items is balanced."""
+    img, label, _ = _drawn(seed, index, split, size)
+    return img, label, item_id(seed, index, split)
+
+
+def _drawn(seed: int, index: int, split: str, size: int) -> tuple[Image.Image, int, tuple]:
+    """(image, label, the object's exact bounds) of item `index`."""
     rng = rng_for(seed, index, split)
     label = int(index) % len(CLASSES)
     canvas = render_background(size, rng)
@@ -254,8 +260,8 @@ def item(seed: int, index: int, split: str = "train", size: int = SIZE) -> tuple
     # Object-centred like a photo (ImageNet-style), with a jitter that keeps the box inside the frame.
     cx = size / 2 + rng.uniform(-1, 1) * min(0.14 * size, size / 2 - side / 2)
     cy = 0.46 * size + rng.uniform(-1, 1) * min(0.12 * size, 0.46 * size - side / 2)
-    draw_object(canvas, label, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng)
-    return finish(canvas, rng), label, item_id(seed, index, split)
+    box = draw_object(canvas, label, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng)
+    return finish(canvas, rng), label, box
 
 
 def item_id(seed: int, index: int, split: str = "train") -> str:
@@ -288,8 +294,8 @@ class ShapesSource(Source):
         return item_id(self.seed, i, self.split)
 
     def load(self, i: int) -> SourceItem:
-        img, label, iid = item(self.seed, i, self.split, self.size)
-        return SourceItem(img, label, iid)
+        img, label, box = _drawn(self.seed, i, self.split, self.size)
+        return SourceItem(img, label, self.item_id(i), object_box=box)
 
     def fingerprint(self) -> str:
         return "sha256:" + hashlib.sha256(f"{VERSION}|{self.split}|{self.seed}|{self.n}|{self.size}".encode()).hexdigest()
