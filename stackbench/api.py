@@ -48,6 +48,8 @@ def explain(model, images, method="GradCAM", targets=None, *, postprocess: str =
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise StackbenchError(f"batch_size {batch_size!r}: must be a whole number of at least 1")
     m = _get_method(method, **config)
+    if m is method:  # a caller's instance: a fresh one like it, so its own binding (and any `with`) is left alone
+        m = type(m)(**m.config)
     m.bind(model, seed=seed, postprocess=postprocess, batch_size=batch_size)
     return m(images, targets)
 

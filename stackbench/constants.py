@@ -16,6 +16,10 @@ TRAIN_PRESETS = ("mini", "paper")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The embedded `shapes` source's classes in label order (`stackbench.sources.shapes.CLASSES`); the mini models'
+# outputs are these classes.
+SHAPES_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "lightning")
+
 SOURCE_HELP = "shapes[:N][@SEED], imagefolder:PATH or hf:REPO[:CONFIG]"
 
 # `stackbench demo`: images per set, and how many of them also get the board's axes (a seeded sample).

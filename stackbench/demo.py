@@ -148,6 +148,21 @@ def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outc
     return Outcome(out, paths, report.table(found, list(data), reported), report.findings(found, list(data)), 0.0)
 
 
+# What a demo or reproduce folder holds (report.write's files, the data, the results, reproduce's model): a folder
+# holding only these is an earlier run to resume; anything else is someone's files, left alone.
+OWN_ENTRIES = ("data", "results", "model", "table.md", "axes.md", "mu.png", "report.html", "report.json", "overlays-*.png")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StackbenchError(f"--out {out} is a file; give a folder (new, empty, or an earlier run's)")
+    other = sorted(p.name for p in out.iterdir() if not any(p.match(g) for g in OWN_ENTRIES)) if out.is_dir() else []
+    if other:
+        raise StackbenchError(f"--out {out} already holds other files ({', '.join(other[:3])}"
+                              f"{', ...' if len(other) > 3 else ''}); give a new or empty folder, or an earlier run's "
+                              "folder to resume it")
+
+
 def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = "minivgg-masked",
          num_images: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
          echo=print, axes_images: int | None = None) -> Outcome | None:
@@ -164,6 +179,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     k = axes_images or (QUICK_AXES if quick else DEMO_AXES)
     dev = _device(device)
     _check_walled(model)
+    _check_out(out)
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
     mix, gen = load_preset("stack-mix", "mini"), load_preset("stack-gen", "mini")
@@ -203,6 +219,7 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     t0 = time.perf_counter()
     out = Path(out)
     dev = _device(device)
+    _check_out(out)
     gpu = dev.startswith("cuda")
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     mix = {**load_preset("stack-mix", "paper"), "source": imagenet, "split": split, "num_images": num_images,

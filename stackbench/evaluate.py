@@ -331,8 +331,8 @@ def _few(names, k: int = 4) -> str:
 
 def label_space(ds, net) -> dict:
     """Do the dataset's labels name the model's classes? By name when the model records its class names
-    (config.json id2label, written by `stackbench train`), else by count (the model's outputs are assumed to be
-    the dataset's classes in the same order: the zoo's models, NAME@random, paper:)."""
+    (config.json id2label, written by `stackbench train`; the mini zoo models name the shapes classes), else by
+    count (the outputs are assumed to be the dataset's classes in the same order: vgg16*, paper:)."""
     feat = ds.features.get("label")
     names = list(getattr(feat, "names", None) or []) or None
     theirs = getattr(net, "class_names", None)

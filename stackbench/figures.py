@@ -129,7 +129,10 @@ def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = 
     ax.set_xlabel("mu behind a hidden wall x100 (lower is better)")
     ax.set_ylabel("deletion AUC in the seen part (lower is better)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    if points:
+        ax.legend(fontsize=7, loc="best")
+    else:  # a new board: say so rather than draw an empty legend
+        ax.text(0.5, 0.5, "no rows yet", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -57,6 +57,10 @@ def default_store() -> Path:
                           "leaderboard/tracks.json) or pass --store DIR")
 
 
+# The files `build` renders from the rows (committed with them).
+RENDERED = ("README.md", "index.html", "mu.png", "axes.png")
+
+
 def resolve_store(store) -> Path:
     return default_store() if store is None else Path(store)
 
@@ -926,4 +930,4 @@ def build(store: Path | None = None) -> list[Path]:
     axes_chart = render_axes_chart(store / "axes.png", store, view)
     atomic_write_bytes(store / "README.md", render_markdown(store, view).encode())
     atomic_write_bytes(store / "index.html", render_html(store, chart.read_bytes(), view, axes_chart.read_bytes()).encode())
-    return [store / "README.md", store / "index.html", store / "mu.png", store / "axes.png"]
+    return [store / name for name in RENDERED]

@@ -93,6 +93,14 @@ def test_methods_are_context_managers_and_callables(stack):
     with pytest.raises(stackbench.StackbenchError, match="no model to explain"):
         bare(images)
     assert np.array_equal(bare.bind(model)(images), stackbench.explain(model, images, "GradCAM"))
+    # an instance in use keeps its model: explain works on a copy, and rebinding inside `with` is refused
+    other = stackbench.load_model("minivgg-masked@random")
+    with stackbench.get_method("GradCAM", model) as cam:
+        stackbench.explain(other, images, method=cam)
+        assert cam._use["model"] is model and np.array_equal(cam(images), ours_gradcam := bare(images))
+        with pytest.raises(stackbench.StackbenchError, match="in use inside `with`"):
+            stackbench.get_method(cam, other)
+    assert np.array_equal(cam(images), ours_gradcam)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -153,6 +161,12 @@ def test_bad_input_leaves_nothing_behind(stack, tmp_path, monkeypatch):
     folder, data, model = stack
     with pytest.raises(stackbench.StackbenchError, match="num_images=4.5 must be int"):
         stackbench.build_dataset("stack-mix", tmp_path / "half", num_images=4.5)
+    with pytest.raises(stackbench.StackbenchError, match="--min-size must be 0 .* got -1"):
+        stackbench.build_dataset("stack-mix", tmp_path / "half", min_size=-1)
+    with pytest.raises(stackbench.StackbenchError, match="classes 2.5: expected class names or indices"):
+        stackbench.build_dataset("stack-mix", tmp_path / "half", classes=2.5)
+    one = stackbench.build_dataset("stack-mix", tmp_path / "one", classes=3, num_images=2, progress=False)
+    assert set(stackbench.open_dataset(one)["class_name"]) == {"star"}  # an int is one class index
     with pytest.raises(stackbench.StackbenchError, match="give a stackbench.axes.Axes"):
         evaluate(["GradCAM"], data, model, out=tmp_path / "ev", axes="x")
     with pytest.raises(stackbench.StackbenchError, match="has no rows"):

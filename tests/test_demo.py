@@ -56,3 +56,12 @@ def test_reproduce_needs_one_model_choice(tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "--imagenet", "imagefolder:x", "--sd-model", "y", "--out",
                                   str(tmp_path)])
     assert r.exit_code == 2 and "exactly one of --model REF" in r.output
+
+
+def test_a_folder_with_other_files_is_left_alone(tmp_path):
+    (tmp_path / "thesis.tex").write_text("mine")
+    for args in (["demo", "--quick"], ["reproduce", "--imagenet", "imagefolder:x", "--sd-model", "y", "--train"]):
+        r = CliRunner().invoke(main, [*args, "--out", str(tmp_path), "--dry-run"])
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert "already holds other files (thesis.tex)" in r.output and "new or empty folder" in r.output
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]

@@ -210,6 +210,11 @@ def test_target_label_needs_the_models_classes(tmp_path):
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert "4 classes (cat, dog, fox, owl" in res.output and "10 classes" in res.output
     assert "--target predicted" in res.output and not (tmp_path / "o" / "GradCAM.json").exists()
+    # the zoo's mini model names the shapes classes: ten other classes are refused by name, not passed by count
+    ten = make_folder(tmp_path / "ten", n=2, classes=[f"c{i}" for i in range(10)])
+    res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAM", "--dataset", ten, "--model", MODEL,
+                                    "--target", "label", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "10 classes (circle, square" in res.output, res.output
 
 
 def test_wall_mismatch_and_unknown_method_are_refused(tmp_path):

@@ -78,6 +78,15 @@ def test_submitted_plugin_appears_in_the_built_table(store, tmp_path):
     assert r.exit_code == 0 and "PositiveGradCAM" in r.output
 
 
+def test_a_new_board_builds_without_warnings(store):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" on an empty chart
+        built = lb.build(store)
+    assert {p.name for p in built} >= {"README.md", "index.html", "mu.png", "axes.png"}
+
+
 def test_a_name_on_the_board_needs_replace(store):
     submit(store, "GradCAM")
     with pytest.raises(StackbenchError, match="already on the test board"):

@@ -42,7 +42,8 @@ def demo(out, quick, num_images, axes_images, model, device, dry_run, no_progres
 
 
 @click.command()
-@option("--preset", type=click.Choice(["paper"]), default="paper", help="the paper's recipe for every step")
+@option("--preset", type=click.Choice(["paper"]), default="paper", metavar="NAME",
+        help="recipe for every step (paper: the paper's)")
 @option("--imagenet", required=True, metavar="SRC", help="ImageNet as a source: imagefolder:PATH or hf:REPO")
 @option("--split", default=None, metavar="NAME", help="the source's validation split (e.g. val for an imagefolder)")
 @option("--sd-model", required=True, metavar="REF", help="Stable Diffusion checkpoint (Hub id or folder)")

@@ -72,7 +72,7 @@ def print_summary(result: WriteResult) -> None:
         help="cut: the paper's CutMix rows; fit: the whole second image in the band  [default: cut]")
 @seed_option("recipe seed  [default: 0]", default=None)
 @option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding  [default: png]")
-@count_option("--min-size", help="skip inputs smaller than this per side, in px  [default: 64]")
+@count_option("--min-size", min=0, help="skip inputs smaller than this per side, in px (0: keep every size)  [default: 64]")
 @click.option("--allow-repeats", is_flag=True, help="allow more images than the source gives before it uses an "
               "image twice")
 @writer_options

@@ -38,9 +38,18 @@ def submit(method, track, name, author, url, description, replace, device, no_pr
     for p in paths:
         click.echo(f"wrote {p} (+ {p.with_suffix('.parquet').name})")
     code = sorted((store / lb.METHODS_DIR / lb.stem_for(name or paths[0].stem)).glob("*"))
-    files = " ".join(str(x) for p in paths for x in (p, p.with_suffix(".parquet"))) + "".join(f" {c}" for c in code)
+    files = [x for p in paths for x in (p, p.with_suffix(".parquet"))] + code + [store / f for f in lb.RENDERED]
     click.echo("next: stackbench leaderboard build, then commit the rows and the rendered board:")
-    click.echo(f"  git add {files} {store / 'README.md'} {store / 'index.html'} {store / 'mu.png'}")
+    click.echo("  git add " + " ".join(_shown(f) for f in files))
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it here: relative to the working directory when it is under it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 @click.group()

@@ -27,8 +27,8 @@ PRESET = " [default: the preset's]"
 @option("--lr", type=float, help=f"learning rate {PRESET}")
 @option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=f"optimizer {PRESET}")
 @seed_option(f"seed of initialisation, augmentation and shuffling {PRESET}", default=None)
-@option("--preset", type=click.Choice(TRAIN_PRESETS),
-        help="recipe to start from  [default: mini for minivgg models, paper otherwise]")
+@option("--preset", type=click.Choice(TRAIN_PRESETS), metavar="NAME",
+        help=f"recipe to start from ({', '.join(TRAIN_PRESETS)})  [default: mini for minivgg models, paper otherwise]")
 @option("--mixed-precision", type=click.Choice(["auto", "no", "fp16", "bf16"]),
         help=f"autocast; auto: fp16 on CUDA, none on CPU {PRESET}")
 @num_proc_option("DataLoader worker processes  [default: 0 on CPU, min(8, cores) on CUDA]", default=None)

@@ -57,6 +57,8 @@ class StackMixRecipe(FromFields):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise StackbenchError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if self.min_size < 0:
+            raise StackbenchError(f"--min-size must be 0 (keep every size) or more pixels, got {self.min_size}")
         if self.seed < 0:
             raise StackbenchError(f"--seed must be >= 0, got {self.seed}")
         if not 0 < self.wall_row < self.size:
@@ -67,8 +69,13 @@ def read_class_spec(spec: str | list[str] | None) -> list[str] | None:
     """--classes: a comma-separated list, or a file with one class per line (# comments allowed)."""
     if spec is None:
         return None
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]  # one class index
     if isinstance(spec, (list, tuple)):
         tokens = [str(t).strip() for t in spec]
+    elif not isinstance(spec, str):
+        raise StackbenchError(f"classes {spec!r}: expected class names or indices (a list, or a comma-separated "
+                              "string) or a file with one per line")
     elif Path(spec).is_file():
         lines = Path(spec).read_text().splitlines()
         tokens = [ln.split("#", 1)[0].strip() for ln in lines]

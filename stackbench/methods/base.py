@@ -58,6 +58,9 @@ class SaliencyMethod:
         """Attach a walled model (an object or a reference such as "minivgg-masked") for `method(images)`."""
         from ..models import load_model
 
+        if self._backbone is not None:
+            raise StackbenchError(f"method {self.name}: it is in use inside `with`; bind another model after the "
+                                  "block ends, or make a second instance")
         self._use = {"model": load_model(model), "seed": seed, "postprocess": postprocess, "batch_size": batch_size}
         return self
 

@@ -21,13 +21,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..constants import SHAPES_CLASSES
 from ..errors import StackbenchError, close_matches
 from .base import Source, SourceItem
 
 VERSION = "shapes/2"  # bump when rendering changes: it is part of the source fingerprint
 # shapes/2: object colours keep a minimum contrast with the background under them, and less clutter (the
 # outline is always visible, so the mini model learns it in a 15-minute CPU budget).
-CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "lightning")
+CLASSES = SHAPES_CLASSES
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SIZE = 224
 DEFAULT_ITEMS = 10_000  # default pool size of the `shapes` source (1000 per class)
