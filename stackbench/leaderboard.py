@@ -105,9 +105,13 @@ class Track:
         else:
             folder = (cache or cache_dir()) / self.name / f"{name}-{spec['preset']}"
             pin = spec.get("fingerprint")
-            if not (folder / "generation.json").is_file() or \
-                    json.loads((folder / "generation.json").read_text()).get("status") != "complete" or \
-                    (pin and fingerprint(folder) != pin):  # a cache made by another stackbench: remade
+            generation = folder / "generation.json"
+            complete = generation.is_file() and json.loads(generation.read_text()).get("status") == "complete"
+            if complete and pin and fingerprint(folder) != pin:
+                # made by another stackbench from the same recipe: resuming would keep its shards, so start over
+                shutil.rmtree(folder)
+                complete = False
+            if not complete:  # missing, or a killed build (resumed)
                 _generate(name, spec["preset"], folder, progress)
         pin = spec.get("fingerprint")
         if pin and fingerprint(folder) != pin:

@@ -212,6 +212,27 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
 CHEAP = ("GradCAM",)
 
 
+def test_a_stale_track_cache_is_rebuilt_not_resumed(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stackbench.datafolder import fingerprint, list_shards
+
+    track = lb.load_tracks(ROOT / "leaderboard")["mini"]
+    pin = track.datasets["stack-mix"]["fingerprint"]
+    folder = track.dataset_folder("stack-mix", cache=tmp_path)
+    assert fingerprint(folder) == pin
+    # what an older stackbench left: the same recipe (so a resume would keep it), another row
+    shard = list_shards(folder)[0]
+    table = pq.read_table(shard)
+    boxes = table["top_box"].to_pylist()
+    boxes[0] = [0, 0, 1, 1]
+    i = table.schema.get_field_index("top_box")
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(boxes, table.schema.field(i).type)), shard)
+    assert fingerprint(folder) != pin
+    assert fingerprint(track.dataset_folder("stack-mix", cache=tmp_path)) == pin
+
+
 def test_committed_mini_board_verifies(tmp_path):
     from stackbench.methods import list_methods
 
