@@ -70,7 +70,7 @@ def test_dataset_card_yaml_follows_the_hub_and_has_real_sizes(mix):
     assert info.splits["test"].num_bytes == info.dataset_size == num_bytes > 0 and info.splits["test"].num_examples == 6
     check_markdown(str(card))
     assert "MIT" in section(str(card), "Licence") and "ImageNet" not in section(str(card), "Licence")
-    assert "the box bounds the placed photo, not its object" in card.text
+    assert "every pixel of the hidden object that lands in the band behind the wall" in card.text  # shapes: masks
 
 
 def test_licence_name_and_link_only_for_imagenet(mix):

@@ -16,7 +16,9 @@ from stackbench.evaluate import evaluate
 from stackbench.records import read_record, stable, validate_record
 
 MODEL = "minivgg-masked@random"
-CLASSES = [f"c{i}" for i in range(10)]
+from stackbench.constants import SHAPES_CLASSES
+
+CLASSES = list(SHAPES_CLASSES)  # the mini model's classes, by name
 
 
 def png(seed: int) -> bytes:
@@ -271,7 +273,7 @@ def test_cli_evaluate_prints_table_and_saves_maps_and_overlays(folder, tmp_path)
     # the model's top-1 on the scored images: in the record, the table, and a warning when near chance
     acc = read_record(out / "GradCAM.json")["accuracy"]
     rows = pq.read_table(out / "GradCAM.parquet").to_pandas()
-    assert acc["top1"] == (rows["predicted"] == rows["label"]).mean() and acc["classes"] == "indices"
+    assert acc["top1"] == (rows["predicted"] == rows["label"]).mean() and acc["classes"] == "names"
     assert acc["n"] == 2 and acc["chance"] == 0.1 and "model top-1" in res.output and f"{acc['top1']:.1%}" in res.output
     assert ("near chance" in res.output) == (acc["top1"] < 0.2)
     maps = np.load(out / "HiResCAM.maps.npz")

@@ -128,6 +128,9 @@ def test_bad_references_give_one_clear_line(tmp_path):
     cfg = json.loads((wrong / "config.json").read_text())
     cfg["num_classes"] = 12
     (wrong / "config.json").write_text(json.dumps(cfg))
+    assert "id2label names 10 outputs, the head has 12" in _msg(str(wrong))  # the zoo's names are the shapes ten
+    del cfg["id2label"]
+    (wrong / "config.json").write_text(json.dumps(cfg))
     m = _msg(str(wrong))
     assert "has shape (10, 256), expected (12, 256)" in m
 

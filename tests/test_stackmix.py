@@ -57,7 +57,7 @@ def test_summary_and_folder_layout(shapes_cut):
     # procedural objects: each box is that item's object (they differ), said so on the card
     assert len({tuple(b) for b in ds["top_box"]}) > 10 and None in ds["bottom_box"]
     card = DatasetCard.load(out / "README.md").text
-    assert re.search(r"^\| `bottom_box` \| .*hidden object's mask.*null when none of the object landed there \|$",
+    assert re.search(r"^\| `bottom_box` \| .*every pixel of the hidden object that lands in the band.*null when none of it does \|$",
                      card, re.M)
 
 
@@ -177,35 +177,39 @@ def test_cut_rows_come_from_top_and_bottom_images(shapes_cut, tmp_path, bad_fold
 
 
 @pytest.mark.parametrize("layout", ["cut", "fit"])
-def test_object_boxes_follow_the_object_through_the_resize(layout):
-    # a white rectangle on black in photos of other shapes, resized and cropped: the stored box holds the object
-    # and is no more than two pixels bigger than its solid core (> 250) on any side
-    def photo(size, box):
-        a = np.zeros((size[1], size[0], 3), np.uint8)
-        a[box[1]:box[3], box[0]:box[2]] = 255
-        return Image.fromarray(a)
-    cases = [((300, 200), (120, 30, 200, 150)), ((180, 360), (20, 250, 90, 340)), ((224, 224), (10, 10, 30, 60))]
-    for (tsize, tbox), (bsize, bbox) in zip(cases, cases[1:] + cases[:1]):
-        img, top_box, bottom_box = compose(photo(tsize, tbox), photo(bsize, bbox), layout, 224, 170,
-                                           objects=(tbox, bbox))
-        a = np.asarray(img)[..., 0].astype(int)
+def test_object_boxes_are_the_objects_pixels_in_their_slot(layout):
+    # objects that are not boxes (a disc, a diagonal bar) on black, in photos of other shapes, resized and cropped:
+    # each stored box is exactly the bounds of the object's pixels that landed in its slot
+    def photo(size, kind):
+        w, h = size
+        yy, xx = np.mgrid[:h, :w]
+        cy, r = (0.5, 0.3) if kind == "disc" else (0.3, 0.2)  # a "high" disc stays above a cut's band
+        obj = ((xx - 0.6 * w) ** 2 + (yy - cy * h) ** 2 < (r * min(w, h)) ** 2) if kind != "bar" else \
+            (np.abs((xx / w) - (yy / h)) < 0.08) & (yy > 0.55 * h)
+        a = (obj * 255).astype(np.uint8)
+        return Image.fromarray(np.stack([a] * 3, -1)), Image.fromarray(a)
+    sizes = [((300, 200), "disc"), ((180, 360), "bar"), ((224, 224), "bar"), ((224, 224), "disc"), ((200, 300), "high")]
+    seen = []
+    for (tsize, tkind), (bsize, bkind) in zip(sizes, sizes[1:] + sizes[:1]):
+        (top, tmask), (bottom, bmask) = photo(tsize, tkind), photo(bsize, bkind)
+        img, top_box, bottom_box = compose(top, bottom, layout, 224, 170, masks=(tmask, bmask))
+        a = np.asarray(img)[..., 0]
+        if layout == "fit":  # the band around the placed photo is its mean colour: look only inside the photo
+            w, h = contain(bottom, (224, 54)).size
+            x0, y0 = (224 - w) // 2, 170 + (54 - h) // 2
+            band = np.zeros((54, 224), np.uint8)
+            band[y0 - 170:y0 - 170 + h, x0:x0 + w] = a[y0:y0 + h, x0:x0 + w]
+            a = np.concatenate([a[:170], band])
         for box, rows in ((top_box, slice(0, 170)), (bottom_box, slice(170, 224))):
             part = np.zeros_like(a)
             part[rows] = a[rows]
-            ys, xs = np.nonzero(part > 127)  # every pixel the object mostly covers is inside ...
-            if box is None:  # the crop left none of the object in its slot
-                assert len(ys) == 0
-                continue
-            assert box[0] <= xs.min() and xs.max() < box[2] and box[1] <= ys.min() and ys.max() < box[3]
-            floor = a[223, 0] if rows.start else 0  # fit fills the band around the photo with its mean colour
-            ys, xs = np.nonzero(part > floor)  # ... and the resampling filter's faint fringe at most 1 px outside
-            assert box[0] - 1 <= xs.min() and xs.max() <= box[2] and box[1] - 1 <= ys.min() and ys.max() <= box[3]
-            ys, xs = np.nonzero(part > 250)  # shrinking blurs an edge over up to 2 output px
-            assert xs.min() - box[0] <= 2 and box[2] - 1 - xs.max() <= 2
-            assert ys.min() - box[1] <= 2 or ys.min() == rows.start
-            assert box[3] - 1 - ys.max() <= 2 or ys.max() == rows.stop - 1
+            ys, xs = np.nonzero(part)
+            want = None if len(ys) == 0 else [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert box == want, (layout, tsize, bsize, box, want)
+            seen.append(box)
+    assert (None in seen) == (layout == "cut")  # the cut crop leaves none of a high disc in the band
     # a photo without a known object keeps the slot as its box
-    assert compose(photo(*cases[0]), photo(*cases[1]), "cut", 224, 170)[1:] == ([0, 0, 224, 170], [0, 170, 224, 224])
+    assert compose(top, bottom, "cut", 224, 170)[1:] == ([0, 0, 224, 170], [0, 170, 224, 224])
 
 
 def test_fit_puts_the_whole_bottom_image_in_the_band(tmp_path, bad_folder):

@@ -93,10 +93,10 @@ def _box_meanings(generation: dict) -> dict[str, str]:
     """What top_box / bottom_box are, for this kind and generator (x0, y0, x1, y1; x1, y1 exclusive)."""
     r, exclusive = generation["recipe"], "x0, y0, x1, y1 in stored pixels (x1, y1 exclusive)"
     if generation["kind"] == "stack-mix" and generation["source"].get("kind") == "shapes":
-        exact = (f"{exclusive}: the smallest box holding every pixel of the {{}} object's mask, carried through the "
-                 "resize and rounded outward, clipped to {}; null when none of the object landed there")
-        return {"top_box": exact.format("seen", "the part above the wall"),
-                "bottom_box": exact.format("hidden", "the band behind the wall (y0 >= wall_row)")}
+        exact = (f"{exclusive}: the smallest box holding every pixel of the {{}} object that lands {{}} (its mask, "
+                 "resized and cropped as the image is); null when none of it does")
+        return {"top_box": exact.format("seen", "above the wall"),
+                "bottom_box": exact.format("hidden", "in the band behind the wall (y0 >= wall_row)")}
     if generation["kind"] == "stack-mix":
         bottom = ("the band behind the wall, where rows {w}..{e} of the second photo (resized and centre-cropped to "
                   "{s} px) were placed; it may show only part of that photo's object" if r.get("layout") == "cut" else

@@ -17,6 +17,7 @@ pixels only by float round-off (it is part of the recipe).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 
 from ..errors import StackbenchError, close_matches
 from ..wall import Wall
-from .compose import FORMATS, encode, encoding, placed_box
+from .compose import FORMATS, encode, encoding
 from .resources import FromFields, resource
 from .stackmix import read_class_spec
 from .writer import Report, WriteResult, write_dataset
@@ -129,7 +130,10 @@ def default_classes(generator: str) -> list[str]:
 
 def stored_box(box, scale: float, size: int) -> list[int]:
     """A box at the native size -> the stored image's pixels, rounded outward (exact when the scale is 1)."""
-    return placed_box(box, (scale, scale), (0, 0), (0, 0, size, size))
+    x0, y0, x1, y1 = box
+    lo = lambda v: max(0, math.floor(v * scale + 1e-9))  # noqa: E731 - the epsilon keeps exact products exact
+    hi = lambda v: min(size, math.ceil(v * scale - 1e-9))  # noqa: E731
+    return [lo(x0), lo(y0), hi(x1), hi(y1)]
 
 
 def checkpoint_licence(folder: Path) -> str | None:

@@ -207,7 +207,7 @@ class StackMixBuilder:
             return None
         top, bottom = got
         img, top_box, bottom_box = compose(top.image, bottom.image, r.layout, r.size, r.wall_row,
-                                           objects=(top.object_box, bottom.object_box))
+                                           masks=(top.object_mask, bottom.object_mask))
         return {"id": f"stack-mix-{r.seed}-{i:06d}", "image": {"bytes": encode(img, r.format), "path": None},
                 "label": c, "class_name": self.class_names[c], "wall_row": r.wall_row, "seed": r.seed,
                 "top_box": top_box, "bottom_box": bottom_box, "top_source": top.id, "bottom_source": bottom.id,

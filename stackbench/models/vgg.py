@@ -102,7 +102,7 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
         self.input_size = (input_size, input_size)
         self.head_init = head_init
         # The class names, when the weights' config records them (`stackbench train` does, as transformers' id2label
-        # / label2id): evaluate checks a dataset's labels against them. None: not recorded (zoo, NAME@random, paper:).
+        # / label2id): evaluate checks a dataset's labels against them. None: not recorded (vgg16 zoo entries, paper:).
         self.class_names = class_names_of(id2label, num_classes)
         self._init_weights()
 

@@ -20,9 +20,9 @@ class SourceItem:
     label: int
     id: str  # stable across runs: a relative path, REPO/split/index, or the shapes seed stream and index
     converted_from: str | None = None
-    #: The object's bounds (x0, y0, x1, y1; x1, y1 exclusive) in this image's pixels, where the source knows them
-    #: exactly (procedural sources); None for photos, whose object nobody has boxed.
-    object_box: tuple[int, int, int, int] | None = None
+    #: Where the object is: an 'L' image of the image's size, nonzero exactly on the object's pixels, where the
+    #: source knows it (procedural sources); None for photos, whose object nobody has outlined.
+    object_mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)

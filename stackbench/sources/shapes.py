@@ -6,7 +6,7 @@ so a classifier has to learn the outline; object colours keep a minimum contrast
 them (shapes/2), so the outline is always there to learn. Three separable pieces, also used by the STACK-GEN scene renderer:
 
     render_background(size, rng) -> PIL RGB          gradient, blotches, clutter
-    draw_object(canvas, cls, box, rng) -> bbox       one object filling `box` (pose, colour, texture, shadow)
+    draw_object(canvas, cls, box, rng[, into]) -> bbox   one object filling `box` (pose, colour, texture, shadow)
     finish(canvas, rng) -> PIL RGB                   sensor noise over the whole scene
     item(seed, index, split) -> (image, label, id)   a pure function of its arguments
 
@@ -201,9 +201,11 @@ def object_mask(cls: int | str, size: tuple[int, int], rng: np.random.Generator)
     return mask.reduce(_SS)
 
 
-def draw_object(canvas: Image.Image, cls: int | str, box: Sequence[int], rng: np.random.Generator) -> tuple:
+def draw_object(canvas: Image.Image, cls: int | str, box: Sequence[int], rng: np.random.Generator,
+                into: Image.Image | None = None) -> tuple:
     """Draw one object of the class into `box` (x0, y0, x1, y1) of the RGB canvas, in place: random pose,
-    aspect, colour, texture, lighting and (sometimes) a drop shadow. Returns the tight bbox it covers."""
+    aspect, colour, texture, lighting and (sometimes) a drop shadow. Returns the tight bbox it covers; `into`
+    (an 'L' image of the canvas's size) gets the object's mask at its place."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     w, h = max(x1 - x0, 4), max(y1 - y0, 4)
     mask = object_mask(cls, (w, h), rng)
@@ -215,6 +217,8 @@ def draw_object(canvas: Image.Image, cls: int | str, box: Sequence[int], rng: np
         canvas.paste((0, 0, 0), (x0 + dx, y0 + dy, x0 + dx + w, y0 + dy + h), shadow)
     tex = Image.fromarray(np.clip(_texture(h, w, rng, avoid), 0, 255).astype(np.uint8), "RGB")
     canvas.paste(tex, (x0, y0), mask)
+    if into is not None:
+        into.paste(mask, (x0, y0))
     bx = mask.getbbox() or (0, 0, w, h)
     return (x0 + bx[0], y0 + bx[1], x0 + bx[2], y0 + bx[3])
 
@@ -252,8 +256,8 @@ def item(seed: int, index: int, split: str = "train", size: int = SIZE) -> tuple
     return img, label, item_id(seed, index, split)
 
 
-def _drawn(seed: int, index: int, split: str, size: int) -> tuple[Image.Image, int, tuple]:
-    """(image, label, the object's exact bounds) of item `index`."""
+def _drawn(seed: int, index: int, split: str, size: int) -> tuple[Image.Image, int, Image.Image]:
+    """(image, label, the object's mask) of item `index`."""
     rng = rng_for(seed, index, split)
     label = int(index) % len(CLASSES)
     canvas = render_background(size, rng)
@@ -261,8 +265,9 @@ def _drawn(seed: int, index: int, split: str, size: int) -> tuple[Image.Image, i
     # Object-centred like a photo (ImageNet-style), with a jitter that keeps the box inside the frame.
     cx = size / 2 + rng.uniform(-1, 1) * min(0.14 * size, size / 2 - side / 2)
     cy = 0.46 * size + rng.uniform(-1, 1) * min(0.12 * size, 0.46 * size - side / 2)
-    box = draw_object(canvas, label, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng)
-    return finish(canvas, rng), label, box
+    mask = Image.new("L", canvas.size)
+    draw_object(canvas, label, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng, into=mask)
+    return finish(canvas, rng), label, mask
 
 
 def item_id(seed: int, index: int, split: str = "train") -> str:
@@ -295,8 +300,8 @@ class ShapesSource(Source):
         return item_id(self.seed, i, self.split)
 
     def load(self, i: int) -> SourceItem:
-        img, label, box = _drawn(self.seed, i, self.split, self.size)
-        return SourceItem(img, label, self.item_id(i), object_box=box)
+        img, label, mask = _drawn(self.seed, i, self.split, self.size)
+        return SourceItem(img, label, self.item_id(i), object_mask=mask)
 
     def fingerprint(self) -> str:
         return "sha256:" + hashlib.sha256(f"{VERSION}|{self.split}|{self.seed}|{self.n}|{self.size}".encode()).hexdigest()
