@@ -32,8 +32,11 @@ __all__ = ["build_dataset", "evaluate", "explain", "get_method", "list_methods",
 
 def get_method(method, model=None, **config) -> SaliencyMethod:
     """A method instance from a name, a class (a SaliencyMethod or pytorch-grad-cam BaseCAM subclass) or an
-    instance; bound to `model` (an object or a reference) when one is given, ready for `with ... as cam`."""
+    instance; bound to `model` (an object or a reference) when one is given, ready for `with ... as cam` (an
+    instance given with a model is copied first: yours keeps its own binding)."""
     m = _get_method(method, **config)
+    if m is method and model is not None:  # a caller's instance: bind a fresh one like it, leaving theirs as it is
+        m = type(m)(**m.config)
     return m.bind(model) if model is not None else m
 
 

@@ -236,6 +236,9 @@ def resolve(ref: str) -> tuple[Path, str | None]:
         repo, _, rev = ref[3:].partition("@")
         return snapshot(ref, repo, rev, repo_type="dataset")
     folder = Path(ref)
+    if folder.is_file():
+        raise StackbenchError(f"dataset {ref} is a file; give a dataset folder (data/*.parquet and generation.json, "
+                              "as stackbench generate writes it) or hf:REPO")
     if not folder.is_dir():
         raise StackbenchError(f"dataset folder {ref} does not exist; create it with `stackbench generate stack-mix ... "
                               f"--out {ref}` or give hf:REPO")
@@ -319,6 +322,9 @@ def open_dataset(ref, allow_incomplete: bool = False) -> tuple[datasets.Dataset,
         return _checked(ref, "datasets.Dataset object"), {
             "ref": "object:datasets.Dataset", "fingerprint": table_digest([ref.with_format(None).data.table]),
             "revision": None, "n": len(ref), "generation": {}, "path": None}
+    if isinstance(ref, datasets.DatasetDict):
+        raise StackbenchError(f"dataset DatasetDict with splits {sorted(ref)}: give one split, e.g. "
+                              f"ds[{next(iter(ref), 'test')!r}]")
     if not isinstance(ref, (str, Path)):
         raise StackbenchError(f"dataset {type(ref).__name__} object: expected a dataset folder, hf:REPO or a "
                               "datasets.Dataset")

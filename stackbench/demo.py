@@ -6,13 +6,14 @@ paper` (the paper's pipeline on ImageNet, a Stable Diffusion checkpoint and a GP
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
 from .constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES  # noqa: F401  (defined light: --help shows them)
-from .errors import StackbenchError
+from .errors import OtherRecipe, StackbenchError
 from .records import portable
 from .progress import quiet_libraries
 
@@ -150,17 +151,36 @@ def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outc
 
 # What a demo or reproduce folder holds (report.write's files, the data, the results, reproduce's model): a folder
 # holding only these is an earlier run to resume; anything else is someone's files, left alone.
-OWN_ENTRIES = ("data", "results", "model", "table.md", "axes.md", "mu.png", "report.html", "report.json", "overlays-*.png")
+OWN_ENTRIES = ("data", "results", "model", "table.md", "axes.md", "mu.png", "report.html", "report.json",
+               "overlays-*.png")
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise StackbenchError(f"--out {out} is a file; give a folder (new, empty, or an earlier run's)")
-    other = sorted(p.name for p in out.iterdir() if not any(p.match(g) for g in OWN_ENTRIES)) if out.is_dir() else []
+@contextlib.contextmanager
+def _earlier_run(out: Path):
+    """A step that finds an earlier run's dataset of other settings: said about --out, with the fixes this command
+    has (it has no --overwrite)."""
+    try:
+        yield
+    except OtherRecipe as e:
+        raise StackbenchError(f"--out {out} holds an earlier run with other settings ({e.detail}); give a new "
+                              "--out, or the earlier run's settings to resume it") from None
+
+
+def _check_out(out: Path, dry_run: bool = False) -> None:
+    """--out is a folder this run may use (new, empty, or an earlier run's) and, for a real run, can write to."""
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise StackbenchError(f"--out {out}: {blocking} is a file; give a folder (new, empty, or an earlier run's)")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and  # .DS_Store and the like
+                   not any(p.match(g) for g in OWN_ENTRIES)) if out.is_dir() else []
     if other:
         raise StackbenchError(f"--out {out} already holds other files ({', '.join(other[:3])}"
                               f"{', ...' if len(other) > 3 else ''}); give a new or empty folder, or an earlier run's "
                               "folder to resume it")
+    if not dry_run:  # before the first step, not at its first file
+        from .datafolder import writable_folder
+
+        writable_folder(out)
 
 
 def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = "minivgg-masked",
@@ -179,7 +199,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     k = axes_images or (QUICK_AXES if quick else DEMO_AXES)
     dev = _device(device)
     _check_walled(model)
-    _check_out(out)
+    _check_out(out, dry_run)
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
     mix, gen = load_preset("stack-mix", "mini"), load_preset("stack-gen", "mini")
@@ -192,7 +212,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
              lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
         _evaluate_step(out, data, model, dev, 16, progress, n, k, probe=model),
     ]
-    with quiet_libraries(progress):
+    with quiet_libraries(progress), _earlier_run(out):
         run_steps(steps, dry_run, echo)
     if dry_run:
         return None
@@ -219,7 +239,7 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     t0 = time.perf_counter()
     out = Path(out)
     dev = _device(device)
-    _check_out(out)
+    _check_out(out, dry_run)
     gpu = dev.startswith("cuda")
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     mix = {**load_preset("stack-mix", "paper"), "source": imagenet, "split": split, "num_images": num_images,
@@ -254,7 +274,7 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     # The model's cost is its architecture's: time that (the weights need not exist yet, nor be read).
     probe = "vgg16-masked" if train or model_ref.startswith("paper:") else model_ref
     plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, num_images, axes_images, probe=probe))
-    with quiet_libraries(progress):
+    with quiet_libraries(progress), _earlier_run(out):
         run_steps(plan, dry_run, echo)
     if dry_run:
         return None

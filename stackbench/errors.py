@@ -14,6 +14,14 @@ class StackbenchError(Exception):
     """Bad input or a refused operation; the CLI prints `error: <message>` and exits 2."""
 
 
+class OtherRecipe(StackbenchError):
+    """An output folder holds an earlier build with other settings (`detail` names them); refused, not mixed."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
 class Refused(StackbenchError):
     """Checks that failed (not bad arguments): the CLI prints one `error:` line per problem and exits 1."""
 

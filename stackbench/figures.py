@@ -73,6 +73,8 @@ def mu_bars_ax(ax, results: Mapping[str, Mapping[str, Mapping]], datasets: Seque
     """Grouped bars on `ax`: mean mu x100 per method (x) and dataset (colour) with std error bars.
     `results` maps method -> dataset -> {mean, std, ...}."""
     names = list(results)
+    if not names:
+        return _no_rows(ax, title)
     x = np.arange(len(names))
     width = 0.8 / max(1, len(datasets))
     for k, d in enumerate(datasets):
@@ -131,8 +133,14 @@ def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = 
     ax.set_title(title, fontsize=9)
     if points:
         ax.legend(fontsize=7, loc="best")
-    else:  # a new board: say so rather than draw an empty legend
-        ax.text(0.5, 0.5, "no rows yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    else:
+        _no_rows(ax, title)
+
+
+def _no_rows(ax, title: str) -> None:
+    """A new board's panel: says so, rather than drawing empty bars and a legend of nothing."""
+    ax.set_title(title, fontsize=9)
+    ax.text(0.5, 0.5, "no rows yet", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -138,7 +138,8 @@ def _generate(kind: str, preset: str, folder: Path, progress: bool) -> None:
 def load_tracks(store: Path | None = None) -> dict[str, Track]:
     path = resolve_store(store) / "tracks.json"
     if not path.is_file():
-        raise StackbenchError(f"{path} is missing: the leaderboard store must define its tracks")
+        raise StackbenchError(f"{path} is missing: a board's folder defines its tracks there; give a board's folder, "
+                              "or a new or empty one (submit starts a board in it)")
     try:
         raw = json.loads(path.read_text())
         return {name: Track(name=name, **_renamed(spec)) for name, spec in raw["tracks"].items()}

@@ -103,9 +103,12 @@ def scored_maps(method, batch: Batch, shapes, postprocess: str, size) -> tuple[n
 
 def as_images(images, size: tuple[int, int]) -> torch.Tensor:
     """What a user hands `explain` -> float32 (N, 3, H, W) in [0, 1]: a tensor (N, 3, H, W) or (3, H, W) in [0, 1]
-    (ToTensor's output, not normalised: the backbone normalises), PIL images, uint8 (H, W, 3) arrays, or a list."""
+    (ToTensor's output, not normalised: the backbone normalises), PIL images, uint8 (H, W, 3) arrays (or an
+    (N, H, W, 3) batch), or a list."""
     from PIL import Image
 
+    if isinstance(images, np.ndarray) and images.ndim == 4:  # a batch of uint8 (H, W, 3) arrays
+        images = list(images)
     if isinstance(images, (Image.Image, np.ndarray)) or (isinstance(images, torch.Tensor) and images.ndim == 3):
         images = [images]
     if not isinstance(images, (list, tuple, torch.Tensor)) and not hasattr(images, "__next__"):
@@ -130,9 +133,14 @@ def as_images(images, size: tuple[int, int]) -> torch.Tensor:
                                   f"{tuple(size)}: resize it to {size[0]}x{size[1]} first")
         parts.append(im.detach().float().cpu().reshape(-1, *im.shape[-3:]))
     x = torch.cat(parts) if parts else torch.empty(0, 3, *size)
-    if x.numel() and not (torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
-        raise StackbenchError("images must be finite and in [0, 1] (ToTensor's output); these look normalised or "
-                              "unscaled: stackbench normalises them itself")
+    if not len(x):
+        raise StackbenchError("images: none given (an empty list or batch); give at least one image")
+    if not torch.isfinite(x).all():
+        raise StackbenchError(f"images: {int((~torch.isfinite(x)).sum())} values are NaN or infinite; give finite "
+                              "values in [0, 1]")
+    if x.min() < 0 or x.max() > 1:
+        raise StackbenchError("images must be in [0, 1] (ToTensor's output); these look normalised or unscaled: "
+                              "stackbench normalises them itself")
     return x
 
 

@@ -44,14 +44,15 @@ def axes_table(found: dict, datasets) -> str:
     k = axes_sample(found)
     lines = ([f"The board's axes on a seeded sample of {images_phrase(k)} per set (mu is on the same images); a "
               "board row measures them on every image.", ""] if k else [])
-    lines += ["| method | mu x100 | mu hidden x100 | deletion AUC | rand. corr | flags |", "|---|---|---|---|---|---|"]
+    lines += ["Numbers are means over the sets; a flag raised on one set only names it.", "",
+              "| method | mu x100 | mu hidden x100 | deletion AUC | rand. corr | flags |", "|---|---|---|---|---|---|"]
     for m, per in found.items():
         if not all("flags" in p["record"] for p in per.values()):
             continue
         f = lambda k, x100=True: "-" if _mean(found, m, k, datasets) is None else (  # noqa: E731
             f"{100 * _mean(found, m, k, datasets):.1f}" if x100 else f"{_mean(found, m, k, datasets):.3f}")
-        flags = [w for w, k in (("orientation-dependent", "orientation_dependent"),
-                                ("model-insensitive", "model_insensitive")) if _flagged(found, m, k)]
+        named = (("orientation-dependent", "orientation_dependent"), ("model-insensitive", "model_insensitive"))
+        flags = [w + _which(found, m, k) for w, k in named if _flagged(found, m, k)]
         lines.append(f"| {m}{' (control)' if m in CONTROLS else ''} | {f('mu_axes')} | {f('mu_hidden')} | "
                      f"{f('deletion_auc', False)} | {f('rand_corr', False)} | {', '.join(flags) or '-'} |")
     return "\n".join(lines)
@@ -137,6 +138,13 @@ def axes_sample(found: dict) -> int | None:
 
 def _flagged(found, m, flag) -> bool:
     return any(per["record"].get("flags", {}).get(flag) for per in found[m].values())
+
+
+def _which(found, m, flag) -> str:
+    """' (STACK-MIX)' when a flag is raised on some sets only: the table's numbers are means over the sets, so a
+    flag from one set can sit beside a mean under its threshold."""
+    on = [d for d, per in found[m].items() if per["record"].get("flags", {}).get(flag)]
+    return "" if len(on) == len(found[m]) else f" ({', '.join(d.upper() for d in on)})"
 
 
 def axes_findings(found: dict, datasets) -> list[str]:

@@ -98,9 +98,16 @@ def test_methods_are_context_managers_and_callables(stack):
     with stackbench.get_method("GradCAM", model) as cam:
         stackbench.explain(other, images, method=cam)
         assert cam._use["model"] is model and np.array_equal(cam(images), ours_gradcam := bare(images))
+        copy = stackbench.get_method(cam, other)  # a bound copy; cam keeps its model
+        assert copy is not cam and copy._use["model"] is other and cam._use["model"] is model
         with pytest.raises(stackbench.StackbenchError, match="in use inside `with`"):
-            stackbench.get_method(cam, other)
+            cam.bind(other)
+        with cam:  # a nested `with` (a helper's own) shares the set-up and leaves the outer one in use
+            pass
+        with pytest.raises(stackbench.StackbenchError, match="in use inside `with`"):
+            cam.bind(other)
     assert np.array_equal(cam(images), ours_gradcam)
+    assert np.array_equal(stackbench.explain(model, np.stack([np.asarray(im) for im in images])), ours_gradcam)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -113,7 +120,12 @@ def test_methods_are_context_managers_and_callables(stack):
     (lambda m, x: stackbench.explain(m, x, method="GradCAMM"), "did you mean"),
     (lambda m, x: stackbench.mu(np.zeros((2, 100, 100)), m), "expected \\(N, 224, 224\\)"),
     (lambda m, x: stackbench.open_dataset(42), "expected a dataset folder"),
+    (lambda m, x: stackbench.open_dataset(__file__), "is a file; give a dataset folder"),
+    (lambda m, x: stackbench.load_model(__file__[:-3] + ".pt"), "is a weights file, not a reference: give paper:"),
     (lambda m, x: stackbench.explain(m, None), "images: got NoneType"),
+    (lambda m, x: stackbench.explain(m, []), "images: none given"),
+    (lambda m, x: stackbench.explain(m, x[:0]), "images: none given"),
+    (lambda m, x: stackbench.explain(m, x * float("nan")), "values are NaN or infinite"),
     (lambda m, x: stackbench.explain(m, [x[0], x[1, :, :100, :100]]), "image 1 is \\(100, 100\\) px"),
     (lambda m, x: stackbench.explain(m, x, targets=["circle", "square"]), "class indices"),
     (lambda m, x: stackbench.explain(m, x, targets=[None, 1]), "class indices"),

@@ -171,7 +171,7 @@ def test_every_option_has_help_and_shows_its_default():
 
 KIND = {"REF": {"--model", "--method", "--dataset", "--sd-model", "--verify-model"},
         "DIR": {"--out", "--store"}, "SRC": {"--source", "--val-source", "--imagenet", "--train-source"},
-        "PATH": {"--image"}, "SEED": {"--seed"}, "DEVICE": {"--device"}, "NAME": {"--preset"}}
+        "PATH": {"--image"}, "SEED": {"--seed"}, "DEVICE": {"--device"}, "NAME": {"--preset"}, "REV": {"--revision"}}
 # Where an option's name says one kind but the value is another: verify filters rows by their submission name.
 NOT_A_REF = {("leaderboard verify", "--method"): "NAME"}
 

@@ -65,3 +65,37 @@ def test_a_folder_with_other_files_is_left_alone(tmp_path):
         assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
         assert "already holds other files (thesis.tex)" in r.output and "new or empty folder" in r.output
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "thesis.tex" / "sub"), "--dry-run"])
+    assert r.exit_code == 2 and "thesis.tex is a file; give a folder" in r.output, r.output
+    hidden = tmp_path / "finder"
+    hidden.mkdir()
+    (hidden / ".DS_Store").write_text("")
+    assert CliRunner().invoke(main, ["demo", "--quick", "--out", str(hidden), "--dry-run"]).exit_code == 0
+
+
+def test_an_earlier_run_with_other_settings_is_named_with_the_fix(tmp_path):
+    # an earlier demo's dataset of 4 images; asking for 5 cannot resume it (demo has no --overwrite)
+    from stackbench.generate import generate_stack_mix
+
+    generate_stack_mix(tmp_path / "data" / "stack-mix", source="shapes", num_images=4, layout="fit", progress=False)
+    r = CliRunner().invoke(main, ["demo", "--num-images", "5", "--out", str(tmp_path), "--no-progress"])
+    last = r.output.strip().splitlines()[-1]
+    assert r.exit_code == 2 and last.startswith(f"error: --out {tmp_path} holds an earlier run with other settings "
+                                                "(recipe.num_images)"), r.output
+    assert "give a new --out" in last and "--overwrite" not in r.output
+
+
+def test_a_flag_from_one_set_names_the_set_beside_the_mean():
+    from stackbench.report import axes_table
+
+    def part(corr, flagged):
+        record = {"metrics": {"rand_corr": {"mean": corr}, "mu_hidden": {"mean": 0.3}, "deletion_auc": {"mean": 0.2}},
+                  "flags": {"model_insensitive": flagged, "orientation_dependent": False}}
+        return {"record": record, "rows": [{"mu": 0.3, "orientation": "hflip"}]}
+
+    found = {"ScoreCAM": {"stack-mix": part(0.84, True), "stack-gen": part(0.64, False)},
+             "GradCAM": {"stack-mix": part(0.9, True), "stack-gen": part(0.85, True)}}
+    rows = {line.split("|")[1].strip(): line for line in axes_table(found, ["stack-mix", "stack-gen"]).splitlines()
+            if line.startswith("| ") and "method" not in line}
+    assert "| 0.740 | model-insensitive (STACK-MIX) |" in rows["ScoreCAM"]  # the mean is under 0.8: say where
+    assert rows["GradCAM"].endswith("| model-insensitive |")

@@ -87,6 +87,13 @@ def test_a_new_board_builds_without_warnings(store):
     assert {p.name for p in built} >= {"README.md", "index.html", "mu.png", "axes.png"}
 
 
+def test_a_folder_of_other_files_is_not_a_board(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StackbenchError, match="tracks.json is missing: .*give a board's folder, or a new or empty one"):
+        lb.submit("GradCAM", store=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_a_name_on_the_board_needs_replace(store):
     submit(store, "GradCAM")
     with pytest.raises(StackbenchError, match="already on the test board"):

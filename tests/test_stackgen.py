@@ -160,9 +160,13 @@ def test_bad_inputs_are_one_clear_line(tmp_path, sd_folder):
     bad.write_text(json.dumps({"top": "a {name}", "bottom": "a {name}", "scene": "  ", "negative": "blurry"}))
     assert "empty 'scene' prompt" in err("--prompts", str(bad))
     assert "unknown class 'unicorn'" in err("--classes", "unicorn")
+    assert "give a class name or an index 0..9 (circle, square" in err("--classes", "99")
     with pytest.raises(StackbenchError, match="needs --model"):
         StackGenRecipe(generator="diffusers").validate()
     # a shapes scene has no sampler: diffusion settings are refused, not silently recorded
     assert "--steps, --guidance (given here or by the preset) apply to --generator diffusers only" in err(
         "--generator", "shapes", "--steps", "30", "--guidance", "7.5")
     assert "--max-attempts counts the attempts under --min-verify" in err("--max-attempts", "3")
+    # a verifier that cannot load fails the first item: the folder this run made is not left half-written
+    assert "not a loadable CLIP model" in err("--verify-model", str(tmp_path / "notsd"), "--num-images", "2")
+    assert not (tmp_path / "x").exists()

@@ -57,7 +57,8 @@ def test_summary_and_folder_layout(shapes_cut):
     # procedural objects: each box is that item's object (they differ), said so on the card
     assert len({tuple(b) for b in ds["top_box"]}) > 10 and None in ds["bottom_box"]
     card = DatasetCard.load(out / "README.md").text
-    assert re.search(r"^\| `bottom_box` \| .*every pixel of the hidden object that lands in the band.*null when none of it does \|$",
+    assert re.search(r"^\| `bottom_box` \| .*every pixel of the hidden object that lands in the band.*"
+                     r"null when none of it does \|$",
                      card, re.M)
 
 
@@ -259,7 +260,7 @@ def test_bad_inputs_give_a_finished_dataset_and_a_skip_report(tmp_path, bad_fold
     for path, reason in expected.items():
         assert reason in skipped[path]
         assert f"  {path}: {skipped[path]}" in r.output
-    assert g["skipped_classes"] == [{"class": "gamma", "reason": "fewer than two usable images (1 of 2)"}]
+    assert g["skipped_classes"] == [{"class": "gamma", "reason": "fewer than two usable images (1 of 2, 1 truncated or corrupt)"}]
     assert "class 'gamma' skipped" in r.output
     # Every odd mode of 'alpha' was used (5 pairs = all 10 files) and converted.
     assert set(g["converted"]) == {"CMYK", "L", "P", "RGBA", "I;16"} and "converted:" in r.output
@@ -278,6 +279,8 @@ def test_bad_arguments_are_one_line(tmp_path, bad_folder):
         (["--source", "shapes", "--num-images", 5, "--per-class", 2], "either --num-images or --per-class"),
         (["--preset", "paperr"], "did you mean paper"),
         (["--source", f"imagefolder:{bad_folder}", "--classes", "gamma"], "no class of"),
+        (["--source", f"imagefolder:{bad_folder}", "--classes", "beta", "--min-size", 1000],
+         "beta: fewer than two usable images (0 of 4, 4 too small for --min-size 1000)"),
     ]
     for args, msg in cases:
         r = run(*args, "--out", tmp_path / "x")

@@ -72,7 +72,8 @@ def print_summary(result: WriteResult) -> None:
         help="cut: the paper's CutMix rows; fit: the whole second image in the band  [default: cut]")
 @seed_option("recipe seed  [default: 0]", default=None)
 @option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding  [default: png]")
-@count_option("--min-size", min=0, help="skip inputs smaller than this per side, in px (0: keep every size)  [default: 64]")
+@count_option("--min-size", min=0,
+              help="skip inputs smaller than this per side, in px (0: keep every size)  [default: 64]")
 @click.option("--allow-repeats", is_flag=True, help="allow more images than the source gives before it uses an "
               "image twice")
 @writer_options
@@ -113,8 +114,9 @@ def stack_mix(preset, source, split, num_images, per_class, classes, layout, see
 @click.option("--verify", is_flag=True, help="score both object crops with a zero-shot CLIP model")
 @option("--verify-model", default=None, metavar="REF",
         help="CLIP checkpoint for --verify (Hub id or folder)  [default: openai/clip-vit-base-patch32]")
-@option("--min-verify", type=float, default=None,
-        help="keep only items whose two crops score at least T; others are regenerated deterministically")
+@option("--min-verify", type=float, default=None, metavar="SCORE",
+        help="keep only items whose two crops CLIP scores at least SCORE (0 to 1); others are regenerated "
+             "deterministically")
 @count_option("--max-attempts", help="attempts per item under --min-verify  [default: 8]")
 @option("--format", "fmt", type=click.Choice(["png", "jpeg"]), default=None, help="image encoding  [default: png]")
 @device_option("auto: this process' accelerator (under accelerate launch / torchrun), else cuda if present, else cpu")

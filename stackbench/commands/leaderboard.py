@@ -33,12 +33,15 @@ def submit(method, track, name, author, url, description, replace, device, no_pr
     from .. import leaderboard as lb
 
     store = lb.resolve_store(store)
+    new_board = not (store / "tracks.json").is_file()
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
                       store=store, device=device, progress=not no_progress)
     for p in paths:
         click.echo(f"wrote {p} (+ {p.with_suffix('.parquet').name})")
     code = sorted((store / lb.METHODS_DIR / lb.stem_for(name or paths[0].stem)).glob("*"))
     files = [x for p in paths for x in (p, p.with_suffix(".parquet"))] + code + [store / f for f in lb.RENDERED]
+    if new_board:  # the board this submit started: its tracks and the paper's numbers go in too
+        files += [store / "tracks.json", store / "reported"]
     click.echo("next: stackbench leaderboard build, then commit the rows and the rendered board:")
     click.echo("  git add " + " ".join(_shown(f) for f in files))
 

@@ -10,7 +10,7 @@ def repo_id_option(help: str):  # noqa: A002
 
 
 private_option = click.option("--private", is_flag=True, help="create the repo private")
-revision_option = option("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if missing)")
+revision_option = option("--revision", default=None, metavar="REV", help="branch to commit to (created if missing)")
 dry_run_option = click.option("--dry-run", is_flag=True, help="print what would be sent and exit; no network")
 
 

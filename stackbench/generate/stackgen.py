@@ -173,11 +173,17 @@ class StackGenBuilder:
         self.class_names = label_space(recipe.generator)
         lower = {n.lower(): k for k, n in enumerate(self.class_names)}
         wanted = []
+        n = len(self.class_names)
         for name in recipe.classes or default_classes(recipe.generator):
-            if name.lower() not in lower:
+            if name.lower() in lower:
+                wanted.append(lower[name.lower()])
+            elif name.isdigit() and int(name) < n:  # an index, as stack-mix takes it
+                wanted.append(int(name))
+            else:
                 raise StackbenchError(f"unknown class {name!r} for --generator {recipe.generator}"
-                                      f"{close_matches(name, self.class_names)}")
-            wanted.append(lower[name.lower()])
+                                      f"{close_matches(name, self.class_names)}; give a class name or an index "
+                                      f"0..{n - 1}"
+                                      + (f" ({', '.join(self.class_names)})" if n <= 20 else ""))
         wanted = sorted(set(wanted))
         perm = np.random.default_rng([recipe.seed, _CLASS_ORDER]).permutation(len(wanted))
         self.class_order = [wanted[j] for j in perm]

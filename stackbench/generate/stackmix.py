@@ -7,6 +7,7 @@ resumes or process counts.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,7 +162,7 @@ class StackMixBuilder:
 
     def _has_pair(self, c: int) -> bool:
         """At least two usable images (checked in file order, stopping at the second)."""
-        pool, good = self.pools[c], 0
+        pool, good, why = self.pools[c], 0, Counter()
         if len(pool) >= 2 and self.source.always_usable:
             return True
         for idx in pool:
@@ -170,10 +171,13 @@ class StackMixBuilder:
                 good += 1
             except SkipImage as e:
                 self._plan_skips.setdefault(e.path, e.reason)
+                why[e.reason.split(" (")[0]] += 1  # "too small (40x30; ...)" -> "too small"
             if good == 2:
                 return True
+        named = {"too small": f"too small for --min-size {self.recipe.min_size}"}
+        skipped = "".join(f", {n} {named.get(reason, reason)}" for reason, n in why.most_common())
         self.skipped_classes.append({"class": self.class_names[c], "reason": f"fewer than two usable images "
-                                     f"({good} of {len(pool)})"})
+                                     f"({good} of {len(pool)}{skipped})"})
         return False
 
     def pair(self, i: int) -> tuple[int, list[int]]:

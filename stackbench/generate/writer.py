@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import Callable, Protocol
 import datasets
 
 from .. import datafolder as df
-from ..errors import StackbenchError
+from ..errors import OtherRecipe, StackbenchError
 from ..versions import versions
 
 GENERATION_FORMAT = "stackbench.generation/1"
@@ -106,8 +107,9 @@ def prepare_folder(folder: Path, identity: dict, overwrite: bool) -> None:
             differ = [k for k in IDENTITY_KEYS if old.get(k) != identity.get(k)]
             detail = [f"{k}.{sub}" for k in differ if isinstance(identity.get(k), dict) and isinstance(old.get(k), dict)
                       for sub in sorted(set(identity[k]) | set(old[k])) if identity[k].get(sub) != old[k].get(sub)]
-            raise StackbenchError(f"{folder} holds a dataset with another recipe (differs in "
-                                  f"{', '.join(detail or differ)}); choose another --out or pass --overwrite")
+            raise OtherRecipe(f"{folder} holds a dataset with another recipe (differs in "
+                              f"{', '.join(detail or differ)}); choose another --out or pass --overwrite",
+                              ", ".join(detail or differ))
         if not same:
             for p in _our_files(folder):
                 p.unlink()
@@ -179,6 +181,7 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     main = rank == 0
     identity = {"kind": builder.kind, **builder.identity(), "shard_size": shard_size, "versions": versions("pillow", "numpy", "datasets", "pyarrow", python=False)}
     refusal = None
+    fresh = world == 1 and not (folder.is_dir() and any(folder.iterdir()))  # made by this call: undone if it fails
     if main:
         try:
             prepare_folder(folder, identity, overwrite)
@@ -232,6 +235,10 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
                     bar.update(counter.value - (bar.n - (builder.n_items - built_items)))
                 pending.get()  # re-raises a worker's exception
                 bar.update(counter.value - (bar.n - (builder.n_items - built_items)))
+    except BaseException:
+        if fresh and not df.list_shards(folder):  # nothing to resume: leave no half-made folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
         bar.close()
         _STATE.clear()

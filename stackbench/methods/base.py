@@ -68,13 +68,17 @@ class SaliencyMethod:
         if self._use is None:
             raise StackbenchError(f"method {self.name}: no model to explain; give one: `with {type(self).__name__}"
                                   "(model) as cam:` or `.bind(model)`")
-        self._backbone = Backbone(self._use["model"])
-        self.setup(self._backbone, self._use["seed"])
+        if self._backbone is None:  # the outermost `with` sets up; a nested one (a helper's) shares it
+            self._backbone = Backbone(self._use["model"])
+            self.setup(self._backbone, self._use["seed"])
+        self._depth = getattr(self, "_depth", 0) + 1
         return self
 
     def __exit__(self, *exc) -> None:
-        self._backbone = None
-        self.teardown()
+        self._depth -= 1
+        if not self._depth:
+            self._backbone = None
+            self.teardown()
 
     def __call__(self, images, targets=None):
         """Maps of `images` (tensor (N, 3, H, W) or (3, H, W) in [0, 1], PIL image(s), uint8 array(s)) for

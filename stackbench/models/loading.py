@@ -64,6 +64,9 @@ def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str
         ref = f"{ref}#seed={seed}"
     elif Path(ref).is_dir():
         model = load_folder(ref)
+    elif Path(ref).is_file() or Path(ref).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        raise StackbenchError(f"model {ref} is a weights file, not a reference: give paper:{ref} for the paper's "
+                              "checkpoints, or the save_pretrained folder that holds it")
     elif "/" in ref or ref.startswith("."):
         raise StackbenchError(f"model folder {ref} does not exist; give a save_pretrained folder, a zoo name "
                               f"({', '.join(list_models())}), NAME@random, hf:REPO or paper:PATH")
