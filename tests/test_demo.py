@@ -28,6 +28,9 @@ def _imagefolder(root, classes=("tench", "goldfish", "great white shark"), per_c
 
 def test_reproduce_with_stand_ins(tmp_path, monkeypatch):
     monkeypatch.setenv("STACKBENCH_CACHE", str(tmp_path / "cache"))  # a real run records its measured rate there
+    from stackbench.methods.opticam import OptiCAM
+
+    monkeypatch.setitem(OptiCAM.defaults, "steps", 2)  # the wiring is under test, not Opti-CAM (50 steps: 80% of it)
     folder = _imagefolder(tmp_path / "imagenet")
     random_pipeline("tiny", seed=0).save_pretrained(tmp_path / "sd")
     args = ["reproduce", "--preset", "paper", "--imagenet", f"imagefolder:{folder}", "--sd-model", str(tmp_path / "sd"),

@@ -87,7 +87,7 @@ def test_generate_demo_and_submit_from_the_installed_wheel(installed, tmp_path):
 
 def _demo_quick(target: Path, work: Path) -> None:
     """The demo's main job, from the wheel: Table 1 with the packaged paper numbers, HiResCAM exactly 0."""
-    args = ["demo", "--quick", "--num-images", "4", "--axes-images", "1", "--out", "demo", "--no-progress"]
+    args = ["demo", "--quick", "--num-images", "2", "--axes-images", "1", "--out", "demo", "--no-progress"]
     r = _run(target, work, *args)
     assert r.returncode == 0, r.stderr
     out = work / "demo"
