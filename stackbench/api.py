@@ -34,10 +34,14 @@ def get_method(method, model=None, **config) -> SaliencyMethod:
     """A method instance from a name, a class (a SaliencyMethod or pytorch-grad-cam BaseCAM subclass) or an
     instance; bound to `model` (an object or a reference) when one is given, ready for `with ... as cam` (an
     instance given with a model is copied first: yours keeps its own binding)."""
+    return _own(method, **config).bind(model) if model is not None else _get_method(method, **config)
+
+
+def _own(method, **config) -> SaliencyMethod:
+    """A method instance this call may bind: a caller's instance is copied (same class and config), so its own
+    binding, and any `with` it is in, are left as they are."""
     m = _get_method(method, **config)
-    if m is method and model is not None:  # a caller's instance: bind a fresh one like it, leaving theirs as it is
-        m = type(m)(**m.config)
-    return m.bind(model) if model is not None else m
+    return type(m)(**m.config) if m is method else m
 
 
 def explain(model, images, method="GradCAM", targets=None, *, postprocess: str = "gradcam-lib", seed: int = 0,
@@ -50,9 +54,7 @@ def explain(model, images, method="GradCAM", targets=None, *, postprocess: str =
         raise StackbenchError(f"postprocess {postprocess!r}: expected one of {', '.join(M.POSTPROCESS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise StackbenchError(f"batch_size {batch_size!r}: must be a whole number of at least 1")
-    m = _get_method(method, **config)
-    if m is method:  # a caller's instance: a fresh one like it, so its own binding (and any `with`) is left alone
-        m = type(m)(**m.config)
+    m = _own(method, **config)
     m.bind(model, seed=seed, postprocess=postprocess, batch_size=batch_size)
     return m(images, targets)
 

@@ -130,11 +130,10 @@ def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = 
         ax.axvline(100 * uniform, color="grey", lw=0.8, ls=":", label=f"uniform map ({100 * uniform:.1f})")
     ax.set_xlabel("mu behind a hidden wall x100 (lower is better)")
     ax.set_ylabel("deletion AUC in the seen part (lower is better)")
+    if not points:
+        return _no_rows(ax, title)
     ax.set_title(title, fontsize=9)
-    if points:
-        ax.legend(fontsize=7, loc="best")
-    else:
-        _no_rows(ax, title)
+    ax.legend(fontsize=7, loc="best")
 
 
 def _no_rows(ax, title: str) -> None:

@@ -168,80 +168,30 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     `state`: an accelerate PartialState when launched as several processes (`accelerate launch`, torchrun):
     process p builds the missing shards s with s % num_processes == p, each writing its own files; the main
     process prepares the folder and, once every process is done, writes generation.json and the card."""
-    if shard_size < 1:
-        raise StackbenchError(f"--shard-size must be at least 1, got {shard_size}")
-    if num_proc < 1:
-        raise StackbenchError(f"--num-proc must be at least 1, got {num_proc}")
-    if math.ceil(builder.n_items / shard_size) > MAX_SHARDS:
-        raise StackbenchError(f"{builder.n_items} images in shards of {shard_size} make "
-                              f"{math.ceil(builder.n_items / shard_size)} shards, more than {MAX_SHARDS}: ask for fewer "
-                              "images or a larger --shard-size")
+    _check_sizes(builder, shard_size, num_proc)
     folder = Path(folder)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     main = rank == 0
-    identity = {"kind": builder.kind, **builder.identity(), "shard_size": shard_size, "versions": versions("pillow", "numpy", "datasets", "pyarrow", python=False)}
-    refusal = None
+    identity = {"kind": builder.kind, **builder.identity(), "shard_size": shard_size,
+                "versions": versions("pillow", "numpy", "datasets", "pyarrow", python=False)}
     fresh = world == 1 and not (folder.is_dir() and any(folder.iterdir()))  # made by this call: undone if it fails
-    if main:
-        try:
-            prepare_folder(folder, identity, overwrite)
-            df.atomic_write_json(folder / df.GENERATION, {"format": GENERATION_FORMAT, "status": "incomplete",
-                                                          **identity})
-        except StackbenchError as e:
-            if world == 1:
-                raise
-            refusal = str(e)
-    if world > 1:  # every process stops with the main one's refusal instead of waiting for it forever
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-        if refusal:
-            raise StackbenchError(refusal)
-
+    _start(folder, identity, overwrite, main, world)
     # A builder may narrow the kind's columns to those that mean something for its recipe.
     feats = builder.features() if hasattr(builder, "features") else df.features(builder.kind, builder.class_names)
     n_shards = max(1, math.ceil(builder.n_items / shard_size))
-    expected = {df.shard_path(folder, s, n_shards).name for s in range(n_shards)}
-    if main:
-        for p in df.list_shards(folder):
-            if p.name not in expected:
-                p.unlink()
-    missing = [s for s in range(n_shards) if not df.shard_path(folder, s, n_shards).exists()]
+    missing = _missing_shards(folder, n_shards, main)
     if world > 1:
         state.wait_for_everyone()  # every process has listed the missing shards before any is written
     todo = [s for s in missing if s % world == rank]
     size_of = lambda s: min((s + 1) * shard_size, builder.n_items) - s * shard_size  # noqa: E731
-    built_items = sum(size_of(s) for s in todo)
-
-    from ..progress import Progress
-
-    bar = Progress(builder.n_items, f"{builder.kind} -> {folder.name}", initial=builder.n_items - built_items,
-                   enabled=progress and main)  # a bar on a terminal, plain log lines elsewhere
     t0 = time.perf_counter()
-    procs = min(num_proc, len(todo))
     try:
-        if procs <= 1:
-            _init_worker(builder, feats, folder, shard_size, n_shards, None)
-            for s in todo:
-                _build_shard(s, tick=bar.update)
-        else:
-            ctx = _context()
-            counter = ctx.Value("q", 0)
-            with ctx.Pool(procs, initializer=_init_worker,
-                          initargs=(builder, feats, folder, shard_size, n_shards, counter)) as pool:
-                pending = pool.map_async(_build_shard, todo, chunksize=1)
-                while not pending.ready():
-                    pending.wait(0.25)
-                    bar.update(counter.value - (bar.n - (builder.n_items - built_items)))
-                pending.get()  # re-raises a worker's exception
-                bar.update(counter.value - (bar.n - (builder.n_items - built_items)))
+        _build(builder, feats, folder, shard_size, n_shards, todo, sum(map(size_of, todo)), num_proc,
+               progress and main)
     except BaseException:
         if fresh and not df.list_shards(folder):  # nothing to resume: leave no half-made folder behind
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    finally:
-        bar.close()
-        _STATE.clear()
     if world > 1:
         state.wait_for_everyone()
     seconds = time.perf_counter() - t0  # all processes' work
@@ -253,8 +203,80 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     if world > 1:
         state.wait_for_everyone()
         generation = df.read_generation(folder)
-    return WriteResult(folder, generation["n"], n_shards, len(missing), sum(size_of(s) for s in missing), seconds,
+    return WriteResult(folder, generation["n"], n_shards, len(missing), sum(map(size_of, missing)), seconds,
                        generation)
+
+
+def _check_sizes(builder: Builder, shard_size: int, num_proc: int) -> None:
+    if shard_size < 1:
+        raise StackbenchError(f"--shard-size must be at least 1, got {shard_size}")
+    if num_proc < 1:
+        raise StackbenchError(f"--num-proc must be at least 1, got {num_proc}")
+    if math.ceil(builder.n_items / shard_size) > MAX_SHARDS:
+        raise StackbenchError(f"{builder.n_items} images in shards of {shard_size} make "
+                              f"{math.ceil(builder.n_items / shard_size)} shards, more than {MAX_SHARDS}: ask for fewer "
+                              "images or a larger --shard-size")
+
+
+def _start(folder: Path, identity: dict, overwrite: bool, main: bool, world: int) -> None:
+    """The main process prepares the folder and marks it incomplete; with several processes, every one stops with
+    the main one's refusal instead of waiting for it forever."""
+    refusal = None
+    if main:
+        try:
+            prepare_folder(folder, identity, overwrite)
+            df.atomic_write_json(folder / df.GENERATION, {"format": GENERATION_FORMAT, "status": "incomplete",
+                                                          **identity})
+        except StackbenchError as e:
+            if world == 1:
+                raise
+            refusal = str(e)
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+        if refusal:
+            raise StackbenchError(refusal)
+
+
+def _missing_shards(folder: Path, n_shards: int, main: bool) -> list[int]:
+    """The shards still to build; the main process first removes shard files of another shard count."""
+    if main:
+        expected = {df.shard_path(folder, s, n_shards).name for s in range(n_shards)}
+        for p in df.list_shards(folder):
+            if p.name not in expected:
+                p.unlink()
+    return [s for s in range(n_shards) if not df.shard_path(folder, s, n_shards).exists()]
+
+
+def _build(builder: Builder, feats, folder: Path, shard_size: int, n_shards: int, todo: list[int],
+           todo_items: int, num_proc: int, progress: bool) -> None:
+    """Build the shards in `todo`, here or in a pool of `num_proc` processes, with one progress bar."""
+    from ..progress import Progress
+
+    done = builder.n_items - todo_items
+    bar = Progress(builder.n_items, f"{builder.kind} -> {folder.name}", initial=done,
+                   enabled=progress)  # a bar on a terminal, plain log lines elsewhere
+    procs = min(num_proc, len(todo))
+    try:
+        if procs <= 1:
+            _init_worker(builder, feats, folder, shard_size, n_shards, None)
+            for s in todo:
+                _build_shard(s, tick=bar.update)
+            return
+        ctx = _context()
+        counter = ctx.Value("q", 0)
+        with ctx.Pool(procs, initializer=_init_worker,
+                      initargs=(builder, feats, folder, shard_size, n_shards, counter)) as pool:
+            pending = pool.map_async(_build_shard, todo, chunksize=1)
+            while not pending.ready():
+                pending.wait(0.25)
+                bar.update(counter.value - (bar.n - done))
+            pending.get()  # re-raises a worker's exception
+            bar.update(counter.value - (bar.n - done))
+    finally:
+        bar.close()
+        _STATE.clear()
 
 
 def finish(folder: Path, builder: Builder, identity: dict, n_shards: int) -> dict:
