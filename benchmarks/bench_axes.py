@@ -21,8 +21,8 @@ import torch
 from stackbench import metrics as M
 from stackbench.axes import Axes, Views, deletion_ends, deletion_probs
 from stackbench.methods import get_method
+from stackbench.methods.passes import make_batch, scored_maps
 from stackbench.models import load_model
-from stackbench.passes import make_batch, scored_maps
 from stackbench.wall import apply, inverse
 
 

@@ -59,8 +59,8 @@ def reference(net, x, name):
 def ours(net, x, names):
     """Times for `names` run together the way the harness does, and the post-processed maps."""
     from stackbench import metrics as M
-    from stackbench.passes import shared_pass
     from stackbench.methods import Backbone, Batch, get_method
+    from stackbench.methods.passes import shared_pass
 
     t0 = time.perf_counter()
     bb = Backbone(net)
@@ -93,7 +93,8 @@ def main():
     net = load_model(args.model)
     n_fast, n_slow = args.images, args.slow_images or args.images
     x_fast, x_slow = images(n_fast), images(n_slow)
-    print(f"model {net.ref}; {n_fast} images (ScoreCAM, AblationCAM: {n_slow}); torch threads {torch.get_num_threads()}")
+    print(f"model {net.ref}; {n_fast} images (ScoreCAM, AblationCAM: {n_slow}); "
+          f"torch threads {torch.get_num_threads()}")
     # Warm-up of both sides on one image (allocator, oneDNN kernels for each shape), not timed.
     ours(net, images(1), [*SIX, "ScoreCAM"])
     from stackbench.methods import Backbone
@@ -132,9 +133,11 @@ def main():
     print()
     print("| methods | reference s/img | stackbench s/img | speed-up |")
     print("|---|---|---|---|")
-    print(f"| six (GradCAM, ++, XGradCAM, AblationCAM, EigenCAM, HiResCAM) | {ref_six:.3f} | {our_six:.3f} | {ref_six / our_six:.1f}x |")
+    print(f"| six (GradCAM, ++, XGradCAM, AblationCAM, EigenCAM, HiResCAM) | {ref_six:.3f} | {our_six:.3f} | "
+          f"{ref_six / our_six:.1f}x |")
     print(f"| ScoreCAM | {ref_sc:.3f} | {our_sc:.3f} | {ref_sc / our_sc:.2f}x |")
-    print(f"| all seven | {ref_six + ref_sc:.3f} | {our_six + our_sc:.3f} | {(ref_six + ref_sc) / (our_six + our_sc):.2f}x |")
+    ref_all, our_all = ref_six + ref_sc, our_six + our_sc
+    print(f"| all seven | {ref_all:.3f} | {our_all:.3f} | {ref_all / our_all:.2f}x |")
     print(f"max |mu_ours - mu_reference| over images and methods: {worst:.2e} (goal <= 1e-4)")
 
 

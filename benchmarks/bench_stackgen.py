@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from stackbench.evaluate import pick_device
 from stackbench.generate.pipelines import random_pipeline
 from stackbench.generate.regional import Layout, generate_regional
+from stackbench.refs import pick_device
 from stackbench.wall import Wall
 
 

@@ -112,8 +112,8 @@ def main() -> None:
         for r in range(args.repeats):
             ceiling.append(available_parallelism())
             runs["floor"].append(timed(lambda: floor(photos, pairs)))
-            runs["one"].append(timed(lambda: builder(1, r)))
-            runs["two"].append(timed(lambda: builder(2, r)))
+            runs["one"].append(timed(lambda r=r: builder(1, r)))
+            runs["two"].append(timed(lambda r=r: builder(2, r)))
         floor_rate, one, two = (max(rate for rate, _ in runs[k]) for k in ("floor", "one", "two"))
         floor_cpu, cpu1, cpu2 = (min(c for _, c in runs[k]) for k in ("floor", "one", "two"))
         t = time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from stackbench.sources import Source, open_source
-from stackbench.train import (IMAGENET_MEAN, IMAGENET_STD, build_model, lr_factor, make_optimizer, preset, train)
+from stackbench.train import IMAGENET_MEAN, IMAGENET_STD, build_model, lr_factor, make_optimizer, preset, train
 
 
 class InMemory(Source):
@@ -106,7 +106,7 @@ def main():
           + ", ".join(f"{v:.1f}" for v in ours))
     print(f"plain PyTorch:    {max(plain):.1f} img/s; rounds: " + ", ".join(f"{v:.1f}" for v in plain))
     print(f"ratio:            {max(ours) / max(plain):.2f}x best/best (goal >= 0.9x); per round: "
-          + ", ".join(f"{o / p:.2f}x" for o, p in zip(ours, plain)))
+          + ", ".join(f"{o / p:.2f}x" for o, p in zip(ours, plain, strict=True)))
 
 
 if __name__ == "__main__":

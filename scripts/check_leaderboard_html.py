@@ -42,8 +42,8 @@ def main() -> int:
                             f"--screenshot={args.screenshot.resolve()}", page.as_uri()],
                            capture_output=True, text=True, timeout=120)
     dom = run.stdout
-    errors = [line for line in run.stderr.splitlines() if re.search(r"Uncaught|SyntaxError|ReferenceError|CONSOLE.*error",
-                                                                    line, flags=re.I)]
+    bad = re.compile(r"Uncaught|SyntaxError|ReferenceError|CONSOLE.*error", flags=re.I)
+    errors = [line for line in run.stderr.splitlines() if bad.search(line)]
     rows = dom.count('<tr class="row">')
     reported = dom.count('<tr class="reported-row">')
     print(f"{page}: {rows}/{expected_rows} board rows, {reported}/{expected_reported} reported rows, "

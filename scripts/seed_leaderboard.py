@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 from stackbench import leaderboard as lb
 from stackbench.errors import StackbenchError
 from stackbench.methods import list_methods
-
 
 STORE = Path(__file__).resolve().parent.parent / "leaderboard"
 

@@ -9,7 +9,8 @@ Names are imported on first use (PEP 562), so `import stackbench` and `stackbenc
 The harness is `stackbench.evaluate.evaluate` (a module of that name: it cannot also be a function here).
 """
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("stackbench")

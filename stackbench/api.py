@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import metrics as M
 from . import datafolder
+from . import metrics as M
 from .errors import StackbenchError
 from .evaluate import evaluate
 from .generate.build import build_dataset

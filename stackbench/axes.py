@@ -1,4 +1,4 @@
-"""The board's axes beyond mu (DESIGN.md "The board's axes"), as the harness computes them per batch.
+"""The board's axes beyond mu (README, "Saliency methods and evaluation"), as the harness computes them per batch.
 
 - **Hidden walls**: each image is also explained through the model re-oriented by one of the 6 dihedral
   transforms that move the wall (`wall.MOVING`, seeded per image), image and model transformed together; the map
@@ -111,7 +111,8 @@ def reinitialised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    pa, pb = list(a.state_dict().values()), list(b.state_dict().values())
+    return len(pa) == len(pb) and all(torch.equal(p, q) for p, q in zip(pa, pb, strict=True))
 
 
 class Views:
@@ -161,7 +162,7 @@ class Instances:
         for inst in self.live.values():
             try:
                 inst.teardown()
-            except BaseException as e:  # noqa: BLE001 - foreign code may raise anything
+            except BaseException as e:
                 reason = foreign_failure(e)
                 if reason is None:
                     raise

@@ -31,7 +31,7 @@ class Group(click.Group):
         except OSError as e:  # the file system or the network said no: name it, no traceback
             click.echo(f"error: {first_line(e)}", err=True)
             sys.exit(2)
-        except Exception as e:  # noqa: BLE001 - the last line of defence
+        except Exception as e:
             if os.environ.get("STACKBENCH_DEBUG"):
                 raise
             click.echo(f"error: unexpected {first_line(e)}; this is a bug in stackbench: please report it "

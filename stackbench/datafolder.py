@@ -1,4 +1,4 @@
-"""The dataset folder contract in one place (DESIGN.md "Dataset folder").
+"""The dataset folder contract in one place (README, "Datasets: STACK-MIX").
 
     README.md                          card (YAML header + prose)
     data/test-00000-of-0000N.parquet   one row per image
@@ -21,6 +21,7 @@ from typing import Sequence
 import datasets
 
 from .errors import StackbenchError, first_line
+from .refs import dataset_ref
 
 SPLIT = "test"
 DATA_DIR = "data"
@@ -230,11 +231,11 @@ def read_generation(folder: str | Path) -> dict:
 
 def resolve(ref: str) -> tuple[Path, str | None]:
     """A dataset reference -> (local folder, revision). `hf:REPO[@REV]` is downloaded with huggingface_hub."""
-    if ref.startswith("hf:"):
-        from .hubfetch import snapshot
+    parsed = dataset_ref(ref)
+    if parsed.scheme == "hf":
+        from .hub.fetch import snapshot
 
-        repo, _, rev = ref[3:].partition("@")
-        return snapshot(ref, repo, rev, repo_type="dataset")
+        return snapshot(ref, parsed.body, parsed.revision, repo_type="dataset")
     folder = Path(ref)
     if folder.is_file():
         raise StackbenchError(f"dataset {ref} is a file; give a dataset folder (data/*.parquet and generation.json, "

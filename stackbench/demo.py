@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
-from .constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES  # noqa: F401  (defined light: --help shows them)
+from .constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES
 from .errors import OtherRecipe, StackbenchError
-from .records import portable
 from .progress import quiet_libraries
+from .records import portable
 
 METHODS = report.PAPER_METHODS + report.CONTROLS
 REFERENCE_RATE = "a fixed reference rate, not measured here"
@@ -54,7 +54,7 @@ def _gen(folder: Path, fields: dict, device: str, progress: bool):
 
 
 def _device(device: str) -> str:
-    from .evaluate import pick_device
+    from .refs import pick_device
 
     return str(pick_device(device))
 
@@ -134,6 +134,7 @@ def _check_walled(model) -> None:
 
 
 def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
+    from .leaderboard import read_reported
     from .resources import resource
 
     results = {ds: out / "results" / ds for ds in data}
@@ -141,10 +142,8 @@ def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outc
     missing = [m for m in METHODS if m not in found]
     if missing:
         raise StackbenchError(f"no result for {', '.join(missing)} in {out / 'results'}; see the evaluation output")
-    import json
-
-    rows = json.loads(resource("board", "reported", "paper.json").read_text())["rows"]
-    reported = {r["method"]: r for r in rows}
+    # The paper's Table 1 as the board shows it (one reader of reported/*.json), beside the measured numbers.
+    reported = {r["method"]: r for r in read_reported(resource("board", "reported", "paper.json"))["rows"]}
     paths = report.write(out, found, list(data), results, title, context, reported)
     return Outcome(out, paths, report.table(found, list(data), reported), report.findings(found, list(data)), 0.0)
 
@@ -259,7 +258,8 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
         Step("stack-mix", f"{num_images} STACK-MIX images from {imagenet} (split {split or 'default'}), cut layout",
              num_images / 50, lambda: _mix(data["stack-mix"], mix, progress), REFERENCE_RATE),
         Step("stack-gen", f"{num_images} STACK-GEN scenes with {sd_model}, {gen.get('steps', 30)} steps, regional "
-                          f"prompts" + (f", CLIP-verified with {gen['verify_model']}" if gen.get("verify_model") else ""),
+                          "prompts" + (f", CLIP-verified with {gen['verify_model']}" if gen.get("verify_model")
+                                       else ""),
              num_images * (1.5 if gen.get("verify_model") else 1.0) * (1.0 if gpu else 60.0),
              lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
     ]
@@ -279,7 +279,7 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     if dry_run:
         return None
     result = _report(out, data, "stackbench reproduce: the paper's Table 1 in your setting",
-                     {"model": portable(model_ref, out), "images per set": num_images, "device": dev, "STACK-MIX source": imagenet,
-                      "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS)})
+                     {"model": portable(model_ref, out), "images per set": num_images, "device": dev,
+                      "STACK-MIX source": imagenet, "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS)})
     result.seconds = time.perf_counter() - t0
     return result

@@ -1,6 +1,5 @@
-"""Figures: saliency overlays with the wall hatched (like the paper's Figure 6) and mu bar charts.
-
-`draw_wall(ax, dead_from, ...)` is the one way the wall is drawn on any matplotlib axis."""
+"""Figures: saliency overlays with the wall hatched (like the paper's Figure 6), mu bar charts and the board's
+Pareto chart, in the house style with the one wall drawer (`stackbench.present.style`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,30 +7,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-WALL_COLOR = "red"
+from .metrics import METRICS
+from .present.style import draw_wall, figure, save_png
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def draw_wall(ax, dead_from: int, height: int = 224, width: int = 224, color: str = WALL_COLOR,
-              label: str | None = None):
-    """Hatch the rows behind the wall (dead_from..height-1) on an image axis (pixel coordinates, origin top)."""
-    from matplotlib.patches import Rectangle
-
-    if dead_from >= height:
-        return None
-    patch = Rectangle((-0.5, dead_from - 0.5), width, height - dead_from, fill=False, edgecolor=color,
-                      hatch="///", linewidth=1.5, label=label)
-    ax.add_patch(patch)
-    return patch
-
+MU, HIDDEN, DELETION = METRICS["mu"], METRICS["mu_hidden"], METRICS["deletion_auc"]
 
 def overlay(ax, image: np.ndarray, sal: np.ndarray, dead_from: int, alpha: float = 0.5, cmap: str = "jet"):
     """One panel: the image (H, W, 3 in [0, 1]), its saliency on top, the wall hatched."""
@@ -45,28 +24,31 @@ def overlay(ax, image: np.ndarray, sal: np.ndarray, dead_from: int, alpha: float
 def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], ids: Sequence[str], dead_from: int,
                  path: str | Path) -> Path:
     """Rows = images, columns = the image then one overlay per method; written as PNG."""
-    from .metrics import mu as mu_fn
+    names, n = list(maps), len(images)
+    with figure(n, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.0 * n)) as (fig, axes):
+        for i in range(n):
+            _image_panel(axes[i, 0], images[i], ids[i], dead_from)
+            for j, name in enumerate(names):
+                _overlay_panel(axes[i, j + 1], images[i], maps[name][i], dead_from, name if i == 0 else None)
+        if n:
+            axes[0, 0].set_title("image (wall hatched)", fontsize=8)
+        return save_png(fig, path)
 
-    plt = _plt()
-    names = list(maps)
-    n = len(images)
-    fig, axes = plt.subplots(n, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.0 * n), squeeze=False)
-    for i in range(n):
-        axes[i, 0].imshow(np.clip(images[i], 0, 1))
-        draw_wall(axes[i, 0], dead_from, *images[i].shape[:2])
-        axes[i, 0].set_xticks([])
-        axes[i, 0].set_yticks([])
-        axes[i, 0].set_ylabel(str(ids[i])[:18], fontsize=7)
-        for j, name in enumerate(names):
-            sal = maps[name][i]
-            overlay(axes[i, j + 1], images[i], sal, dead_from)
-            val = float(mu_fn(sal, dead_from)[0])
-            axes[i, j + 1].set_xlabel("empty" if np.isnan(val) else f"mu={100 * val:.1f}", fontsize=7)
-            if i == 0:
-                axes[i, j + 1].set_title(name, fontsize=8)
-    if n:
-        axes[0, 0].set_title("image (wall hatched)", fontsize=8)
-    return save_figure(fig, path)
+
+def _image_panel(ax, image: np.ndarray, item_id, dead_from: int) -> None:
+    ax.imshow(np.clip(image, 0, 1))
+    draw_wall(ax, dead_from, *image.shape[:2])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(str(item_id)[:18], fontsize=7)
+
+
+def _overlay_panel(ax, image: np.ndarray, sal: np.ndarray, dead_from: int, title: str | None) -> None:
+    overlay(ax, image, sal, dead_from)
+    val = float(MU.per_image(sal, dead_from)[0])
+    ax.set_xlabel("empty" if np.isnan(val) else f"mu={MU.show(val)}", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
 
 
 def mu_bars_ax(ax, results: Mapping[str, Mapping[str, Mapping]], datasets: Sequence[str], title: str = "") -> None:
@@ -79,29 +61,29 @@ def mu_bars_ax(ax, results: Mapping[str, Mapping[str, Mapping]], datasets: Seque
     width = 0.8 / max(1, len(datasets))
     for k, d in enumerate(datasets):
         aggs = [results[n].get(d) or {} for n in names]
-        means = [100 * (a.get("mean") or 0.0) for a in aggs]
-        stds = [100 * (a.get("std") or 0.0) for a in aggs]
+        means = [MU.scale * (a.get("mean") or 0.0) for a in aggs]
+        stds = [MU.scale * (a.get("std") or 0.0) for a in aggs]
         ax.bar(x + (k - (len(datasets) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=d.upper())
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("mu x100 (lower is better)")
-    ax.set_title(title, fontsize=9)
+    ax.set_xticklabels(names, rotation=35, ha="right")
+    ax.set_ylabel(f"{MU.label} ({MU.better})")
+    ax.set_title(title)
     ax.set_ylim(bottom=0)
     if len(datasets) > 1:
-        ax.legend(fontsize=8)
+        ax.legend()
 
 
 def mu_bars(results: Mapping[str, Mapping[str, Mapping]], path: str | Path, datasets: Sequence[str] | None = None,
             title: str = "mu x100 per method (mean +- std over images)") -> Path:
     """The mu bar chart of one evaluation: methods x datasets."""
     datasets = list(datasets or dict.fromkeys(d for r in results.values() for d in r))
-    fig, ax = _plt().subplots(figsize=(max(5.0, 0.9 * len(results) + 2), 3.6))
-    mu_bars_ax(ax, results, datasets, title)
-    return save_figure(fig, path)
+    with figure(figsize=(max(5.0, 0.9 * len(results) + 2), 3.6)) as (fig, axes):
+        mu_bars_ax(axes[0, 0], results, datasets, title)
+        return save_png(fig, path)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both coordinates (lower is better), by the first one."""
+    """Indices of the points no other point beats (is lower than) on both coordinates, by the first one."""
     order = sorted(range(len(points)), key=lambda i: points[i])
     front, best = [], float("inf")
     for i in order:
@@ -111,46 +93,37 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = "", uniform: float | None = None) -> None:
+PARETO_LOOK = {"ranked": ("ranked", dict(marker="o", color="C0")),
+               "unranked": ("listed, not ranked", dict(marker="o", facecolors="none", edgecolors="C1")),
+               "control": ("control", dict(marker="x", color="C3"))}
+
+
+def pareto_ax(ax, points: Sequence[tuple[str, float, float, str]], title: str = "",
+              uniform: float | None = None) -> None:
     """One point per method: (name, mu_hidden, deletion AUC, section). Controls are crosses, unranked rows hollow;
-    the Pareto front of the ranked rows (lower is better on both axes) is drawn."""
-    style = {"ranked": dict(marker="o", color="C0"), "unranked": dict(marker="o", facecolors="none", edgecolors="C1"),
-             "control": dict(marker="x", color="C3")}
-    for section, label in (("ranked", "ranked"), ("unranked", "listed, not ranked"), ("control", "control")):
+    the Pareto front of the ranked rows (the better on both axes) is drawn."""
+    for section, (label, look) in PARETO_LOOK.items():
         pts = [p for p in points if p[3] == section]
         if pts:
-            ax.scatter([100 * p[1] for p in pts], [p[2] for p in pts], s=36, label=label, **style[section])
+            ax.scatter([HIDDEN.scale * p[1] for p in pts], [DELETION.scale * p[2] for p in pts], s=36, label=label,
+                       **look)
     for name, h, d, _ in points:
-        ax.annotate(name, (100 * h, d), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ranked = [(100 * p[1], p[2]) for p in points if p[3] == "ranked"]
+        ax.annotate(name, (HIDDEN.scale * h, DELETION.scale * d), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ranked = [(HIDDEN.scale * p[1], DELETION.scale * p[2]) for p in points if p[3] == "ranked"]
     if ranked:
         front = [ranked[i] for i in pareto_front(ranked)]
         ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="C0", lw=1, label="Pareto front (ranked)")
     if uniform is not None:
-        ax.axvline(100 * uniform, color="grey", lw=0.8, ls=":", label=f"uniform map ({100 * uniform:.1f})")
-    ax.set_xlabel("mu behind a hidden wall x100 (lower is better)")
-    ax.set_ylabel("deletion AUC in the seen part (lower is better)")
+        ax.axvline(MU.scale * uniform, color="grey", lw=0.8, ls=":", label=f"uniform map ({MU.show(uniform)})")
+    ax.set_xlabel(f"{HIDDEN.title} {HIDDEN.scaled} ({HIDDEN.better})")
+    ax.set_ylabel(f"{DELETION.title} in the seen part ({DELETION.better})")
     if not points:
         return _no_rows(ax, title)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
 
 
 def _no_rows(ax, title: str) -> None:
     """A new board's panel: says so, rather than drawing empty bars and a legend of nothing."""
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     ax.text(0.5, 0.5, "no rows yet", ha="center", va="center", transform=ax.transAxes, color="grey")
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Tight layout, PNG without a version stamp (the same figure gives the same bytes), written atomically."""
-    import io
-
-    from .datafolder import atomic_write_bytes
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)

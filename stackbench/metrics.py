@@ -17,7 +17,9 @@ seen part) and `rank_correlation` (the randomisation check).
 """
 from __future__ import annotations
 
-import cv2
+from dataclasses import dataclass, field
+from typing import Callable
+
 import numpy as np
 
 POSTPROCESS = {
@@ -38,6 +40,8 @@ def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if maps.shape[1:] == (h, w):
         return maps
+    import cv2  # here: reading a record's metric table does not load OpenCV
+
     return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps]).astype(np.float32)
 
 
@@ -109,7 +113,66 @@ def leaks(maps, dead_from: int = 170) -> np.ndarray:
     return out
 
 
-PER_IMAGE = {"mu": mu, "dead_mass": dead_mass, "leak_rate": leaks}
+@dataclass(frozen=True)
+class Metric:
+    """What a record's metric is and how every table, chart and sentence shows it: the one place that says a
+    metric's name, label, scale, format and which way is better (records, board, report and CLI read it)."""
+
+    name: str                    # the key in records, rows and aggregates
+    label: str                   # a table's column header, scale included ("mu x100")
+    title: str                   # in prose and on a chart's axis ("mu behind a hidden wall")
+    direction: str | None        # "lower" or "higher" is better; None: a check read against a threshold
+    scale: float = 1.0           # shown as scale * value
+    fmt: str = ".3f"             # format spec of the shown value
+    axis: bool = False           # a board axis beyond mu (schema 2): measured on the images that got the axes
+    description: str = ""
+    per_image: Callable | None = field(default=None, repr=False, compare=False)  # (maps, dead_from) -> (N,)
+
+    @property
+    def better(self) -> str:
+        """'lower is better' (the only place the phrase is written), or '' for a check."""
+        return f"{self.direction} is better" if self.direction else ""
+
+    @property
+    def scaled(self) -> str:
+        """'x100' when the metric is shown scaled, else ''."""
+        return f"x{self.scale:g}" if self.scale != 1 else ""
+
+    def show(self, value, fmt: str | None = None) -> str:
+        """A value as shown in tables ("-" when there is none); `fmt` overrides the precision."""
+        return "-" if value is None else format(self.scale * value, fmt or self.fmt)
+
+    def cell(self, agg: dict | None) -> str:
+        """An aggregate as "mean ± std" at the shown scale; "-" when it has no mean."""
+        if not agg or agg.get("mean") is None:
+            return "-"
+        return f"{self.show(agg['mean'])} ± {self.show(agg.get('std') or 0)}"
+
+    def shown_cell(self, mean: float, std: float) -> str:
+        """"mean ± std" of numbers already at the shown scale (a paper's table)."""
+        return f"{mean:{self.fmt}} ± {std:{self.fmt}}"
+
+
+_X100 = {"scale": 100.0, "fmt": ".1f"}
+METRICS = {m.name: m for m in (
+    Metric("mu", "mu x100", "mu", "lower", **_X100, per_image=mu,
+           description="paper eq. 1: the L2 norm of the map behind the wall over the L2 norm of the map"),
+    Metric("dead_mass", "dead mass x100", "dead mass", "lower", **_X100, per_image=dead_mass,
+           description="the share of the map's positive L1 mass behind the wall"),
+    Metric("leak_rate", "leak rate x100", "leak rate", "lower", **_X100, per_image=leaks,
+           description="the share of maps with any positive saliency behind the wall"),
+    Metric("mu_hidden", "mu hidden x100", "mu behind a hidden wall", "lower", **_X100, axis=True,
+           description="mu with the model and image re-oriented so that the wall sits on another side, unknown to "
+                       "the method"),
+    Metric("deletion_auc", "deletion AUC", "deletion AUC", "lower", axis=True,
+           description="AUC of the target probability as the seen pixels are deleted from most to least salient"),
+    Metric("rand_corr", "rand. corr", "randomisation correlation", None, axis=True,
+           description="Spearman correlation of the map with the map on a re-initialised model over the cells the "
+                       "head reads; at or above a threshold the method is model-insensitive"),
+)}
+"""Every metric a record carries, in record order: `tuple(METRICS)` is the names."""
+
+PER_IMAGE = {m.name: m.per_image for m in METRICS.values() if m.per_image}
 
 
 def per_image(maps, dead_from: int = 170) -> dict[str, np.ndarray]:
@@ -181,10 +244,8 @@ def aggregate(values, resamples: int = 1000, seed: int = 0, empty=None) -> dict:
 
 
 def mu_cell(agg: dict | None) -> str:
-    """An aggregate as "mean ± std" x100 (report and leaderboard tables); "-" when it has no mean."""
-    if not agg or agg.get("mean") is None:
-        return "-"
-    return f"{100 * agg['mean']:.1f} ± {100 * (agg.get('std') or 0):.1f}"
+    """A mu aggregate as "mean ± std" x100 (report and leaderboard tables); "-" when it has no mean."""
+    return METRICS["mu"].cell(agg)
 
 
 def images_phrase(k: int) -> str:

@@ -1,73 +1,332 @@
-"""Result records (`stackbench.result/2`; `/1` is still read): building, reading and validating them.
+"""Result records (`stackbench.result/2`; `/1` is still read): their shape, building, reading and validating them.
 
 A record holds everything needed to reproduce its number (DESIGN.md "Result record"); the per-image rows
-live in a Parquet file beside it, whose sha256 the record carries. `validate_record` names the first missing
-or malformed field, so a tampered or truncated record is refused with one clear line."""
+live in a Parquet file beside it, whose sha256 the record carries. The shape is typed once, as `Record` and its
+parts (TypedDicts); the builders return it and the validation spec `SCHEMA_FIELDS` is derived from it, so the two
+cannot drift apart. `validate_record` names the first missing or malformed field, so a tampered or truncated
+record is refused with one clear line."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
 import re
+import types
+import typing
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated, Any, TypedDict, get_args, get_origin
 
+from . import metrics as M
 from .errors import StackbenchError
+
+try:
+    from typing import NotRequired
+except ImportError:  # Python 3.10: the same meaning, spelled as a marker that `_fields` reads
+    class _NotRequired:
+        def __getitem__(self, tp):
+            return Annotated[tp, _OPTIONAL]
+
+    NotRequired = _NotRequired()
 
 SCHEMA = "stackbench.result/2"
 SCHEMA_1 = "stackbench.result/1"  # before the board's axes: read and shown, never re-run by verify
 SCHEMAS = (SCHEMA, SCHEMA_1)
-METRICS_1 = ("mu", "dead_mass", "leak_rate")
-METRICS = METRICS_1 + ("mu_hidden", "deletion_auc", "rand_corr")
+# The metric table (names, labels, directions, formats) is metrics.METRICS; a record's metrics follow its order.
+METRICS = tuple(M.METRICS)
+METRICS_1 = tuple(name for name, m in M.METRICS.items() if not m.axis)  # schema 1: mu and friends, no axes
 # Fields that change from run to run; everything else is a pure function of the inputs and the seed.
 VOLATILE = ("timing", "created")
+PREPROCESS = "RGB, ToTensor, ImageNet mean/std; images used at their stored size"
 
+# ------------------------------------------------------------------------------------------ leaf kinds
+# What the validator checks a leaf against: a type or tuple of types; "sha256": 64 lowercase hex digits; "url":
+# null or an http(s) link; ANY: any JSON value. In the typed shape they are spelled as types (float: any number)
+# and Annotated markers.
 _num = (int, float)
 _opt_num = (int, float, type(None))
 _opt_str = (str, type(None))
 _sha = "sha256"
 _url = "url"
 ANY = object()  # any JSON value (a method's own config)
+_OPTIONAL = "optional"       # Python 3.10's NotRequired (see above)
+SINCE_2 = "since schema 2"   # a field that /2 requires and /1 lacks
 
-# The whole schema: a dict is an object whose keys are exactly these (a key ending in "?" may be absent); a type
-# or tuple of types is a leaf; "sha256" is 64 lowercase hex digits; "url" is null or an http(s) link. A field
-# that is not listed fails validation: a record carries what reproduces it and nothing else.
-AGG = {"mean": _opt_num, "std": _opt_num, "ci95": (list, type(None)), "n": int, "n_empty": int}
-SCHEMA_FIELDS = {
-    "schema": str,
-    "method": {"name": str, "source": str, "version": str, "config": ANY, "needs?": [str], "reference?": _opt_str,
-               "family?": str,
-               "code?": {"file": str, "sha256": _sha},          # a plugin file: the exact code that ran
-               "package?": {"name": str, "version": str}},     # an installed distribution: what to install
-    "dataset": {"ref": str, "fingerprint": _sha, "n": int, "revision?": _opt_str, "kind?": _opt_str,
-                "name?": str},
-    # the weights' content fingerprint (`models.weights_fingerprint`; records before 0.1 called it sha256)
-    "model": {"ref": str, "name?": str, "fingerprint?": _sha, "sha256?": _sha, "revision?": _opt_str,
-              "wall": {"dead_from": int, "grid": [int], "input_size": [int], "masked_rows": int, "side": str,
-                       "orientation?": str}},
-    "target": str,
-    "postprocess": {"name": str, "definition": str},
-    "metrics": "metrics",
-    "axes?": {"empty_rule": str,
-              "sample?": {"images": int, "seed": int, "choice": str},
-              "hidden": {"orientations": [str], "choice": str, "seed": int, "tolerance": _num},
-              "deletion": {"steps": int, "fill": str, "order": str, "seed": int, "score": str},
-              "randomisation": {"init": str, "seed": int, "cells": str, "threshold": _num}},
-    "flags?": {"orientation_dependent": bool, "model_insensitive": bool},
-    "maps?": {"digest": _sha},
-    "items": {"n": int, "digest": _sha, "skipped": [{"id": str, "reason": str}]},
-    "rows": {"file": str, "sha256": _sha, "columns?": [str]},
-    # The model's top-1 on the scored images (null when the dataset's labels name other classes); optional: the
-    # records made before it was measured still validate.
-    "accuracy?": {"top1": _opt_num, "n": int, "chance": _num, "classes": str},
-    "env": {str: str},
-    "seeds": {str: int},
-    "run?": {"limit": (int, type(None)), "batch_size": int, "preprocess": str},
-    "timing": {"seconds": _num, "images_per_s": _opt_num},
-    "created": str,
-    "track?": str,
-    "submission?": {"name": str, "author": _opt_str, "url": _url, "description": _opt_str, "method_spec": str,
-                    "submitted": str},
-}
+Sha256 = Annotated[str, _sha]
+Url = Annotated[str | None, _url]
+
+
+# ------------------------------------------------------------------------------------------ the shape
+# A field that is not listed fails validation: a record carries what reproduces it and nothing else.
+
+class Code(TypedDict):
+    file: str
+    sha256: Sha256
+
+
+class Package(TypedDict):
+    name: str
+    version: str
+
+
+class MethodInfo(TypedDict):
+    """Enough to re-create this exact method (`SaliencyMethod.describe`)."""
+    name: str
+    source: str
+    version: str
+    config: Any                          # the method's own options
+    needs: NotRequired[list[str]]
+    reference: NotRequired[str | None]
+    family: NotRequired[str]
+    code: NotRequired[Code]              # a plugin file: the exact code that ran
+    package: NotRequired[Package]        # an installed distribution: what to install
+
+
+class DatasetInfo(TypedDict):
+    ref: str
+    fingerprint: Sha256
+    n: int
+    revision: NotRequired[str | None]
+    kind: NotRequired[str | None]
+    name: NotRequired[str]
+
+
+class WallInfo(TypedDict):
+    """`Wall.to_dict`."""
+    dead_from: int
+    grid: list[int]
+    input_size: list[int]
+    masked_rows: int
+    side: str
+    orientation: NotRequired[str]
+
+
+class ModelInfo(TypedDict):
+    """Exactly one of fingerprint and sha256 (`validate_record`): the weights' content fingerprint
+    (`models.weights_fingerprint`); records before 0.1 called it sha256."""
+    ref: str
+    name: NotRequired[str]
+    fingerprint: NotRequired[Sha256]
+    sha256: NotRequired[Sha256]
+    revision: NotRequired[str | None]
+    wall: WallInfo
+
+
+class Postprocess(TypedDict):
+    name: str
+    definition: str
+
+
+class Aggregate(TypedDict):
+    """`metrics.aggregate`: mean, std and bootstrap CI over the scored maps."""
+    mean: float | None
+    std: float | None
+    ci95: list[float] | None             # [low, high] (checked by `validate_record`)
+    n: int
+    n_empty: int
+
+
+class Metrics(TypedDict):
+    """One aggregate per metric, in METRICS' order; which are required depends on the schema."""
+    mu: NotRequired[Aggregate]
+    dead_mass: NotRequired[Aggregate]
+    leak_rate: NotRequired[Aggregate]
+    mu_hidden: NotRequired[Aggregate]
+    deletion_auc: NotRequired[Aggregate]
+    rand_corr: NotRequired[Aggregate]
+
+
+class AxesSample(TypedDict):
+    images: int
+    seed: int
+    choice: str
+
+
+class HiddenAxis(TypedDict):
+    orientations: list[str]
+    choice: str
+    seed: int
+    tolerance: float
+
+
+class DeletionAxis(TypedDict):
+    steps: int
+    fill: str
+    order: str
+    seed: int
+    score: str
+
+
+class RandomisationAxis(TypedDict):
+    init: str
+    seed: int
+    cells: str
+    threshold: float
+
+
+class AxesInfo(TypedDict):
+    """`Axes.describe`: every parameter that reproduces the board's axes."""
+    empty_rule: str
+    sample: NotRequired[AxesSample]
+    hidden: HiddenAxis
+    deletion: DeletionAxis
+    randomisation: RandomisationAxis
+
+
+class Flags(TypedDict):
+    orientation_dependent: bool
+    model_insensitive: bool
+
+
+class MapsInfo(TypedDict):
+    digest: Sha256                       # `maps_digest`
+
+
+class Skipped(TypedDict):
+    id: str
+    reason: str
+
+
+class Items(TypedDict):
+    n: int
+    digest: Sha256                       # `items_digest`
+    skipped: list[Skipped]
+
+
+class RowsInfo(TypedDict):
+    file: str
+    sha256: Sha256
+    columns: NotRequired[list[str]]
+
+
+class Accuracy(TypedDict):
+    """The model's top-1 on the scored images (null when the dataset's labels name other classes)."""
+    top1: float | None
+    n: int
+    chance: float
+    classes: str
+
+
+class RunInfo(TypedDict):
+    limit: int | None
+    batch_size: int
+    preprocess: str
+
+
+class Timing(TypedDict):
+    seconds: float
+    images_per_s: float | None
+
+
+class Submission(TypedDict):
+    name: str
+    author: str | None
+    url: Url
+    description: str | None
+    method_spec: str
+    submitted: str
+
+
+class Record(TypedDict):
+    """A `stackbench.result/2` record (or a /1 one: no axes, flags, maps; three metrics). Fields are listed in the
+    order validation checks them, which decides the field a record with several faults is refused for."""
+    schema: str
+    method: MethodInfo
+    dataset: DatasetInfo
+    model: ModelInfo
+    target: str
+    postprocess: Postprocess
+    metrics: Metrics
+    axes: NotRequired[Annotated[AxesInfo, SINCE_2]]
+    flags: NotRequired[Annotated[Flags, SINCE_2]]
+    maps: NotRequired[Annotated[MapsInfo, SINCE_2]]
+    items: Items
+    rows: RowsInfo
+    accuracy: NotRequired[Accuracy]      # optional: the records made before it was measured still validate
+    env: dict[str, str]
+    seeds: dict[str, int]
+    run: NotRequired[RunInfo]
+    timing: Timing
+    created: str
+    track: NotRequired[str]
+    submission: NotRequired[Submission]
+
+
+class BaseRecord(TypedDict):
+    """The fields every method's record of one evaluation shares, typed as in `Record` (checked at import). Not a
+    base class of Record: Record keeps its fields in validation order."""
+    schema: str
+    dataset: DatasetInfo
+    model: ModelInfo
+    target: str
+    postprocess: Postprocess
+    axes: AxesInfo
+    env: dict[str, str]
+    seeds: dict[str, int]
+    run: RunInfo
+
+
+# ------------------------------------------------------------------------------------------ the validation spec
+
+@functools.cache
+def _fields(shape) -> dict[str, tuple[bool, bool, Any]]:
+    """A TypedDict's fields: name -> (optional, since schema 2, type without those markers)."""
+    out = {}
+    for name, tp in typing.get_type_hints(shape, include_extras=True).items():
+        optional = get_origin(tp) is NotRequired
+        tp = get_args(tp)[0] if optional else tp
+        meta = tp.__metadata__ if get_origin(tp) is Annotated else ()
+        out[name] = (optional or _OPTIONAL in meta, SINCE_2 in meta, tp)
+    return out
+
+
+def _kinds(tp) -> tuple:
+    """The types one member of a union admits (float: any number; list[X]: a list, its items unchecked)."""
+    return _num if tp is float else (get_origin(tp) or tp,)
+
+
+def _spec(tp):
+    """The validation spec of a typed shape: a dict is an object whose keys are exactly these (a key ending in "?"
+    may be absent); a list holds items of its one spec; {str: spec} maps any key to values of one spec; anything
+    else is a leaf kind (see above)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if typing.is_typeddict(tp):
+        return {name + "?" * optional: _spec(t) for name, (optional, _, t) in _fields(tp).items()}
+    if origin is Annotated:
+        return next((m for m in tp.__metadata__ if m in (_sha, _url)), None) or _spec(args[0])
+    if tp is Any:
+        return ANY
+    if origin is list:
+        return [_spec(args[0])]
+    if origin is dict:
+        return {str: _spec(args[1])}
+    if origin in (typing.Union, types.UnionType):
+        return tuple(k for a in args for k in _kinds(a))
+    return _num if tp is float else tp
+
+
+SCHEMA_FIELDS = _spec(Record)
+AGG = _spec(Aggregate)
+_SINCE_2 = tuple(k for k, (_, since_2, _) in _fields(Record).items() if since_2)  # axes, flags, maps
+
+
+def _check_shapes() -> None:
+    """The typed shapes agree with each other: Metrics names METRICS, BaseRecord's fields are Record's."""
+    if tuple(_fields(Metrics)) != METRICS:
+        raise TypeError(f"records.Metrics names {tuple(_fields(Metrics))}, METRICS {METRICS}")
+    whole = _fields(Record)
+    for name, (_, _, tp) in _fields(BaseRecord).items():
+        if name not in whole or _spec(whole[name][2]) != _spec(tp):
+            raise TypeError(f"records.BaseRecord.{name} is not typed as records.Record.{name}")
+
+
+_check_shapes()
+
+
+# ------------------------------------------------------------------------------------------ validating
+
 URL_RE = re.compile(r"^https?://[^\s<>\"'()]+$", flags=re.I)
 
 
@@ -108,9 +367,7 @@ def _leaf(name: str, value, kind, where: str) -> None:
 
 
 def _walk(name: str, value, spec, where: str, schema: str = SCHEMA) -> None:
-    """Check `value` against `spec` (see SCHEMA_FIELDS), naming the first bad field."""
-    if spec == "metrics":
-        spec = {f"{m}?": AGG for m in METRICS}
+    """Check `value` against `spec` (see `_spec`), naming the first bad field."""
     if isinstance(spec, list):
         if not isinstance(value, list):
             raise StackbenchError(f"{where}: field {name} must be a list, got {type(value).__name__}")
@@ -151,26 +408,9 @@ def validate_record(record: dict, where: str = "result record") -> dict:
     if len(named) != 1:
         raise StackbenchError(f"{where}: field model.fingerprint is "
                               f"{'missing' if not named else 'given twice (also as model.sha256)'}")
-    v2 = record["schema"] == SCHEMA
-    need = METRICS if v2 else ("mu",)
-    for metric in need:
-        if metric not in record["metrics"]:
-            raise StackbenchError(f"{where}: field metrics.{metric} is missing")
-    extra = [k for k in ("axes", "flags", "maps") if (k in record) != v2]
-    if extra:
-        raise StackbenchError(f"{where}: field {extra[0]} is {'missing' if v2 else 'not part of ' + SCHEMA_1}")
+    _check_schema_parts(record, where)
     for metric, agg in record["metrics"].items():
-        if not v2 and metric not in METRICS_1:
-            raise StackbenchError(f"{where}: field metrics.{metric} is not part of {SCHEMA_1}; remove it")
-        ci = agg["ci95"]
-        if ci is not None and (len(ci) != 2 or not all(isinstance(v, _num) for v in ci) or ci[0] > ci[1]):
-            raise StackbenchError(f"{where}: field metrics.{metric}.ci95 must be [low, high], got {ci!r}")
-        counted = agg["n"] if v2 else agg["n"] + agg["n_empty"]  # /2 scores empty maps (in n and n_empty)
-        if counted > record["items"]["n"] or (v2 and agg["n_empty"] > agg["n"]):
-            raise StackbenchError(f"{where}: metrics.{metric} counts {counted} maps ({agg['n_empty']} empty) but items.n "
-                                  f"is {record['items']['n']}")
-        if agg["n"] and agg["mean"] is None:
-            raise StackbenchError(f"{where}: field metrics.{metric}.mean is null although n = {agg['n']}")
+        _check_aggregate(record, metric, agg, where)
     if record["items"]["n"] + len(record["items"]["skipped"]) > record["dataset"]["n"]:
         raise StackbenchError(f"{where}: items.n exceeds dataset.n")
     acc = record.get("accuracy")
@@ -178,6 +418,34 @@ def validate_record(record: dict, where: str = "result record") -> dict:
         raise StackbenchError(f"{where}: field accuracy must be a top-1 in [0, 1] over the items.n = "
                               f"{record['items']['n']} scored images, got {acc!r:.120}")
     return record
+
+
+def _check_schema_parts(record: dict, where: str) -> None:
+    """What /2 requires and /1 lacks: every metric (/1: mu at least), the axes, flags and maps digest."""
+    v2 = record["schema"] == SCHEMA
+    need = METRICS if v2 else ("mu",)
+    for metric in need:
+        if metric not in record["metrics"]:
+            raise StackbenchError(f"{where}: field metrics.{metric} is missing")
+    extra = [k for k in _SINCE_2 if (k in record) != v2]
+    if extra:
+        raise StackbenchError(f"{where}: field {extra[0]} is {'missing' if v2 else 'not part of ' + SCHEMA_1}")
+
+
+def _check_aggregate(record: dict, metric: str, agg: dict, where: str) -> None:
+    """One metric's aggregate: a metric of its schema, an ordered CI, counts within items.n, a mean when n > 0."""
+    v2 = record["schema"] == SCHEMA
+    if not v2 and metric not in METRICS_1:
+        raise StackbenchError(f"{where}: field metrics.{metric} is not part of {SCHEMA_1}; remove it")
+    ci = agg["ci95"]
+    if ci is not None and (len(ci) != 2 or not all(isinstance(v, _num) for v in ci) or ci[0] > ci[1]):
+        raise StackbenchError(f"{where}: field metrics.{metric}.ci95 must be [low, high], got {ci!r}")
+    counted = agg["n"] if v2 else agg["n"] + agg["n_empty"]  # /2 scores empty maps (in n and n_empty)
+    if counted > record["items"]["n"] or (v2 and agg["n_empty"] > agg["n"]):
+        raise StackbenchError(f"{where}: metrics.{metric} counts {counted} maps ({agg['n_empty']} empty) but items.n "
+                              f"is {record['items']['n']}")
+    if agg["n"] and agg["mean"] is None:
+        raise StackbenchError(f"{where}: field metrics.{metric}.mean is null although n = {agg['n']}")
 
 
 def read_record(path: str | Path) -> dict:
@@ -191,6 +459,101 @@ def read_record(path: str | Path) -> dict:
         raise StackbenchError(f"result record {path} is not valid JSON ({e}); re-run stackbench evaluate") from None
     return validate_record(record, where=f"result record {path}")
 
+
+# ------------------------------------------------------------------------------------------ building
+
+def dataset_info(info: dict, holder: str | Path) -> DatasetInfo:
+    """The record's dataset from `datafolder.open_dataset`'s info; a local path relative to `holder`."""
+    return {"ref": portable(info["ref"], holder), "fingerprint": info["fingerprint"], "n": info["n"],
+            "revision": info.get("revision"), "kind": (info.get("generation") or {}).get("kind")}
+
+
+def model_info(net, fingerprint: str, holder: str | Path) -> ModelInfo:
+    """The record's model: a walled model and its weights' fingerprint; a local path relative to `holder`."""
+    return {"ref": portable(net.ref, holder), "name": getattr(net, "name", type(net).__name__),
+            "fingerprint": fingerprint, "wall": net.wall.to_dict()}
+
+
+def base_record(dataset: DatasetInfo, model: ModelInfo, *, target: str, postprocess: str, axes: AxesInfo,
+                env: dict[str, str], seed: int, limit: int | None, batch_size: int) -> BaseRecord:
+    """What every method's record of one evaluation shares."""
+    # imported here: reading or validating a record needs neither metrics nor its imports (cv2)
+    return {"schema": SCHEMA, "dataset": dataset, "model": model, "target": target,
+            "postprocess": {"name": postprocess, "definition": M.POSTPROCESS[postprocess]}, "axes": axes,
+            "env": env, "seeds": {"run": seed, "bootstrap": seed},
+            "run": {"limit": limit, "batch_size": batch_size, "preprocess": PREPROCESS}}
+
+
+def method_record(base: BaseRecord, method: MethodInfo, rows: list[dict], *, metrics: Metrics, flags: Flags,
+                  ids: list[str], shas: list[str], skipped: list[Skipped], rows_file: str, rows_sha256: str,
+                  classes: dict | None, seconds: float) -> Record:
+    """One method's finished record: `base` with the method, its metrics (`aggregate_rows`) and flags, and what
+    pins its rows (the images scored, their maps, the Parquet file)."""
+    n = len(rows)
+    return {
+        **base,
+        "method": method,
+        "metrics": metrics,
+        "flags": flags,
+        "maps": {"digest": maps_digest(rows)},
+        "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
+        "rows": {"file": rows_file, "sha256": rows_sha256, "columns": list(rows[0])},
+        **({"accuracy": acc} if (acc := accuracy(rows, classes)) else {}),
+        "timing": {"seconds": round(seconds, 4), "images_per_s": round(n / seconds, 3) if seconds > 0 else None},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def items_digest(ids, shas) -> str:
+    """sha256 over 'id pixel-sha256' lines in evaluation order: which exact images were scored (their pixels, not
+    their encoding)."""
+    h = hashlib.sha256()
+    for i, s in zip(ids, shas, strict=True):
+        h.update(f"{i} {s}\n".encode())
+    return h.hexdigest()
+
+
+def maps_digest(rows) -> str:
+    """sha256 over the per-image map digests in evaluation order: equal for two methods whose scored maps are
+    bitwise identical on every image."""
+    return hashlib.sha256("".join(f"{r['map_sha256']}\n" for r in rows).encode()).hexdigest()
+
+
+# Which empty-map column counts an empty map for each metric (schema 2: empty maps are scored, EMPTY_RULE).
+EMPTY_COLUMN = {"mu": "map_empty", "dead_mass": "map_empty", "leak_rate": "map_empty", "mu_hidden": "hidden_empty",
+                "deletion_auc": "map_empty", "rand_corr": "map_empty"}
+
+# measured on the images that have an orientation
+AXES_METRICS = tuple(name for name, m in M.METRICS.items() if m.axis)
+
+
+def aggregate_rows(rows: list[dict], seed: int) -> Metrics:
+    """The record's metrics from its per-image rows (schema 1 rows: the three mu metrics, NaN for an empty map).
+    The axes' metrics count only the rows that got the axes (all of them, unless the axes ran on a sample)."""
+    def values(rs, m):
+        return [math.nan if r[m] is None else r[m] for r in rs]
+
+    if not (rows and "map_empty" in rows[0]):
+        return {m: M.aggregate(values(rows, m), seed=seed) for m in M.PER_IMAGE}
+    out = {}
+    for m, empty in EMPTY_COLUMN.items():
+        rs = [r for r in rows if r["orientation"] is not None] if m in AXES_METRICS else rows
+        out[m] = M.aggregate(values(rs, m), seed=seed, empty=[bool(r[empty]) for r in rs])
+    return out
+
+
+def accuracy(rows: list[dict], space: dict | None) -> Accuracy | None:
+    """The model's top-1 on the scored images against the dataset's labels (null when they name other classes);
+    `space`: `evaluate.label_space`."""
+    if space is None or not rows:
+        return None
+    hit = sum(int(r["predicted"]) == int(r["label"]) for r in rows)
+    k = space["num_classes"]
+    return {"top1": hit / len(rows) if space["aligned"] else None, "n": len(rows), "chance": 1.0 / k,
+            "classes": space["basis"] if space["aligned"] else "differ"}
+
+
+# ------------------------------------------------------------------------------------------ reading
 
 def identity(record: dict) -> dict:
     """The part of a record that must match for a finished result to be reused (resume)."""

@@ -1,4 +1,4 @@
-"""How the board orders its rows (DESIGN.md "The board's axes"): pure functions of board entries.
+"""How the board orders its rows (README, "Leaderboard"): pure functions of board entries.
 
 - Ranked: the main order is mu_hidden (mu behind a hidden wall), then deletion AUC in the seen part, both as
   shown (x100 to one decimal, AUC to three decimals): rows equal on both share a rank (1, 1, 3).
@@ -12,9 +12,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-AXES_SHOWN = {"mu_hidden": "mu behind a hidden wall", "deletion_auc": "deletion AUC",
+from .metrics import METRICS
+
+AXES_SHOWN = {"mu_hidden": METRICS["mu_hidden"].title, "deletion_auc": METRICS["deletion_auc"].title,
               "orientation": "hidden walls (orientation-dependent)", "randomisation": "randomisation check",
-              "mu": "mu"}
+              "mu": METRICS["mu"].title}
 
 
 def mean_over(entry: dict, metric: str, datasets) -> float | None:

@@ -105,7 +105,7 @@ class WalledCNN(nn.Module):
         hp, wp = geometry.pooled_size
         self.conv = nn.Conv2d(1, filters, geometry.kernel, bias=False)
         dims = [filters * hp * wp] + [hidden] * (layers - 1) + [classes]
-        self.dense = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))
+        self.dense = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:], strict=True))
         keep = geometry.wall.feature_mask().bool().expand(filters, hp, wp).reshape(-1)
         self.register_buffer("dead", ~keep, persistent=False)  # columns of W^(1) behind the wall
 
@@ -162,9 +162,9 @@ def alpha_autograd(model: WalledCNN, x: torch.Tensor, target: int = 0) -> torch.
 
 @torch.no_grad()
 def alpha_closed_form(model: WalledCNN, x: torch.Tensor, target: int = 0) -> torch.Tensor:
-    """Proposition 2.1: alpha = 1/(hw) sum_{(i,j) in h' x w'} sum_{i_1..i_{L-1}} 1[a^(1)_{i_1}, ..., a^(L-1)_{i_{L-1}} > 0]
-    prod_p W^(p)_{i_p, i_{p-1}}, with i_0 = (v, i, j) and i_L = c. Written as one einsum over the path
-    indices, so the formula reads off the code. Returns (N, V)."""
+    """Proposition 2.1: alpha = 1/(hw) sum_{(i,j) in h' x w'} sum_{i_1..i_{L-1}}
+    1[a^(1)_{i_1}, ..., a^(L-1)_{i_{L-1}} > 0] prod_p W^(p)_{i_p, i_{p-1}}, with i_0 = (v, i, j) and i_L = c.
+    Written as one einsum over the path indices, so the formula reads off the code. Returns (N, V)."""
     x = _batch(x)
     pre: list[torch.Tensor] = []
     b = model.features(x)
@@ -239,7 +239,8 @@ def alpha_check(image: torch.Tensor, layers: Sequence[int] = (1, 2, 3), filters:
                        "rel_err": "max_v |closed - autograd| / max_v |autograd| per input",
                        "rng": "torch.Generator().manual_seed(seed); per trial: init_ (conv, dense 1..L), "
                               "noise inputs, target"},
-            "results": rows, "max_rel_err": worst, "passed": bool(worst <= tol), "env": versions("torch", "numpy", "scikit-learn")}
+            "results": rows, "max_rel_err": worst, "passed": bool(worst <= tol),
+            "env": versions("torch", "numpy", "scikit-learn")}
 
 
 # ----------------------------------------------------------------------------------- Theorem 1, L = 1

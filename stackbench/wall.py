@@ -16,7 +16,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-
 # The dihedral group of the square: g(x) = transpose (if t), then flip rows (if fh), then flip columns (if fw).
 # Where the bottom wall goes: identity and hflip keep it at the bottom; the other 6 move it.
 ORIENTATIONS = {
@@ -83,7 +82,8 @@ class Wall:
         if not 0 <= self.masked_rows <= self.grid[0]:
             raise ValueError(f"masked_rows={self.masked_rows} outside 0..{self.grid[0]}")
         _check_orientation(self.orientation)
-        if self.orientation != "identity" and (self.grid[0] != self.grid[1] or self.input_size[0] != self.input_size[1]):
+        square = self.grid[0] == self.grid[1] and self.input_size[0] == self.input_size[1]
+        if self.orientation != "identity" and not square:
             raise ValueError(f"orientation {self.orientation!r} needs a square input and feature map")
 
     @property
@@ -185,7 +185,7 @@ class Wall:
             lo, hi = 0, H - 1 - self.dead_from
         return ("rows" if self.axis == -2 else "columns"), lo, hi
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         if not self.dead_height:
             return "no wall"
         what, lo, hi = self.band()
@@ -259,7 +259,7 @@ class DeadZone:
         """The traced band is exactly the wall's dead band in its orientation (no band for an unwalled model)."""
         return torch.equal(self.band_mask(), wall.dead_mask())
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         H, W = self.mask.shape
         parts = [f"{what} {format_rows(lines)} ({len(lines)} px, {100 * len(lines) / n:.1f}% of the image)"
                  for what, lines, n in (("rows", self.rows, H), ("columns", self.columns, W))
@@ -332,11 +332,13 @@ class CheckResult:
         mask = self.mask if self.mask is not None else torch.zeros(wall.input_size, dtype=torch.bool)
         return self.identical and tuple(mask.shape) == tuple(wall.input_size) and torch.equal(mask, wall.dead_mask())
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         if self.mask is None or not bool(self.mask.any()):
             return "nothing to check (no dead rows or columns)"
-        verdict = "PASS: logits bitwise identical" if self.identical else f"FAIL: logits differ (max |diff| {self.max_abs_diff:.3g})"
-        where = "; ".join(f"{what} {format_rows(lines)}" for what, lines in (("rows", self.rows), ("columns", self.columns))
+        verdict = "PASS: logits bitwise identical" if self.identical else \
+            f"FAIL: logits differ (max |diff| {self.max_abs_diff:.3g})"
+        where = "; ".join(f"{what} {format_rows(lines)}"
+                          for what, lines in (("rows", self.rows), ("columns", self.columns))
                           if lines) or f"{int(self.mask.sum())} pixels"
         return f"{verdict} with {where} replaced by noise ({self.trials} inputs)"
 

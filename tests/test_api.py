@@ -25,7 +25,7 @@ def _readme_example() -> str:
 def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {"__name__": "__main__"}  # as in a notebook
-    exec(compile(_readme_example(), "README.md#python-api", "exec"), scope)  # noqa: S102 - the documented example
+    exec(compile(_readme_example(), "README.md#python-api", "exec"), scope)
     runs = scope["runs"]
     assert [r.status for r in runs] == ["done", "done"]
     assert runs[0].record["method"]["source"] == "__main__:MeanActivation"
@@ -54,7 +54,8 @@ def scored(stack, tmp_path_factory):
 def test_objects_and_references_give_the_same_record(scored):
     """A model object, a Dataset object and a method class score exactly what their references score."""
     a, b = (r.record for r in scored)
-    assert a["dataset"]["fingerprint"] == b["dataset"]["fingerprint"] and b["dataset"]["ref"] == "object:datasets.Dataset"
+    assert a["dataset"]["fingerprint"] == b["dataset"]["fingerprint"]
+    assert b["dataset"]["ref"] == "object:datasets.Dataset"
     assert a["metrics"] == b["metrics"] and a["maps"] == b["maps"]
     json.dumps(b)  # the record of objects is plain JSON
 
@@ -191,7 +192,8 @@ def test_bad_input_leaves_nothing_behind(stack, tmp_path, monkeypatch):
         lb.submit("GradCAM", "bogus", store=tmp_path / "board", progress=False)
     assert not (tmp_path / "board").exists()
     (tmp_path / "ro").mkdir()
-    (tmp_path / "ro" / "tracks.json").write_bytes((Path(lb.__file__).parents[1] / "leaderboard/tracks.json").read_bytes())
+    tracks = Path(lb.__file__).parents[2] / "leaderboard/tracks.json"
+    (tmp_path / "ro" / "tracks.json").write_bytes(tracks.read_bytes())
     import tempfile
 
     def read_only(*args, **kwargs):  # a read-only mount (root ignores chmod, so the mount is simulated)

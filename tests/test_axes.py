@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_leaderboard import data, store, submit  # noqa: F401 - fixtures
 
 from stackbench import leaderboard as lb
 from stackbench import metrics as M
@@ -16,8 +17,7 @@ from stackbench.methods import Backbone
 from stackbench.models import create_model
 from stackbench.models.variants import orient
 from stackbench.standings import standings
-from stackbench.wall import MOVING, ORIENTATIONS, Wall, apply, compose, dead_zone, check, inverse
-from test_leaderboard import data, store, submit  # noqa: F401 - fixtures
+from stackbench.wall import MOVING, ORIENTATIONS, Wall, apply, check, compose, dead_zone, inverse
 
 
 def test_orientations_are_the_dihedral_group():
@@ -141,7 +141,7 @@ def test_ties_share_a_rank_and_flagged_rows_are_not_ranked():
 
 
 @pytest.fixture(scope="module")
-def controls_run(tmp_path_factory, data):  # noqa: F811
+def controls_run(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("controls")
     runs = evaluate(["GradCAM", "HiResCAM", "ConstantSeen", "SobelSeen", "GradCAMZeroed", "RandomCAM"],
                     str(data / "mix"), "minivgg-masked", out=out, progress=False, device="cpu", figure=False)
@@ -158,12 +158,13 @@ def test_honest_methods_do_not_move_behind_hidden_walls(controls_run):
         assert not rec["flags"]["orientation_dependent"]
     rec = controls_run["GradCAM"].record
     assert rec["schema"] == "stackbench.result/2" and rec["axes"]["deletion"]["steps"] == 10
-    assert {"map_empty", "orientation", "mu_hidden", "deletion_auc", "rand_corr", "map_sha256"} <= set(rec["rows"]["columns"])
+    columns = set(rec["rows"]["columns"])
+    assert {"map_empty", "orientation", "mu_hidden", "deletion_auc", "rand_corr", "map_sha256"} <= columns
     assert "empty" not in rec["rows"]["columns"]
 
 
 @pytest.fixture
-def mix_store(store):  # noqa: F811 - the test track with STACK-MIX only: half the evaluations
+def mix_store(store):
     tracks = json.loads((store / "tracks.json").read_text())
     tracks["tracks"]["test"]["datasets"].pop("stack-gen")
     (store / "tracks.json").write_text(json.dumps(tracks))
@@ -194,7 +195,7 @@ def test_the_controls_are_caught_where_the_board_says(mix_store):
     assert "Controls (never ranked)" in text and "caught by: orientation, randomisation" in text
 
 
-def test_a_schema_1_record_is_listed_and_not_rerun(store):  # noqa: F811
+def test_a_schema_1_record_is_listed_and_not_rerun(store):
     (path, _) = submit(store, "GradCAM")
     rows = pq.read_table(path.with_suffix(".parquet")).to_pylist()
     old = [{"id": r["id"], "index": r["index"], "label": r["label"], "target": r["target"], "predicted": r["predicted"],
@@ -249,7 +250,7 @@ class Scribbler(SaliencyMethod):
 '''
 
 
-def test_a_method_that_writes_into_its_batch_changes_no_other_score(controls_run, data, tmp_path):  # noqa: F811
+def test_a_method_that_writes_into_its_batch_changes_no_other_score(controls_run, data, tmp_path):
     plugin = tmp_path / "scribbler.py"
     plugin.write_text(SCRIBBLER)
     runs = evaluate([f"{plugin}:Scribbler", "GradCAM"], str(data / "mix"), "minivgg-masked", out=tmp_path / "o",
@@ -279,7 +280,7 @@ def test_wall_command_checks_its_options():
         assert res.exit_code == 2 and "Traceback" not in res.output, args
 
 
-def test_axes_on_a_sample_match_a_full_run_and_never_make_a_board_row(controls_run, data, mix_store,  # noqa: F811
+def test_axes_on_a_sample_match_a_full_run_and_never_make_a_board_row(controls_run, data, mix_store,
                                                                        tmp_path):
     from click.testing import CliRunner
 

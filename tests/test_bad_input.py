@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from test_evaluate import make_folder
 
 from stackbench import datafolder
 from stackbench.cli import main
@@ -18,7 +19,6 @@ from stackbench.errors import StackbenchError
 from stackbench.evaluate import evaluate
 from stackbench.models import create_model, load_model
 from stackbench.records import validate_record
-from test_evaluate import make_folder
 
 MODEL = "minivgg-masked@random"
 
@@ -215,15 +215,17 @@ def test_maps_of_any_other_shape_fail_the_method(folder, tmp_path):
     assert runs["Grid"].status == runs["Full"].status == "done"
     for name, shape in (("Tall", "(4, 15, 14)"), ("Band", "(4, 3, 14)")):
         assert runs[name].status == "failed" and f"returned maps of shape {shape}" in runs[name].error
-        assert "(4, 14, 14) or (4, 224, 224)" in runs[name].error and "first offending item: 'mix-000'" in runs[name].error
+        assert "(4, 14, 14) or (4, 224, 224)" in runs[name].error
+        assert "first offending item: 'mix-000'" in runs[name].error
         assert not (tmp_path / "o" / f"{name}.json").exists()
 
 
 def test_fingerprint_counts_pixels_not_their_encoding(folder, tmp_path):
     """Pillow's zlib-ng picks its deflate code by CPU and pyarrow's bytes change between versions: the same rows
     re-encoded must keep the dataset's identity, and other pixels must change it."""
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     again = copy_folder(folder, tmp_path / "again")
     shard = datafolder.list_shards(again)[0]

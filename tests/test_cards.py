@@ -14,8 +14,8 @@ from huggingface_hub import DatasetCard, ModelCard
 
 from stackbench import StackbenchError
 from stackbench import datafolder as df
+from stackbench.cards.dataset import command_line, render_card
 from stackbench.cli import main
-from stackbench.generate.card import command_line, render_card
 from stackbench.generate.stackgen import generate_stack_gen, load_prompts
 from stackbench.generate.stackmix import generate_stack_mix
 
@@ -132,7 +132,7 @@ def test_rebuild_command_names_own_prompts_of_a_diffusers_recipe():
 
 def summary_of(optimizer: str, **cfg) -> dict:
     """A run summary as train._finish writes it, with the optimiser train.make_optimizer builds."""
-    from stackbench.model_card import describe_optimizer
+    from stackbench.cards.model import describe_optimizer
     from stackbench.train import make_optimizer, preset
 
     config = preset("mini", source="shapes:20", val_source="shapes:20", epochs=1, optimizer=optimizer, **cfg)
@@ -151,7 +151,8 @@ def summary_of(optimizer: str, **cfg) -> dict:
 def test_model_card_from_the_training_run(tmp_path):
     """train's own finishing step: model-index with the run's top-1, datasets, the real optimiser's recipe."""
     from stackbench.models import create_model
-    from stackbench.train import _finish, preset
+    from stackbench.train import preset
+    from stackbench.train.folder import write_run as _finish
 
     cfg = preset("mini", source="shapes:20", val_source="shapes:20", epochs=1, batch_size=10)
     src = {"train": {"kind": "shapes", "ref": "shapes:20@0", "split": "train", "n_items": 20, "fingerprint": "s"},
@@ -173,7 +174,7 @@ def test_model_card_from_the_training_run(tmp_path):
 
 
 def test_model_card_optimiser_line_is_the_optimisers_own(tmp_path):
-    from stackbench.model_card import write_card
+    from stackbench.cards.model import write_card
 
     write_card(tmp_path, summary_of("sgd", lr=0.03, schedule="step"))
     card = ModelCard.load(tmp_path / "README.md")

@@ -11,12 +11,12 @@ from PIL import Image
 from stackbench import datafolder
 from stackbench.axes import Axes
 from stackbench.cli import main
+from stackbench.constants import SHAPES_CLASSES
 from stackbench.errors import StackbenchError
 from stackbench.evaluate import evaluate
 from stackbench.records import read_record, stable, validate_record
 
 MODEL = "minivgg-masked@random"
-from stackbench.constants import SHAPES_CLASSES
 
 CLASSES = list(SHAPES_CLASSES)  # the mini model's classes, by name
 
@@ -63,7 +63,8 @@ def test_evaluate_writes_records_and_rows_hirescam_zero_gradcam_positive(folder,
     assert len(hi) == len(gc) == 4
     assert (hi["mu"] == 0.0).all()                        # provably blind to the dead zone
     assert (gc["mu"] > 0).mean() >= 0.75                  # Theorem 1 at initialisation
-    assert {"id", "target", "predicted", "label", "mu", "dead_mass", "leak_rate", "map_empty", "mu_hidden", "deletion_auc", "rand_corr"} <= set(gc.columns)
+    assert {"id", "target", "predicted", "label", "mu", "dead_mass", "leak_rate", "map_empty", "mu_hidden",
+            "deletion_auc", "rand_corr"} <= set(gc.columns)
     rec = read_record(tmp_path / "GradCAM.json")
     assert rec["schema"] == "stackbench.result/2"
     assert rec["dataset"]["fingerprint"] == datafolder.fingerprint(folder) and rec["dataset"]["n"] == 4
@@ -76,8 +77,9 @@ def test_evaluate_writes_records_and_rows_hirescam_zero_gradcam_positive(folder,
 
 def test_same_inputs_same_record_and_resume(folder, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    evaluate(["GradCAM++", "ScoreCAM"], folder, MODEL, out=a, progress=False, method_config={"ScoreCAM": {"batch_size": 16}})
-    evaluate(["GradCAM++", "ScoreCAM"], folder, MODEL, out=b, progress=False, method_config={"ScoreCAM": {"batch_size": 16}})
+    options = {"ScoreCAM": {"batch_size": 16}}
+    evaluate(["GradCAM++", "ScoreCAM"], folder, MODEL, out=a, progress=False, method_config=options)
+    evaluate(["GradCAM++", "ScoreCAM"], folder, MODEL, out=b, progress=False, method_config=options)
     for name in ("GradCAM++", "ScoreCAM"):
         ra, rb = read_record(a / f"{name}.json"), read_record(b / f"{name}.json")
         assert stable(ra) == stable(rb)

@@ -7,10 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from stackbench import StackbenchError, hub
+from stackbench import StackbenchError
 from stackbench import datafolder as df
 from stackbench.cli import main
 from stackbench.generate import generate_stack_mix
+from stackbench.hub import upload as hub
 from stackbench.models import create_model, load_model
 
 TOKEN = "hf_SECRETtokenNEVERprintedXYZ123"
@@ -51,7 +52,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     """A model folder as `stackbench train` leaves it: weights, train.json and the card that points to it."""
-    from stackbench.model_card import write_card
+    from stackbench.cards.model import write_card
 
     folder = tmp_path_factory.mktemp("model") / "mini"
     create_model("minivgg-masked", seed=0).save_pretrained(folder)
@@ -78,7 +79,8 @@ def test_publish_dataset_is_one_commit_and_never_leaks_the_token(dataset, record
     assert r.exit_code == 0, r.output
     names = [c[0] for c in recorder.calls]
     assert names.count("create_commit") == 1 and "upload_folder" not in names
-    assert ("create_repo", ("me/stack-mix",), {"repo_type": "dataset", "private": True, "exist_ok": True}) in recorder.calls
+    created = ("create_repo", ("me/stack-mix",), {"repo_type": "dataset", "private": True, "exist_ok": True})
+    assert created in recorder.calls
     commit = next(c for c in recorder.calls if c[0] == "create_commit")
     assert commit[2]["revision"] == "v1" and commit[2]["repo_type"] == "dataset"
     sent = sorted(op.path_in_repo for op in commit[2]["operations"])

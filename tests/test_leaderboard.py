@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from stackbench import StackbenchError
-from stackbench.errors import Refused
 from stackbench import leaderboard as lb
 from stackbench.cli import main
+from stackbench.errors import Refused
 from stackbench.generate import generate_stack_mix
 from stackbench.generate.stackgen import StackGenRecipe, generate_stack_gen
 
@@ -108,7 +108,8 @@ def test_a_name_on_the_board_needs_replace(store):
 
 def test_untrusted_strings_render_inert(store):
     evil = "<img src=x onerror=alert(1)>"
-    paths = submit(store, "GradCAM", name=evil, description="</td><script>alert(2)</script>", author="[x](javascript:y)")
+    paths = submit(store, "GradCAM", name=evil, description="</td><script>alert(2)</script>",
+                   author="[x](javascript:y)")
     for p in paths:  # a name with markup or path separators stays a file inside the store
         assert store.resolve() in p.resolve().parents
     with pytest.raises(StackbenchError, match="only http"):
@@ -182,9 +183,10 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
     import datasets
 
     from stackbench import hub
+    from stackbench.leaderboard.hub import plan_leaderboard
 
     submit(store, "GradCAM")
-    plan = hub.plan_leaderboard(store, "me/board")
+    plan = plan_leaderboard(store, "me/board")
     names = {f for f, _ in plan.files}
     assert {"README.md", "data/results.parquet", "data/rows.parquet", "tracks.json"} <= names
     assert any(f.startswith("results/test/stack-mix/") and f.endswith("GradCAM.json") for f in names)
@@ -204,13 +206,13 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
     gone = next(p for p in lb.stored_rows(store) if p.parent.parent.name == "stack-gen")
     gone.unlink()
     gone.with_suffix(".parquet").unlink()
-    staged = {f for f, _ in hub.plan_leaderboard(store, "me/board").files if f.startswith("results/")}
+    staged = {f for f, _ in plan_leaderboard(store, "me/board").files if f.startswith("results/")}
     assert staged and not any("/stack-gen/" in f for f in staged)
     rec = json.loads(lb.stored_rows(store)[0].read_text())
     rec["metrics"]["mu"]["mean"] = 0.0
     lb.stored_rows(store)[0].write_text(json.dumps(rec))
     with pytest.raises(StackbenchError, match="does not verify"):
-        hub.plan_leaderboard(store, "me/board")
+        plan_leaderboard(store, "me/board")
 
 
 # Rows of the committed board that CI re-runs (GradCAM: the model's gradients, on both sets, about 12 s each on 2

@@ -3,15 +3,14 @@ import io
 
 import numpy as np
 import pytest
-import torch
-
 import pytorch_grad_cam as L
+import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from stackbench import metrics as M
 from stackbench.errors import StackbenchError
-from stackbench.passes import check_maps, shared_pass
 from stackbench.methods import PAPER_METHODS, Backbone, Batch, get_method, list_methods
+from stackbench.methods.passes import check_maps, shared_pass
 from stackbench.models import load_model
 
 
@@ -168,7 +167,7 @@ def test_bad_plugins_fail_with_one_clear_line(tmp_path):
 
 
 def test_check_maps_refuses_bad_outputs():
-    from stackbench.passes import MethodFailure
+    from stackbench.methods.passes import MethodFailure
 
     good = torch.zeros(2, 14, 14)
     assert check_maps(good, 2).shape == (2, 14, 14)

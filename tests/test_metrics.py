@@ -1,6 +1,3 @@
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,9 +7,10 @@ from stackbench import metrics as M
 def test_mu_is_paper_eq1_over_rows_170_to_223():
     m = np.ones((224, 224))
     assert M.mu(m)[0] == pytest.approx(np.sqrt(54 / 224), abs=1e-12)
-    only_169 = np.zeros((224, 224)); only_169[169] = 1
-    only_170 = np.zeros((224, 224)); only_170[170] = 1
-    only_223 = np.zeros((224, 224)); only_223[223, 5] = 3
+    only_169, only_170, only_223 = np.zeros((3, 224, 224))
+    only_169[169] = 1
+    only_170[170] = 1
+    only_223[223, 5] = 3
     assert M.mu(np.stack([only_169, only_170, only_223])).tolist() == [0.0, 1.0, 1.0]
     rng = np.random.default_rng(0)
     r = rng.random((224, 224))
@@ -66,12 +64,3 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     a, b = M.bootstrap_ci(v, seed=7), M.bootstrap_ci(v, seed=7)
     assert a == b and a[0] < v.mean() < a[1]
     assert M.bootstrap_ci(v, seed=8) != a
-
-
-def test_metrics_imports_nothing_of_the_package():
-    tree = ast.parse(Path(M.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and not (node.module or "").startswith("stackbench")
-        elif isinstance(node, ast.Import):
-            assert not any(a.name.startswith("stackbench") for a in node.names)

@@ -8,8 +8,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stackbench import StackbenchError
-from stackbench.models import (WallLeakWarning, create_model, list_models, load_model, weights_fingerprint,
-                               register_model)
+from stackbench.models import (
+    WallLeakWarning,
+    create_model,
+    list_models,
+    load_model,
+    register_model,
+    weights_fingerprint,
+)
 from stackbench.wall import check
 
 

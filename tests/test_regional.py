@@ -22,8 +22,9 @@ def pipe(tmp_path_factory):
 
 def gen(pipe, bottom="the dog", seeds=(1,), scene="grass"):
     n = len(seeds)
-    return generate_regional(pipe, LAYOUT, [scene] * n, ["the dog"] * n, [bottom] * n if isinstance(bottom, str) else bottom,
-                             ["blurry"] * n, list(seeds), steps=3, output_type="np")
+    bottoms = [bottom] * n if isinstance(bottom, str) else bottom
+    return generate_regional(pipe, LAYOUT, [scene] * n, ["the dog"] * n, bottoms, ["blurry"] * n, list(seeds), steps=3,
+                             output_type="np")
 
 
 def test_layout_masks_partition_the_canvas():

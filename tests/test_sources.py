@@ -169,7 +169,8 @@ def test_imagefolder_lists_classes_files_and_non_images(bad_folder):
     assert src.class_names == ["alpha", "beta", "gamma"] and src.naming == "folder-names"
     ids = [src.item_id(i) for i in range(len(src))]
     assert "alpha/upper.JPEG" in ids and "alpha/notes.txt" not in ids and len(src) == 16
-    assert [(s.path, s.reason) for s in src.listing_skips] == [("alpha/notes.txt", "not an image file (extension '.txt')")]
+    skips = [(s.path, s.reason) for s in src.listing_skips]
+    assert skips == [("alpha/notes.txt", "not an image file (extension '.txt')")]
     assert Counter(src.labels().tolist()) == {0: 10, 1: 4, 2: 2}
     i = ids.index("gamma/broken.png")
     with pytest.raises(SkipImage, match="truncated or corrupt"):  # a PNG signature, then garbage
@@ -223,7 +224,8 @@ def hf_folder(tmp_path_factory):
             _photo(80 + i, 70, i, "L" if i == 4 else "RGB").save(buf, "PNG")
             data = b"\x89PNG broken" if (split, i) == ("validation", 7) else buf.getvalue()
             rows.append({"image": {"bytes": data, "path": None}, "label": i % 3})
-        datasets.Dataset.from_list(rows, features=feats).to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+        shard = root / "data" / f"{split}-00000-of-00001.parquet"
+        datasets.Dataset.from_list(rows, features=feats).to_parquet(str(shard))
     return root
 
 

@@ -75,7 +75,7 @@ def test_shapes_scenes_put_one_object_behind_the_wall(tmp_path, monkeypatch):
                                "generator"] and set(ds["generator"]) == {"shapes/2"}
     # each box is the exact bounds of its object's pixels; the hidden one lies wholly behind the wall
     assert len(drawn) == 20
-    for row, top, bottom in zip(ds, drawn[0::2], drawn[1::2]):
+    for row, top, bottom in zip(ds, drawn[0::2], drawn[1::2], strict=True):
         assert row["top_box"] == top and row["bottom_box"] == bottom
         assert row["wall_row"] == 170 and 170 <= row["bottom_box"][1] and row["bottom_box"][3] <= 224
         assert row["top_box"][3] <= 170 and row["image"].size == (224, 224)
@@ -94,7 +94,7 @@ def test_diffusers_same_seed_same_images_and_batch_independent(tmp_path, sd_fold
     generate_stack_gen(tmp_path / "b4", sd_recipe(sd_folder, batch_size=4), progress=False)
     one, ds = images(tmp_path / "b1")
     four, _ = images(tmp_path / "b4")
-    for a, b in zip(one, four):  # float round-off of batched kernels: at most one 8-bit level
+    for a, b in zip(one, four, strict=True):  # float round-off of batched kernels: at most one 8-bit level
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     row = ds[0]
     assert row["generator"] == str(sd_folder) and row["steps"] == 2 and row["prompt_bottom"].startswith("a photo of a")

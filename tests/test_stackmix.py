@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import DatasetCard
 from PIL import Image
+from test_sources import make_bad_folder
 
 from stackbench import datafolder as df
 from stackbench.cli import main
@@ -21,8 +22,6 @@ from stackbench.errors import StackbenchError
 from stackbench.generate import StackMixRecipe, contain, cover, generate_stack_mix
 from stackbench.generate.compose import compose
 from stackbench.sources import open_source
-
-from test_sources import make_bad_folder
 
 
 def run(*args):
@@ -52,7 +51,7 @@ def test_summary_and_folder_layout(shapes_cut):
     ds, info = df.open_dataset(str(out))
     assert info["n"] == 20 and ds.features == df.features("stack-mix", open_source("shapes").class_names)
     assert Counter(ds["label"]) == {c: 2 for c in range(10)}  # --per-class 2, balanced
-    assert all(a != b for a, b in zip(ds["top_source"], ds["bottom_source"]))
+    assert all(a != b for a, b in zip(ds["top_source"], ds["bottom_source"], strict=True))
     assert len(set(ds["id"])) == 20 and set(ds["wall_row"]) == {170} and set(ds["layout"]) == {"cut"}
     # procedural objects: each box is that item's object (they differ), said so on the card
     assert len({tuple(b) for b in ds["top_box"]}) > 10 and None in ds["bottom_box"]
@@ -191,7 +190,7 @@ def test_object_boxes_are_the_objects_pixels_in_their_slot(layout):
         return Image.fromarray(np.stack([a] * 3, -1)), Image.fromarray(a)
     sizes = [((300, 200), "disc"), ((180, 360), "bar"), ((224, 224), "bar"), ((224, 224), "disc"), ((200, 300), "high")]
     seen = []
-    for (tsize, tkind), (bsize, bkind) in zip(sizes, sizes[1:] + sizes[:1]):
+    for (tsize, tkind), (bsize, bkind) in zip(sizes, sizes[1:] + sizes[:1], strict=True):
         (top, tmask), (bottom, bmask) = photo(tsize, tkind), photo(bsize, bkind)
         img, top_box, bottom_box = compose(top, bottom, layout, 224, 170, masks=(tmask, bmask))
         a = np.asarray(img)[..., 0]
@@ -260,7 +259,8 @@ def test_bad_inputs_give_a_finished_dataset_and_a_skip_report(tmp_path, bad_fold
     for path, reason in expected.items():
         assert reason in skipped[path]
         assert f"  {path}: {skipped[path]}" in r.output
-    assert g["skipped_classes"] == [{"class": "gamma", "reason": "fewer than two usable images (1 of 2, 1 truncated or corrupt)"}]
+    reason = "fewer than two usable images (1 of 2, 1 truncated or corrupt)"
+    assert g["skipped_classes"] == [{"class": "gamma", "reason": reason}]
     assert "class 'gamma' skipped" in r.output
     # Every odd mode of 'alpha' was used (5 pairs = all 10 files) and converted.
     assert set(g["converted"]) == {"CMYK", "L", "P", "RGBA", "I;16"} and "converted:" in r.output
@@ -354,8 +354,8 @@ class _BatchBuilder:
 
 
 def test_writer_is_generic_and_passes_fixed_batches(tmp_path):
+    from stackbench.cards.dataset import write_card
     from stackbench.generate import write_dataset
-    from stackbench.generate.card import write_card
 
     b = _BatchBuilder()
     res = write_dataset(tmp_path / "g", b, shard_size=5, progress=False, card=write_card)

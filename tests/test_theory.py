@@ -76,7 +76,8 @@ def test_closed_form_uses_the_relu_indicators(digit):
     """For L >= 2 alpha depends on the input through the indicators; dropping them breaks the equality,
     so the check above could fail."""
     model = T.WalledCNN(filters=4, layers=2, hidden=16, classes=1).double().init_(1.0, torch.Generator().manual_seed(1))
-    x = torch.stack([digit[0], torch.rand(29, 29, generator=torch.Generator().manual_seed(2), dtype=torch.float64)])[:, None]
+    noise = torch.rand(29, 29, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = torch.stack([digit[0], noise])[:, None]
     ag = T.alpha_autograd(model, x)
     assert not torch.allclose(ag[0], ag[1])
     torch.testing.assert_close(T.alpha_closed_form(model, x), ag, rtol=1e-10, atol=0)
@@ -193,7 +194,8 @@ def test_cli_bound_writes_json_and_png(tmp_path):
     assert [x["filters"] for x in rec["results"]] == [12, 64] and rec["config"]["trials"] == 200
     assert Image.open(tmp_path / "bound.png").format == "PNG"
     again = tmp_path / "again"
-    assert run("bound", "--digit", "3", "--filters", "12", "--filters", "64", "--trials", "200", "--out", str(again)).exit_code == 0
+    result = run("bound", "--digit", "3", "--filters", "12", "--filters", "64", "--trials", "200", "--out", str(again))
+    assert result.exit_code == 0
     assert (again / "bound.json").read_bytes() == (tmp_path / "bound.json").read_bytes()
 
 

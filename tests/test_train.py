@@ -18,9 +18,25 @@ from stackbench.cli import main
 from stackbench.errors import StackbenchError
 from stackbench.models import load_model, weights_fingerprint
 from stackbench.sources import open_source
-from stackbench.train import (CHECKPOINT, IMAGENET_MEAN, IMAGENET_STD, LOG, RECORD, STATE, SourceDataset, _seed,
-                              build_model, collate, export_weights, lr_factor, preset, to_input, train, train_augment,
-                              val_transform)
+from stackbench.train import (
+    CHECKPOINT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LOG,
+    RECORD,
+    STATE,
+    SourceDataset,
+    build_model,
+    collate,
+    export_weights,
+    lr_factor,
+    preset,
+    to_input,
+    train,
+    train_augment,
+    val_transform,
+)
+from stackbench.train.data import seed_of as _seed
 
 F_cross_entropy = F.cross_entropy
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +157,8 @@ def _stopped_run_is_a_model(out: Path, part: dict, tmp_path: Path) -> None:
     from stackbench.evaluate import evaluate
     from stackbench.generate import generate_stack_mix
 
-    assert {"config.json", "model.safetensors", "README.md", RECORD, CHECKPOINT} <= {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", RECORD, CHECKPOINT} <= written
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"]["0"] == "circle" and config["label2id"]["circle"] == 0
     record = json.loads((out / RECORD).read_text())
@@ -157,7 +174,8 @@ def _stopped_run_is_a_model(out: Path, part: dict, tmp_path: Path) -> None:
 
 def test_refusals(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    r = CliRunner().invoke(main, ["train", "--model", "minivgg-masked", "--source", "shapes:20", "--out", str(tmp_path)])
+    args = ["train", "--model", "minivgg-masked", "--source", "shapes:20", "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and r.output.count("\n") == 1
     assert "error: output folder" in r.output and "--overwrite" in r.output
     with pytest.raises(StackbenchError, match="not a training run"):
@@ -213,7 +231,7 @@ def test_presets_and_schedules():
         [1, 1, 0.1, 0.1, 0.01, 0.01])
     mini = preset("mini")
     f = [lr_factor(mini, s, 250) for s in range(mini.epochs * 250)]
-    assert f[0] == 1 and all(a >= b for a, b in zip(f, f[1:])) and f[-1] < 1e-4
+    assert f[0] == 1 and all(a >= b for a, b in zip(f, f[1:], strict=False)) and f[-1] < 1e-4
     one = mini.replace(schedule="onecycle", warmup_fraction=0.25)
     f = [lr_factor(one, s, 94) for s in range(one.epochs * 94)]
     assert f[0] == pytest.approx(1 / 25) and max(f) == pytest.approx(1, abs=1e-3) and f[-1] < 0.01

@@ -9,14 +9,16 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from test_leaderboard import ROOT, data, store, submit  # noqa: F401 - fixtures
 
+from stackbench import StackbenchError
 from stackbench import leaderboard as lb
-from stackbench.cli import main
 from stackbench.axes import Axes
+from stackbench.cli import main
 from stackbench.evaluate import aggregate_rows, evaluate, rows_table
 from stackbench.methods import SaliencyMethod, register_method
 from stackbench.methods.registry import _METHODS
-from test_leaderboard import ROOT, data, store, submit  # noqa: F401 - fixtures
+from stackbench.models import file_sha256
 
 REGISTERED = '''
 from stackbench.methods import SaliencyMethod, register_method
@@ -251,7 +253,7 @@ def test_a_stored_row_runs_only_code_inside_the_store(store, tmp_path):
     plugin = tmp_path / "outside.py"
     plugin.write_text(REGISTERED)
     paths = submit(store, f"{plugin}:MeanAct")
-    for path, source in zip(paths, (f"{plugin}:MeanAct", "../../outside.py:MeanAct")):
+    for path, source in zip(paths, (f"{plugin}:MeanAct", "../../outside.py:MeanAct"), strict=True):
         rec = json.loads(path.read_text())
         rec["method"]["source"] = source  # the same code, but not the store's copy
         path.write_text(json.dumps(rec))
@@ -262,8 +264,8 @@ def test_a_stored_row_runs_only_code_inside_the_store(store, tmp_path):
 
 def test_verified_json_that_is_broken_or_predates_the_row_marks_nothing(store):
     paths = submit(store, "HiResCAM")
-    entries = {lb.row_key(store, p): {"record_sha256": lb.file_sha256(p), "date": "2020-01-01",
-                                      "rows_sha256": lb.file_sha256(p.with_suffix(".parquet"))} for p in paths}
+    entries = {lb.row_key(store, p): {"record_sha256": file_sha256(p), "date": "2020-01-01",
+                                      "rows_sha256": file_sha256(p.with_suffix(".parquet"))} for p in paths}
     (store / lb.VERIFIED).write_text(json.dumps({"rows": entries}))  # forged by hand, dated before submission
     lb.build(store)
     assert "reproduced" not in [ln for ln in (store / "README.md").read_text().splitlines() if "HiResCAM" in ln][0]
@@ -275,5 +277,5 @@ def test_verified_json_that_is_broken_or_predates_the_row_marks_nothing(store):
 
 
 def test_an_empty_name_is_refused(store):
-    with pytest.raises(lb.StackbenchError, match="--name is empty"):
+    with pytest.raises(StackbenchError, match="--name is empty"):
         submit(store, "HiResCAM", name="")

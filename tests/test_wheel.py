@@ -31,7 +31,8 @@ def installed(tmp_path_factory):
         dest = src / part
         dest.parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy2
-        copy(REPO / part, dest, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        extra = {"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}
+        copy(REPO / part, dest, **extra)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(src)],
                    check=True, capture_output=True)
@@ -97,7 +98,8 @@ def _demo_quick(target: Path, work: Path) -> None:
     assert [c.strip() for c in row.strip("|").split("|")][1:3] == ["0.0 ± 0.0", "0.0 ± 0.0"]
     assert "| paper STACK-MIX |" in table  # the packaged reported numbers
     summary = json.loads((out / "report.json").read_text())
-    assert summary["mu"]["HiResCAM"]["stack-mix"]["mean"] == 0.0 and summary["mu"]["HiResCAM"]["stack-gen"]["mean"] == 0.0
+    hires = summary["mu"]["HiResCAM"]
+    assert hires["stack-mix"]["mean"] == 0.0 and hires["stack-gen"]["mean"] == 0.0
     assert summary["findings"][0].startswith("HiResCAM: mu = 0 exactly")
     assert summary["records"]["HiResCAM"]["stack-mix"] == "results/stack-mix/HiResCAM.json"  # relative to report.json
     assert "seeded sample of 1 image per set" in (out / "axes.md").read_text()

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import click
 
+from ..present.tables import text_table
+
 MODEL_HELP = "NAME, NAME@random, PATH (save_pretrained folder), hf:REPO[@REV] or paper:PATH"
 METHOD_HELP = "registered name, module:attr, path/file.py:attr or entry point (see `stackbench methods`)"
 DEVICE_HELP = "auto (cuda if present, else cpu), cpu, cuda or cuda:N"
@@ -27,11 +29,9 @@ SEED = _SeedRange(0, 2**63 - 1)
 
 
 def format_table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
-    """A plain, aligned text table (also valid GitHub Markdown)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+    """A plain, aligned text table (also valid GitHub Markdown): the board's and the report's Markdown table
+    writer, padded."""
+    return text_table(headers, rows)
 
 
 def echo_json(value) -> None:
@@ -45,33 +45,33 @@ def option(*decls, **attrs):
     return click.option(*decls, **attrs)
 
 
-def count_option(*decls, help: str, default: int | None = None, min: int | None = None, **attrs):  # noqa: A002
+def count_option(*decls, help: str, default: int | None = None, min: int | None = None, **attrs):
     """An integer count or size: metavar N; `min` bounds it (a usage error below it)."""
     kind = int if min is None else click.IntRange(min=min)
     return option(*decls, type=kind, default=default, metavar="N", help=help, **attrs)
 
 
-def model_option(required: bool = True, default: str | None = None, help: str = MODEL_HELP):  # noqa: A002
+def model_option(required: bool = True, default: str | None = None, help: str = MODEL_HELP):
     return option("--model", "model_ref", required=required and default is None, default=default, metavar="REF",
                   help=help)
 
 
-def seed_option(help: str = "seed for NAME@random initialisation and for tracing",  # noqa: A002
+def seed_option(help: str = "seed for NAME@random initialisation and for tracing",
                 default: int | None = 0):
     return option("--seed", type=SEED, default=default, metavar="SEED", help=help)
 
 
-def device_option(help: str = DEVICE_HELP):  # noqa: A002
+def device_option(help: str = DEVICE_HELP):
     return option("--device", default="auto", metavar="DEVICE", help=help)
 
 
-def out_option(help: str, default: str | None = None, required: bool = False, path: bool = True):  # noqa: A002
+def out_option(help: str, default: str | None = None, required: bool = False, path: bool = True):
     """An output folder. `path=False` keeps a plain string (a command that checks the folder itself)."""
     kind = click.Path(file_okay=False) if path else str
     return option("--out", type=kind, default=default, required=required, metavar="DIR", help=help)
 
 
-def num_proc_option(help: str, default: int | None = 1):  # noqa: A002
+def num_proc_option(help: str, default: int | None = 1):
     """Parallelism has one name, `--num-proc` (as in `datasets`)."""
     return count_option("--num-proc", default=default, help=help)
 

@@ -5,8 +5,19 @@ import sys
 
 import click
 
-from .common import (METHOD_HELP, count_option, device_option, echo_json, format_table, json_option, model_option,
-                     no_progress_option, option, out_option, seed_option)
+from .common import (
+    METHOD_HELP,
+    count_option,
+    device_option,
+    echo_json,
+    format_table,
+    json_option,
+    model_option,
+    no_progress_option,
+    option,
+    out_option,
+    seed_option,
+)
 
 
 @click.command()
@@ -34,7 +45,8 @@ def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit
     """Score saliency methods by how much of their maps falls behind the wall (mu, paper eq. 1) and on the board's
     axes."""
     from ..axes import Axes
-    from ..evaluate import SUMMARY_HEADERS, evaluate as run_evaluate, summary_notes, summary_rows
+    from ..evaluate import SUMMARY_HEADERS, summary_notes, summary_rows
+    from ..evaluate import evaluate as run_evaluate
 
     runs = run_evaluate(list(methods), dataset, model_ref, target=target, postprocess=postprocess,
                         batch_size=batch_size, limit=limit, device=device, save_maps=save_maps, out=out, seed=seed,

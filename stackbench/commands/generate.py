@@ -122,15 +122,15 @@ def stack_mix(preset, source, split, num_images, per_class, classes, layout, see
 @device_option("auto: this process' accelerator (under accelerate launch / torchrun), else cuda if present, else cpu")
 @writer_options
 def stack_gen(preset, generator, model, revision, classes, num_images, seed, steps, guidance, gen_size, batch_size,
-              prompts, verify, verify_model, min_verify, max_attempts, fmt, device, out, num_proc, shard_size, overwrite,
-              no_progress):
+              prompts, verify, verify_model, min_verify, max_attempts, fmt, device, out, num_proc, shard_size,
+              overwrite, no_progress):
     """STACK-GEN: one generated scene with two same-class objects, one behind the wall.
 
     Many GPUs: `accelerate launch -m stackbench generate stack-gen ...` (or torchrun) splits the shards across
     processes; the same command works unchanged with one process."""
-    from ..devices import pick_device
     from ..generate import load_preset
     from ..generate.stackgen import StackGenRecipe, generate_stack_gen, load_prompts
+    from ..refs import pick_device
 
     fields = load_preset("stack-gen", preset) if preset else {}
     given = {"generator": generator, "model": model, "revision": revision, "classes": classes,

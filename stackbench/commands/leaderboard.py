@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from .common import (METHOD_HELP, device_option, echo_json, format_table, json_option, no_progress_option, option)
+from .common import METHOD_HELP, device_option, echo_json, format_table, json_option, no_progress_option, option
 
 store_option = option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
                       help="the leaderboard store (a folder with tracks.json)  [default: ./leaderboard]")
 
 
-def track_option(help: str, default: str | None = None):  # noqa: A002
+def track_option(help: str, default: str | None = None):
     return option("--track", default=default, metavar="NAME", help=help)
 
 

@@ -6,8 +6,7 @@ import sys
 import click
 
 from ..constants import ORIENTATION_NAMES
-from .common import (count_option, device_option, echo_json, format_table, json_option, model_option, option,
-                     seed_option)
+from .common import count_option, device_option, echo_json, format_table, json_option, model_option, option, seed_option
 
 
 def list_models() -> list[str]:
@@ -47,8 +46,8 @@ def model_infos() -> list[dict]:
         with _shapes_only():
             m = entry.fn()
         out.append({"name": name, "params": m.count_parameters(), "input": [3, *m.input_size],
-                    "wall": m.wall.describe().split(";")[0],
-                    "weights": entry.weights.describe() if entry.weights else None, "description": entry.description})
+                    "wall": str(m.wall).split(";")[0],
+                    "weights": str(entry.weights) if entry.weights else None, "description": entry.description})
     return out
 
 
@@ -79,8 +78,8 @@ def wall_report(model, traces: int = 4, seed: int = 0, orientations=None) -> lis
         m = model if g == "identity" else orient(model, g)
         zone = dead_zone(m, m.input_size, traces=traces, seed=seed)
         result = check(m, m.input_size, seed=seed, zone=zone)
-        out.append({"orientation": g, "declared": m.wall.describe(), "traced": zone.describe(),
-                    "check": result.describe(), "matches": zone.matches(m.wall), "holds": result.holds(m.wall)})
+        out.append({"orientation": g, "declared": str(m.wall), "traced": str(zone),
+                    "check": str(result), "matches": zone.matches(m.wall), "holds": result.holds(m.wall)})
     return out
 
 
@@ -93,8 +92,8 @@ def wall_report(model, traces: int = 4, seed: int = 0, orientations=None) -> lis
 @device_option()
 def wall(model_ref, seed, traces, orientation, device):
     """Trace a model's dead zone and prove it bitwise: noise behind the wall must leave every logit unchanged."""
-    from ..devices import pick_device
     from ..models import load_model
+    from ..refs import pick_device
 
     model = load_model(model_ref, seed=seed, device=pick_device(device))
     click.echo(f"model:     {model.ref} ({model.name})")

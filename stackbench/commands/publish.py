@@ -5,7 +5,8 @@ import click
 
 from .common import option
 
-def repo_id_option(help: str):  # noqa: A002
+
+def repo_id_option(help: str):
     return option("--repo-id", required=True, metavar="ID", help=help)
 
 
@@ -26,7 +27,7 @@ def _run(plan, dry_run: bool):
     """Print a `stackbench.hub.Plan`, then send it unless --dry-run."""
     from .. import hub
 
-    click.echo(plan.describe())
+    click.echo(str(plan))
     if dry_run:
         click.echo("dry run: nothing sent")
         return
@@ -66,7 +67,7 @@ def publish_model(folder, repo_id, private, revision, dry_run):
         help="the leaderboard store  [default: ./leaderboard]")
 def publish_leaderboard(repo_id, private, revision, dry_run, store):
     """The leaderboard store as a Parquet dataset (every row verified first)."""
-    from .. import hub
     from .. import leaderboard as lb
+    from ..leaderboard.hub import plan_leaderboard
 
-    _run(hub.plan_leaderboard(lb.resolve_store(store), repo_id, private, revision), dry_run)
+    _run(plan_leaderboard(lb.resolve_store(store), repo_id, private, revision), dry_run)

@@ -69,7 +69,8 @@ def alpha(image_path, digit, layers, filters, hidden, trials, tau, seed, tol, ou
                               f"{r['median_max_abs_alpha']:.3g}"] for r in report["results"]],
                             ["L", "alphas compared", "max rel. error", "median rel. error", "median max |alpha|"]))
     click.echo(f"wrote:   {path}")
-    click.echo(f"verdict: {'PASS' if report['passed'] else 'FAIL'} (max relative error {report['max_rel_err']:.2e}, tol {tol:g})")
+    verdict = "PASS" if report["passed"] else "FAIL"
+    click.echo(f"verdict: {verdict} (max relative error {report['max_rel_err']:.2e}, tol {tol:g})")
     sys.exit(0 if report["passed"] else 1)
 
 

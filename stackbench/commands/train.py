@@ -44,7 +44,8 @@ def train(model, source, val_source, train_split, val_split, num_classes, epochs
           preset, mixed_precision, num_proc, workers, max_steps, save_every, log_every, resume, overwrite, no_progress,
           out):
     """Train a walled model on accelerate; write weights, model card, per-epoch log and a resumable checkpoint."""
-    from ..train import preset as make_preset, stored_config
+    from ..train import preset as make_preset
+    from ..train import stored_config
     from ..train import train as run_training
 
     workers = _num_proc(num_proc, workers)

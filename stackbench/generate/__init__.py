@@ -1,4 +1,4 @@
-"""Dataset generation: STACK-MIX (and, later, STACK-GEN) builders over one resumable, parallel writer.
+"""Dataset generation: STACK-MIX and STACK-GEN builders over one resumable, parallel writer.
 
     from stackbench.generate import generate_stack_mix
     result = generate_stack_mix("stack-mix-mini", source="shapes", per_class=10, layout="cut", seed=0)

@@ -68,7 +68,7 @@ def compose(top: Image.Image, bottom: Image.Image, layout: str, size: int = 224,
     else:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     boxes = []
-    for img, mask, fit, (x, y) in zip((top, bottom), masks, place, corners):
+    for img, mask, fit, (x, y) in zip((top, bottom), masks, place, corners, strict=True):
         piece = fit(img)
         out.paste(piece, (x, y))
         inside = fit(mask).getbbox() if mask is not None else (0, 0, *piece.size)

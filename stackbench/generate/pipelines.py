@@ -1,6 +1,7 @@
 """Stable Diffusion pipelines: loading a real checkpoint with clear errors, and random ones built offline.
 
-Random pipelines are for tests (`tiny`: seconds on a CPU) and for timing (`sd15`: the SD-1.5 shapes, 860M-parameter UNet; the
+Random pipelines are for tests (`tiny`: seconds on a CPU) and for timing (`sd15`: the SD-1.5 shapes, 860M-parameter
+UNet; the
 cost of a forward does not depend on the weight values). Nothing is downloaded: the tokenizer is a small
 byte-level BPE written to disk, loaded through `CLIPTokenizer.from_pretrained` like a real one.
 """
@@ -13,13 +14,14 @@ from pathlib import Path
 import torch
 
 from ..errors import StackbenchError, first_line
+from ..refs import checkpoint_ref
 
 
 def resolve_checkpoint(ref: str, revision: str | None = None) -> tuple[Path, str | None]:
     """A local folder as it is (revision None), or a Hub id downloaded with huggingface_hub into its cache
     (revision: the commit the snapshot holds)."""
     local = Path(ref)
-    if local.is_dir() or ref.startswith((".", "/")) or local.exists():
+    if checkpoint_ref(ref).scheme == "path":
         if not local.is_dir():
             raise StackbenchError(f"--model {ref}: no such folder; give a Stable Diffusion folder "
                                   "(save_pretrained layout with model_index.json) or a Hub id")
@@ -27,7 +29,7 @@ def resolve_checkpoint(ref: str, revision: str | None = None) -> tuple[Path, str
             raise StackbenchError(f"--model {ref}: not a diffusers pipeline folder (no model_index.json); save one "
                                   "with StableDiffusionPipeline.save_pretrained")
         return local, None
-    from ..hubfetch import snapshot
+    from ..hub.fetch import snapshot
 
     # README.md: the checkpoint's card, whose licence the dataset card repeats
     return snapshot(f"--model {ref}", ref, revision,

@@ -50,8 +50,13 @@ def _box_mask(box: Box, H: int, W: int, h: int, w: int) -> torch.Tensor:
     x0, y0, x1, y1 = box
     ys = torch.arange(h + 1, dtype=torch.float64) * H / h
     xs = torch.arange(w + 1, dtype=torch.float64) * W / w
-    cover_y = (torch.minimum(ys[1:], torch.tensor(float(y1))) - torch.maximum(ys[:-1], torch.tensor(float(y0)))).clamp_min(0) / (H / h)
-    cover_x = (torch.minimum(xs[1:], torch.tensor(float(x1))) - torch.maximum(xs[:-1], torch.tensor(float(x0)))).clamp_min(0) / (W / w)
+
+    def overlap(edges, lo, hi):  # length of each cell [edges[k], edges[k+1]] inside [lo, hi]
+        inside = torch.minimum(edges[1:], torch.tensor(float(hi))) - torch.maximum(edges[:-1], torch.tensor(float(lo)))
+        return inside.clamp_min(0)
+
+    cover_y = overlap(ys, y0, y1) / (H / h)
+    cover_x = overlap(xs, x0, x1) / (W / w)
     return (cover_y[:, None] * cover_x[None, :]).float()
 
 
@@ -73,7 +78,8 @@ class RegionalAttnProcessor:
             self._cache[key] = self.layout.masks(h, w).reshape(self.n, 1, 1, h * w, 1).to(device, dtype)
         return self._cache[key]
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
         if encoder_hidden_states is None:
             raise RuntimeError("RegionalAttnProcessor is for cross-attention (attn2) layers only")
         residual = hidden_states
@@ -101,7 +107,7 @@ class RegionalAttnProcessor:
 
         weights = self._weights(seq_len, query.device, query.dtype)
         out = 0
-        for r, (k, v) in enumerate(zip(key.chunk(self.n, dim=2), value.chunk(self.n, dim=2))):
+        for r, (k, v) in enumerate(zip(key.chunk(self.n, dim=2), value.chunk(self.n, dim=2), strict=True)):
             out = out + weights[r] * F.scaled_dot_product_attention(query, k, v, dropout_p=0.0, is_causal=False)
 
         hidden_states = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

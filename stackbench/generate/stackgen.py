@@ -292,7 +292,7 @@ class StackGenBuilder:
             images = self._render([(i, classes[i], attempt[i]) for i in pending], layout)
             scores = self._scores(verifier, [img for img, _ in images], [classes[i] for i in pending], layout)
             retry = []
-            for i, (img, boxes), (s_top, s_bottom) in zip(pending, images, scores):
+            for i, (img, boxes), (s_top, s_bottom) in zip(pending, images, scores, strict=True):
                 ok = r.min_verify is None or (s_top >= r.min_verify and s_bottom >= r.min_verify)
                 if ok or attempt[i] + 1 >= r.max_attempts:
                     done[i] = (img, boxes, s_top, s_bottom) if ok else None
@@ -310,7 +310,7 @@ class StackGenBuilder:
             return [(None, None)] * len(images)
         crops = [img.crop(layout.top_box) for img in images] + [img.crop(layout.bottom_box) for img in images]
         s = verifier.scores(crops, list(labels) * 2)
-        return list(zip(s[:len(images)], s[len(images):]))
+        return list(zip(s[:len(images)], s[len(images):], strict=True))
 
     def features(self):
         """The columns of this set: no diffusion columns on shapes scenes, no scores without a verifier."""
@@ -365,7 +365,7 @@ def generate_stack_gen(out: str | Path, recipe: StackGenRecipe | None = None, *,
                        num_proc: int = 1, shard_size: int = 500, overwrite: bool = False, progress: bool = True,
                        state=None, **recipe_fields) -> WriteResult:
     """Build (or resume) a STACK-GEN dataset folder. `recipe_fields` are StackGenRecipe fields."""
-    from .card import write_card
+    from ..cards.dataset import write_card
 
     recipe = recipe or StackGenRecipe(**recipe_fields)
     builder = StackGenBuilder(recipe, device=device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StackbenchError, close_matches
-from ..sources import DEFAULT_MIN_SIZE, Source, SkipImage, open_source
+from ..sources import DEFAULT_MIN_SIZE, SkipImage, Source, open_source
 from ..wall import Wall
 from .compose import FORMATS, LAYOUTS, compose, encode, encoding
 from .resources import FromFields
@@ -235,7 +235,7 @@ def generate_stack_mix(out: str | Path, recipe: StackMixRecipe | None = None, *,
                        allow_repeats: bool = False, **recipe_fields) -> WriteResult:
     """Build (or resume) a STACK-MIX dataset folder. `recipe_fields` are StackMixRecipe fields. More items than
     the source gives before an image is used twice are refused unless `allow_repeats` (it changes no item)."""
-    from .card import write_card
+    from ..cards.dataset import write_card
 
     recipe = recipe or StackMixRecipe(**recipe_fields)
     builder = StackMixBuilder(recipe, allow_repeats=allow_repeats)

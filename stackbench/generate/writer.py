@@ -212,10 +212,10 @@ def _check_sizes(builder: Builder, shard_size: int, num_proc: int) -> None:
         raise StackbenchError(f"--shard-size must be at least 1, got {shard_size}")
     if num_proc < 1:
         raise StackbenchError(f"--num-proc must be at least 1, got {num_proc}")
-    if math.ceil(builder.n_items / shard_size) > MAX_SHARDS:
-        raise StackbenchError(f"{builder.n_items} images in shards of {shard_size} make "
-                              f"{math.ceil(builder.n_items / shard_size)} shards, more than {MAX_SHARDS}: ask for fewer "
-                              "images or a larger --shard-size")
+    shards = math.ceil(builder.n_items / shard_size)
+    if shards > MAX_SHARDS:
+        raise StackbenchError(f"{builder.n_items} images in shards of {shard_size} make {shards} shards, more than "
+                              f"{MAX_SHARDS}: ask for fewer images or a larger --shard-size")
 
 
 def _start(folder: Path, identity: dict, overwrite: bool, main: bool, world: int) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Backbone, Batch, SaliencyMethod
+from .backbone import Backbone, Batch
+from .base import SaliencyMethod
 from .registry import register_method
 
 
@@ -64,7 +65,7 @@ class LibraryCAM(SaliencyMethod):
         # with the main class fixed to our target).
         out = batch.logits.detach().cpu().numpy()
         out_targets = []
-        for row, t in zip(out, batch.targets.tolist()):
+        for row, t in zip(out, batch.targets.tolist(), strict=True):
             order = [int(i) for i in np.argsort(np.abs(row - row[t])) if int(i) != t]
             out_targets.append(FinerWeightedTarget(int(t), order[:3], 1.0))
         return out_targets

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from .. import metrics as M
 from ..errors import StackbenchError
-from .base import Batch, SaliencyMethod
+from .backbone import Batch
+from .base import SaliencyMethod
 from .gradient import ACTS_GRADS, GradCAM
 from .registry import register_method
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Batch, SaliencyMethod
+from .backbone import Batch
+from .base import SaliencyMethod
 from .registry import register_method
 
 ACTS = frozenset({"activations"})

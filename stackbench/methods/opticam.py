@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import StackbenchError
-from .base import Batch
+from .backbone import Batch
 from .gradient import TargetLayerCAM
 from .registry import register_method
 

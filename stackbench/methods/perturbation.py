@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .base import Batch
+from .backbone import Batch
 from .gradient import TargetLayerCAM, weighted_sum
 from .registry import register_method
 

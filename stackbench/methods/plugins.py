@@ -16,6 +16,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from ..errors import StackbenchError, close_matches, foreign_failure
+from ..refs import method_ref
+from .adapters import from_basecam
+from .base import SaliencyMethod
 
 GROUP = "stackbench.methods"
 
@@ -28,7 +31,7 @@ def _guarded_import(load, what: str):
     """Run `load()` (an import of someone else's code); any failure is one line naming `what`."""
     try:
         return load()
-    except BaseException as e:  # noqa: BLE001 - plugin code may raise anything, SystemExit included
+    except BaseException as e:
         reason = foreign_failure(e)
         if reason is None:
             raise
@@ -41,18 +44,6 @@ def load_entry_point(name: str):
     dist = getattr(ep, "dist", None)
     package = {"name": dist.name, "version": dist.version} if dist is not None else None
     return as_method_class(obj, f"entry-point:{name}={ep.value}", name, package=package)
-
-
-def _split(spec: str) -> tuple[str, str]:
-    head, sep, attr = spec.rpartition(":")
-    if not sep or not head or not attr:
-        raise StackbenchError(f"method plugin {spec!r} must look like module:attr or path/to/file.py:attr")
-    return head, attr
-
-
-def is_file_spec(spec: str) -> bool:
-    where = spec.rpartition(":")[0]
-    return where.endswith(".py") or "/" in where or "\\" in where
 
 
 def _exec_file(path: Path, digest: str, spec: str):
@@ -88,11 +79,14 @@ def _package_of(module) -> dict | None:
 
 def load_plugin(spec: str):
     """`module:attr` or `path/to/file.py:attr` -> a SaliencyMethod class (with its `code` or `package`)."""
-    where, attr = _split(spec)
+    parsed = method_ref(spec)
+    if parsed.scheme not in ("module", "file"):
+        raise StackbenchError(f"method plugin {spec!r} must look like module:attr or path/to/file.py:attr")
+    where, attr = parsed.body, parsed.options["attr"]
     from ..models.loading import file_sha256  # here: the model code (and huggingface_hub) only when a plugin loads
 
     code = package = None
-    if is_file_spec(spec):
+    if parsed.scheme == "file":
         path = Path(where)
         if not path.is_file():
             raise StackbenchError(f"method plugin {spec!r}: file {where} does not exist")
@@ -114,9 +108,6 @@ def load_plugin(spec: str):
 def as_method_class(obj, source: str, default_name: str, code: dict | None = None, package: dict | None = None):
     """Accept a SaliencyMethod subclass or a pytorch-grad-cam BaseCAM subclass; refuse anything else."""
     from pytorch_grad_cam.base_cam import BaseCAM
-
-    from .adapters import from_basecam
-    from .base import SaliencyMethod
 
     if inspect.isclass(obj) and issubclass(obj, SaliencyMethod):
         cls = type(obj.__name__, (obj,), {"name": obj.name or default_name, "source": source,

@@ -1,14 +1,8 @@
-"""Method registry in the style of timm: `register_method`, `list_methods`, `get_method`.
-
-A method spec is a registered name (`GradCAM`), `module:attr`, `path/to/file.py:attr` or the name of an
-installed `stackbench.methods` entry point; see `stackbench.methods.plugins`."""
+"""Method registry in the style of timm's `_registry`: `register_method`, `list_methods`, a lookup by name.
+It imports nothing that imports it back; making a method from any spec is `stackbench.methods.factory`."""
 from __future__ import annotations
 
 import fnmatch
-import inspect
-import sys
-
-from ..errors import StackbenchError, close_matches
 
 _METHODS: dict = {}
 _ALIASES: dict[str, str] = {}
@@ -47,56 +41,20 @@ def list_methods(pattern: str = "*", family: str | None = None) -> list[str]:
                   if fnmatch.fnmatch(n, pattern) and (family is None or c.family == family))
 
 
-def get_method_class(spec):
-    """The SaliencyMethod class for a spec (name, alias, case-insensitive name, plugin, entry point) or a class
-    (a SaliencyMethod or pytorch-grad-cam BaseCAM subclass)."""
-    from .plugins import entry_point_names, load_entry_point, load_plugin
-
-    if inspect.isclass(spec):
-        return _from_class(spec)
-    if not isinstance(spec, str):
-        raise StackbenchError(f"method {type(spec).__name__} object: expected a name, a SaliencyMethod class or "
-                              "instance, or a pytorch_grad_cam BaseCAM class")
-    if spec in _METHODS:
-        return _METHODS[spec]
-    if spec in _ALIASES:
-        return _METHODS[_ALIASES[spec]]
+def registered(name: str):
+    """The class registered under `name`, an alias or a name that differs only in case; None if there is none."""
+    if name in _METHODS:
+        return _METHODS[name]
+    if name in _ALIASES:
+        return _METHODS[_ALIASES[name]]
     folded = {n.lower(): n for n in [*_METHODS, *_ALIASES]}
-    if spec.lower() in folded:
-        return get_method_class(folded[spec.lower()])
-    if ":" in spec:
-        return load_plugin(spec)
-    eps = entry_point_names()
-    if spec in eps:
-        return load_entry_point(spec)
-    known = [*_METHODS, *_ALIASES, *eps]
-    raise StackbenchError(f"unknown method {spec!r}{close_matches(spec, known)}; registered: "
-                          f"{', '.join(list_methods())}; or give module:attr, path/file.py:attr or an installed "
-                          "stackbench.methods entry point")
+    return registered(folded[name.lower()]) if name.lower() in folded else None
 
 
-def _from_class(cls):
-    """A class given as an object: a built-in as it is; else the plugin `module:qualname` names, so its record
-    carries the same source (and code hash) as that spec on the command line. A class defined in a notebook
-    (`__main__`) runs, but its record cannot name code anyone else can re-run."""
-    from .plugins import as_method_class, load_plugin
-
-    if cls in _METHODS.values():
-        return cls
-    spec = f"{cls.__module__}:{cls.__qualname__}"
-    module = sys.modules.get(cls.__module__)
-    if cls.__module__ != "__main__" and getattr(module, cls.__qualname__, None) is cls:
-        return load_plugin(spec)
-    return as_method_class(cls, spec, cls.__name__)
+def registered_names() -> list[str]:
+    """Every registered name and alias (for close-match suggestions)."""
+    return [*_METHODS, *_ALIASES]
 
 
-def get_method(spec, **config):
-    """A configured method instance for a spec (see module doc), a class, or an instance (returned as it is)."""
-    from .base import SaliencyMethod
-
-    if isinstance(spec, SaliencyMethod):
-        if config:
-            raise StackbenchError(f"method {spec.name}: an instance is already configured ({spec.config}); pass the "
-                                  "options to its class instead")
-        return spec
-    return get_method_class(spec)(**config)
+def is_builtin(cls) -> bool:
+    return cls in _METHODS.values()

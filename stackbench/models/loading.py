@@ -9,18 +9,17 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import warnings
 from pathlib import Path
 
 import torch
 
-import inspect
-
-from ..devices import pick_device
 from ..errors import StackbenchError, first_line
-from .registry import create_model, get_entry, list_models
+from ..refs import WEIGHT_SUFFIXES, model_ref, pick_device
 from ..wall import Wall
+from .registry import create_model, get_entry, list_models
 from .vgg import WalledVGG, WallLinear
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -33,12 +32,6 @@ _DEFAULTS = {k: p.default for k, p in inspect.signature(WalledVGG.__init__).para
 
 class WallLeakWarning(UserWarning):
     """A checkpoint carried non-zero weights behind the wall (they were zeroed; the wall held anyway)."""
-
-
-def split_ref(ref: str, sep: str = "@") -> tuple[str, str | None]:
-    """'a@b' -> ('a', 'b'); 'a' -> ('a', None)."""
-    head, _, tail = ref.partition(sep)
-    return head, (tail or None)
 
 
 def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
@@ -55,25 +48,31 @@ def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str
     if not ref.strip():  # Path("") is the current folder: say what is wrong instead of "folder . has no config.json"
         raise StackbenchError(f"--model {ref!r} is empty; give a zoo name ({', '.join(list_models())}), NAME@random, "
                               "a save_pretrained folder, hf:REPO or paper:PATH")
-    if ref.startswith("hf:"):
+    parsed = model_ref(ref)
+    if parsed.scheme == "hf":
         model = load_hub(ref[3:])
-    elif ref.startswith("paper:"):
-        model = load_paper(ref[6:], arch=arch)
-    elif ref.endswith("@random"):
-        model = create_model(ref[: -len("@random")], seed=seed)
+    elif parsed.scheme == "paper":
+        model = load_paper(parsed.body, arch=arch)
+    elif parsed.scheme == "random":
+        model = create_model(parsed.body, seed=seed)
         ref = f"{ref}#seed={seed}"
-    elif Path(ref).is_dir():
-        model = load_folder(ref)
-    elif Path(ref).is_file() or Path(ref).suffix in (".pt", ".pth", ".bin", ".safetensors"):
-        raise StackbenchError(f"model {ref} is a weights file, not a reference: give paper:{ref} for the paper's "
-                              "checkpoints, or the save_pretrained folder that holds it")
-    elif "/" in ref or ref.startswith("."):
-        raise StackbenchError(f"model folder {ref} does not exist; give a save_pretrained folder, a zoo name "
-                              f"({', '.join(list_models())}), NAME@random, hf:REPO or paper:PATH")
-    else:
+    elif parsed.scheme == "zoo":
         model = load_published(ref)
+    else:
+        model = load_folder(_folder(ref))
     model.ref = ref
     return model.to(device).eval()
+
+
+def _folder(ref: str) -> str:
+    """A path reference that must be a save_pretrained folder."""
+    if Path(ref).is_dir():
+        return ref
+    if Path(ref).is_file() or Path(ref).suffix in WEIGHT_SUFFIXES:
+        raise StackbenchError(f"model {ref} is a weights file, not a reference: give paper:{ref} for the paper's "
+                              "checkpoints, or the save_pretrained folder that holds it")
+    raise StackbenchError(f"model folder {ref} does not exist; give a save_pretrained folder, a zoo name "
+                          f"({', '.join(list_models())}), NAME@random, hf:REPO or paper:PATH")
 
 
 def _walled_object(model: torch.nn.Module) -> torch.nn.Module:
@@ -153,9 +152,10 @@ def check_config(config, ref: str) -> None:
 
 def load_hub(spec: str) -> WalledVGG:
     """hf:REPO[@REV]: download config + safetensors with huggingface_hub, then the local-folder path."""
-    from ..hubfetch import snapshot
+    from ..hub.fetch import snapshot
 
-    repo, rev = split_ref(spec)
+    parsed = model_ref(f"hf:{spec}")
+    repo, rev = parsed.body, parsed.revision
     folder, commit = snapshot(f"hf:{spec}", repo, rev, allow_patterns=[CONFIG, WEIGHTS])
     model = load_folder(folder, ref=f"hf:{spec}")
     model.revision = commit

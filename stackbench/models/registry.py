@@ -19,7 +19,7 @@ class Weights:
     hub: str | None = None           # "REPO[@REV]"
     metrics: dict = field(default_factory=dict)  # e.g. {"top1": 0.93, "split": "shapes val"}
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         if self.file:
             return "shipped"
         if self.hub:
@@ -45,7 +45,8 @@ def register_model(name: str, description: str = "", weights: Weights | None = N
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelEntry(name, fn, description or (fn.__doc__ or "").strip().splitlines()[0], weights, how_to_get)
+        summary = description or (fn.__doc__ or "").strip().splitlines()[0]
+        _MODELS[name] = ModelEntry(name, fn, summary, weights, how_to_get)
         return fn
 
     return deco

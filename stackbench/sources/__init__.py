@@ -6,34 +6,27 @@
 """
 from __future__ import annotations
 
-import re
-
-from ..constants import SOURCE_HELP  # noqa: F401  (defined light: --help shows it)
-from ..errors import StackbenchError
+from ..constants import SOURCE_HELP
+from ..refs import source_ref
 from .base import Skip, Source, SourceItem
 from .images import DEFAULT_MIN_SIZE, SkipImage, decode, to_rgb
-
-_SHAPES = re.compile(r"^shapes(?::(\d+))?(?:@(\d+))?$")
 
 
 def open_source(ref: str, split: str | None = None, min_size: int = DEFAULT_MIN_SIZE) -> Source:
     """A source from its reference. `split`: the ImageNet-style sub-folder, the `datasets` split, or the shapes
     split (train/val/test)."""
-    ref = (ref or "").strip()
-    if ref.startswith("imagefolder:"):
+    parsed = source_ref(ref)
+    if parsed.scheme == "imagefolder":
         from .imagefolder import ImageFolderSource
 
-        return ImageFolderSource(ref[len("imagefolder:"):], split=split, min_size=min_size)
-    if ref.startswith("hf:"):
+        return ImageFolderSource(parsed.body, split=split, min_size=min_size)
+    if parsed.scheme == "hf":
         from .hf import HFSource
 
-        return HFSource(ref, split=split, min_size=min_size)
-    m = _SHAPES.match(ref)
-    if m:
-        from .shapes import DEFAULT_ITEMS, ShapesSource
+        return HFSource(parsed.text, split=split, min_size=min_size)
+    from .shapes import DEFAULT_ITEMS, ShapesSource
 
-        return ShapesSource(split=split, seed=int(m.group(2) or 0), n=int(m.group(1) or DEFAULT_ITEMS))
-    raise StackbenchError(f"unknown source {ref!r}; give {SOURCE_HELP}")
+    return ShapesSource(split=split, seed=parsed.options["seed"], n=parsed.options["n"] or DEFAULT_ITEMS)
 
 
 __all__ = ["SOURCE_HELP", "DEFAULT_MIN_SIZE", "Skip", "SkipImage", "Source", "SourceItem", "decode",

@@ -6,6 +6,7 @@ import hashlib
 import numpy as np
 
 from ..errors import StackbenchError, first_line
+from ..refs import source_ref
 from .base import Source, SourceItem
 from .images import DEFAULT_MIN_SIZE, decode
 
@@ -17,15 +18,6 @@ def _fail(ref: str, e: Exception, what: str) -> StackbenchError:
                            "the config name, network access and `huggingface-cli login` for gated sets")
 
 
-def parse_ref(ref: str) -> tuple[str, str | None]:
-    """'hf:REPO[:CONFIG]' -> (repo, config)."""
-    body = ref[3:] if ref.startswith("hf:") else ref
-    repo, _, config = body.partition(":")
-    if not repo:
-        raise StackbenchError(f"source {ref!r} names no dataset; write hf:REPO or hf:REPO:CONFIG")
-    return repo, config or None
-
-
 class HFSource(Source):
     kind = "hf"
 
@@ -33,7 +25,8 @@ class HFSource(Source):
         import datasets
 
         self.ref, self.min_size = ref if ref.startswith("hf:") else f"hf:{ref}", min_size
-        self.repo, self.config = parse_ref(ref)
+        parsed = source_ref(self.ref)
+        self.repo, self.config = parsed.body, parsed.options["config"]
         if split is None:
             try:
                 names = datasets.get_dataset_split_names(self.repo, self.config)

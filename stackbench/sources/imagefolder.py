@@ -30,7 +30,7 @@ def class_names_for(folders: list[str]) -> tuple[list[str], str]:
         names = imagenet_names()
         # ClassLabel names must be unique; ImageNet has two 'crane's and two 'maillot's.
         dup = {n for n, c in Counter(names).items() if c > 1}
-        return [f"{n} ({s})" if n in dup else n for n, s in zip(names, folders)], "imagenet-synsets"
+        return [f"{n} ({s})" if n in dup else n for n, s in zip(names, folders, strict=True)], "imagenet-synsets"
     return list(folders), "folder-names"
 
 

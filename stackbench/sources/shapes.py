@@ -3,7 +3,8 @@
 An item is one object of a class (a shape: circle, star, heart ...) with random pose, aspect, scale,
 colour and texture, over a cluttered background. Colour and texture are drawn independently of the class,
 so a classifier has to learn the outline; object colours keep a minimum contrast with the background under
-them (shapes/2), so the outline is always there to learn. Three separable pieces, also used by the STACK-GEN scene renderer:
+them (shapes/2), so the outline is always there to learn. Three separable pieces, also used by the STACK-GEN
+scene renderer:
 
     render_background(size, rng) -> PIL RGB          gradient, blotches, clutter
     draw_object(canvas, cls, box, rng[, into]) -> bbox   one object filling `box` (pose, colour, texture, shadow)
@@ -304,4 +305,5 @@ class ShapesSource(Source):
         return SourceItem(img, label, self.item_id(i), object_mask=mask)
 
     def fingerprint(self) -> str:
-        return "sha256:" + hashlib.sha256(f"{VERSION}|{self.split}|{self.seed}|{self.n}|{self.size}".encode()).hexdigest()
+        key = f"{VERSION}|{self.split}|{self.seed}|{self.n}|{self.size}"
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()

@@ -17,9 +17,9 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from .. import datafolder as df
-from ..cardbase import citation, hub_dataset_id, is_imagenet, source_licence
 from ..errors import StackbenchError
-from .resources import resource
+from ..resources import resource
+from .common import citation, hub_dataset_id, is_imagenet, save_card, source_licence
 
 TEMPLATE = ("cards", "dataset_card.md")
 
@@ -38,6 +38,13 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
+def _shipped_prompts() -> dict:
+    """The default STACK-GEN prompt template, as shipped (generation/stack-gen/prompts/default.json)."""
+    import json
+
+    return json.loads(resource("generation", "stack-gen", "prompts", "default.json").read_text())
+
+
 def command_line(generation: dict) -> str:
     """The `stackbench generate` command that rebuilds the recipe."""
     r = generation["recipe"]
@@ -46,9 +53,7 @@ def command_line(generation: dict) -> str:
         if value is None or key in ("size", "wall_row", "encoding"):
             continue
         if key == "prompts":  # a template object, not a word: the shipped one is the default, any other a file
-            from .stackgen import load_prompts
-
-            if value == load_prompts():
+            if value == _shipped_prompts():
                 continue
             notes.append("# prompts.json: the recipe's `prompts` object in generation.json")
             value = "prompts.json"
@@ -249,5 +254,4 @@ def render_card(feats: datasets.Features, generation: dict, sizes: tuple[int, in
 
 
 def write_card(folder: str | Path, feats: datasets.Features, generation: dict) -> None:
-    card = render_card(feats, generation, data_sizes(Path(folder)))
-    df.atomic_write_bytes(Path(folder) / "README.md", str(card).encode())
+    save_card(folder, render_card(feats, generation, data_sizes(Path(folder))))

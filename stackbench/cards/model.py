@@ -1,7 +1,7 @@
 """The model card (README.md of a trained model folder): YAML built with huggingface_hub's ModelCardData (licence,
 `datasets`, `model-index` with the run's validation top-1 / top-5), body rendered from cards/model_card.md.
 
-    from stackbench.model_card import write_card
+    from stackbench.cards.model import write_card
     write_card(out, summary)        # summary: train.json's content (stackbench.train/1)
 
 The optimiser line comes from the run's real optimiser (`describe_optimizer`, recorded in train.json), never from
@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import __version__
-from .cardbase import citation, hub_dataset_id, source_licence
-from .datafolder import atomic_write_bytes
-from .resources import resource
+from .. import __version__
+from ..resources import resource
+from .common import citation, hub_dataset_id, save_card, source_licence
 
 TEMPLATE = ("cards", "model_card.md")
 RECORD = "train.json"
@@ -185,4 +184,4 @@ def render_card(summary: dict):
 
 def write_card(out: str | Path, summary: dict) -> None:
     """README.md of a model folder, written atomically."""
-    atomic_write_bytes(Path(out) / "README.md", str(render_card(summary)).encode())
+    save_card(out, render_card(summary))

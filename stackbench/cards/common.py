@@ -7,8 +7,12 @@ generation.json and train.json record, so both cards decide from the record alon
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .resources import resource
+from ..datafolder import atomic_write_bytes
+from ..resources import resource
+
+CARD = "README.md"
 
 IMAGENET_HUB_ID = "ILSVRC/imagenet-1k"
 # The Hub's convention for a licence outside its list: `license: other` plus a name and a link.
@@ -61,6 +65,14 @@ def source_licence(source: dict, generator_licence: str | None = None) -> Licenc
                        "ImageNet image is in this set.")
     return Licence({"license": "unknown"}, f"The images come from `{ref}`, whose licence stackbench cannot know: "
                    "state it (the `license` field of this card) before you share the set.")
+
+
+def save_card(folder: str | Path, card) -> Path:
+    """`folder`/README.md from a huggingface_hub card (or its text), written atomically: a reader (the Hub, a
+    publish, `datasets.load_dataset`) never sees half a card."""
+    path = Path(folder) / CARD
+    atomic_write_bytes(path, str(card).encode())
+    return path
 
 
 def citation(version: str) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import StackbenchError, first_line
+from ..errors import StackbenchError, first_line
 
 
 def snapshot(ref: str, repo: str, revision: str | None = None, repo_type: str = "model",

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import torch
 
-from . import metrics as M
-from .errors import StackbenchError, foreign_failure
-from .methods import Backbone, Batch
+from .. import metrics as M
+from ..errors import StackbenchError, foreign_failure
+from .backbone import Backbone, Batch
 
 
 class MethodFailure(Exception):
@@ -92,7 +92,7 @@ def scored_maps(method, batch: Batch, shapes, postprocess: str, size) -> tuple[n
         out = method.explain(batch.copy())  # a method that writes into its batch changes nothing for the others
     except MethodFailure:
         raise
-    except BaseException as e:  # noqa: BLE001 - a faulty method fails alone, even one that calls sys.exit
+    except BaseException as e:
         reason = foreign_failure(e)
         if reason is None:  # the user's Ctrl-C
             raise

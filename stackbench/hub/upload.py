@@ -7,15 +7,13 @@ it cannot end up in output or in a file.
 from __future__ import annotations
 
 import fnmatch
-import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard
 
-from . import datafolder as df
-from .errors import StackbenchError, first_line
+from .. import datafolder as df
+from ..errors import StackbenchError, first_line
 
 
 @dataclass
@@ -31,7 +29,7 @@ class Plan:
     revision: str | None = None
     checks: list[str] = field(default_factory=list)
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         total = sum(size for _, size in self.files)
         lines = [f"{self.repo_type} repo {self.repo_id}" + (f" @ {self.revision}" if self.revision else "") +
                  (" (private)" if self.private else ""), f"commit message: {self.message}",
@@ -105,13 +103,14 @@ def plan_dataset(folder: str | Path, repo_id: str, private: bool = False, revisi
                               "generation?); regenerate the folder")
     checks.append(f"{info['n']} rows load with datasets; fingerprint {info['fingerprint'][:12]} matches")
     files = _files(folder, ("README.md", df.GENERATION, f"{df.DATA_DIR}/*.parquet"))
-    message = f"stackbench: {generation.get('kind', 'dataset')} ({info['n']} images, fingerprint {info['fingerprint'][:12]})"
+    message = (f"stackbench: {generation.get('kind', 'dataset')} ({info['n']} images, fingerprint "
+               f"{info['fingerprint'][:12]})")
     return Plan(repo_id, "dataset", folder, files, message, private, revision, checks)
 
 
 def plan_model(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> Plan:
-    from .models import load_model, weights_fingerprint
-    from .wall import check
+    from ..models import load_model, weights_fingerprint
+    from ..wall import check
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -129,11 +128,18 @@ def plan_model(folder: str | Path, repo_id: str, private: bool = False, revision
                                   "training run's train.json next to it (or remove the card) before publishing")
     result = check(model, model.input_size)
     if model.walled and not result.holds(model.wall):
-        raise StackbenchError(f"model folder {folder} fails the wall check ({result.describe()}); not publishing")
-    checks.append(f"wall check: {result.describe()}")
+        raise StackbenchError(f"model folder {folder} fails the wall check ({result}); not publishing")
+    checks.append(f"wall check: {result}")
     files = _files(folder, ("README.md", "config.json", "model.safetensors", "train.json", "*.jsonl", "*.csv"))
     return Plan(repo_id, "model", folder, files, f"stackbench: {model.name} ({sha[:12]})",
                 private, revision, checks)
+
+
+def plan_folder(folder: str | Path, repo_id: str, patterns: tuple[str, ...], message: str, checks: list[str],
+                private: bool = False, revision: str | None = None, repo_type: str = "dataset") -> Plan:
+    """A plan for the files of an already checked `folder` that match `patterns` (hidden files never go)."""
+    folder = Path(folder)
+    return Plan(repo_id, repo_type, folder, _files(folder, patterns), message, private, revision, checks)
 
 
 def publish(plan: Plan, api: HfApi | None = None) -> str:
@@ -151,79 +157,3 @@ def publish(plan: Plan, api: HfApi | None = None) -> str:
                               "network (HF_ENDPOINT), your token (HF_TOKEN or `hf auth login`) and the repo id, then "
                               "run the same command again; the commit is all or nothing, so no file was sent") from None
     return getattr(info, "commit_url", str(info))
-
-
-LEADERBOARD_CARD = """---
-license: mit
-tags: [stackbench, leaderboard, saliency, explainability]
-pretty_name: stackbench leaderboard
-configs:
-- config_name: results
-  data_files: data/results.parquet
-- config_name: rows
-  data_files: data/rows.parquet
----
-# stackbench leaderboard
-
-Result records of [stackbench](https://github.com/stackbench/stackbench): how much of each saliency method's map
-falls behind the wall of a walled model (mu, lower is better). `results`: one row per record (the full
-`stackbench.result/1` record in `record`); `rows`: every per-image row. `results/` holds the store as committed,
-`methods/` the code of submitted plugin files, `verified.json` the rows the last verify reproduced;
-`stackbench leaderboard verify` re-runs any row.
-"""
-
-
-def plan_leaderboard(store: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> Plan:
-    """The leaderboard store as a Parquet dataset: data/results.parquet (one row per record, the record itself in
-    a `record` column), data/rows.parquet (every per-image row), the raw store files and a card. Every row is
-    checked first (schema, rows hash, aggregates, pins; no re-run)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from . import leaderboard as lb
-    from .datafolder import atomic_open, atomic_write_bytes
-
-    store = Path(store)
-    bad = [v for v in lb.verify(store=store, rerun=False) if v.failed]
-    if bad:
-        raise StackbenchError(f"leaderboard row {bad[0].row} does not verify ({bad[0].message}); fix it before "
-                              "publishing")
-    stage = store / ".hub"
-    shutil.rmtree(stage, ignore_errors=True)  # derived: staged afresh, so a row removed from the store is not sent
-    results, rows = _board_tables(store)
-    for name, table in (("results", results), ("rows", rows)):
-        with atomic_open(stage / "data" / f"{name}.parquet") as f:
-            pq.write_table(pa.Table.from_pylist(table), f)
-    atomic_write_bytes(stage / "README.md", str(DatasetCard(LEADERBOARD_CARD)).encode())
-    for p in sorted((store / "results").rglob("*")) + sorted((store / lb.METHODS_DIR).rglob("*")) + \
-            [store / "tracks.json", store / lb.VERIFIED]:
-        if p.is_file():
-            atomic_write_bytes(stage / p.relative_to(store), p.read_bytes())
-    files = _files(stage, ("README.md", "data/*.parquet", "results/*", f"{lb.METHODS_DIR}/*", "tracks.json",
-                           lb.VERIFIED))
-    return Plan(repo_id, "dataset", stage, files, f"stackbench leaderboard: {len(results)} records", private, revision,
-                [f"{len(results)} records verify (schema, rows, aggregates, pins)"])
-
-
-def _board_tables(store: Path) -> tuple[list[dict], list[dict]]:
-    """(one row per record, every per-image row) of a store."""
-    import pyarrow.parquet as pq
-
-    from . import leaderboard as lb
-    from .records import METRICS, weights_fingerprint_of
-
-    results, rows = [], []
-    for path in lb.stored_rows(store):
-        rec = json.loads(path.read_text())
-        key = path.relative_to(store / "results").parts
-        sub = rec.get("submission", {})
-        results.append({"track": key[0], "dataset": key[1], "model": rec["model"]["ref"], "row": path.stem,
-                        "name": sub.get("name"), "author": sub.get("author"), "url": sub.get("url"),
-                        "submitted": sub.get("submitted"), "method": rec["method"]["name"],
-                        **{f"{m}_{k}": rec["metrics"][m][k] for m in METRICS
-                           for k in ("mean", "std", "n", "n_empty")},
-                        "dataset_fingerprint": rec["dataset"]["fingerprint"], "model_fingerprint": weights_fingerprint_of(rec),
-                        "record": json.dumps(rec, sort_keys=True)})
-        for r in pq.read_table(path.with_suffix(".parquet")).to_pylist():
-            rows.append({"track": key[0], "dataset": key[1], "row": path.stem, **r})
-    return results, rows

@@ -1,0 +1,141 @@
+"""The set-up of an evaluation: its arguments checked, its methods resolved, its dataset and model opened and
+checked against each other, and what every method's record shares."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import datasets
+
+from .. import metrics as M
+from .. import records as R
+from ..axes import Axes
+from ..datafolder import open_dataset
+from ..errors import StackbenchError
+from ..methods import SaliencyMethod, get_method, list_methods
+from ..versions import versions
+from .state import Setting
+
+TARGET_RULES = ("predicted", "label")
+
+
+def check_args(target, postprocess, batch_size, limit, seed, axes, method_config) -> None:
+    """The plain arguments, in the order their errors are reported."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise StackbenchError(f"--seed {seed!r}: must be a whole number from 0 to 2**63 - 1")
+    if target not in TARGET_RULES:
+        raise StackbenchError(f"--target {target!r}: expected one of {', '.join(TARGET_RULES)}")
+    if postprocess not in M.POSTPROCESS:
+        raise StackbenchError(f"--postprocess {postprocess!r}: expected one of {', '.join(M.POSTPROCESS)}")
+    if batch_size < 1:
+        raise StackbenchError(f"--batch-size {batch_size}: must be at least 1")
+    if limit is not None and limit < 1:
+        raise StackbenchError(f"--limit {limit}: must be at least 1")
+    if axes is not None and not isinstance(axes, Axes):
+        raise StackbenchError(f"axes {axes!r:.40}: give a stackbench.axes.Axes (e.g. Axes(sample=20)) or None")
+    if method_config is not None and not isinstance(method_config, dict):
+        raise StackbenchError(f"method_config {method_config!r:.40}: a dict of method name -> options")
+
+
+def resolve_methods(specs, **config) -> list[SaliencyMethod]:
+    """Method specs (names, plugins, entry points, 'all') -> instances, all resolved before any work."""
+    names: list[str] = []
+    for s in specs:
+        names.extend(list_methods() if s == "all" else [s])
+    seen, out = set(), []
+    for s in dict.fromkeys(names):
+        m = get_method(s, **config.get(s, {}))
+        if m.name in seen:
+            continue
+        seen.add(m.name)
+        out.append(m)
+    if not out:
+        raise StackbenchError("no method given; use --method NAME (see `stackbench methods`) or --method all")
+    return out
+
+
+def instances(methods, method_config) -> list[SaliencyMethod]:
+    """`evaluate`'s methods (one or a list of specs, classes or instances) -> instances."""
+    if isinstance(methods, (str, SaliencyMethod)) or inspect.isclass(methods):
+        methods = [methods]
+    given = [m for m in methods if isinstance(m, SaliencyMethod)]
+    specs = [m for m in methods if not isinstance(m, SaliencyMethod)]
+    return given + resolve_methods(specs, **(method_config or {})) if specs or not given else given
+
+
+def open_inputs(dataset, model, dev, seed, target, allow_incomplete):
+    """(dataset, its info, the model), checked against each other."""
+    from ..models import load_model
+
+    ds, info = open_dataset(dataset, allow_incomplete=allow_incomplete)
+    net = load_model(model, seed=seed, device=dev)
+    walls = sorted({int(v) for v in ds.unique("wall_row")})
+    if walls != [net.wall.dead_from]:
+        raise StackbenchError(f"dataset {info['ref']} puts the wall at row {', '.join(map(str, walls))} but model "
+                              f"{net.ref} is blind from row {net.wall.dead_from}; evaluate it with a model of the same "
+                              "wall (or regenerate the dataset for this model)")
+    if target == "label":
+        refuse_label_target(label_space(ds, net), info["ref"], net.ref)
+    return ds, info, net
+
+
+def scored_items(ds, limit):
+    """The items to score: the first `limit`, their images left undecoded (hashed and decoded by the loop)."""
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def make_setting(ds, info, net, target, postprocess, seed, save_maps, axes) -> Setting:
+    axes = (axes or Axes()).fitted(len(ds))
+    return Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed),
+                   name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net))
+
+
+def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> R.BaseRecord:
+    """What every method's record shares; local paths relative to `out`, where the records are written."""
+    from ..models import weights_fingerprint
+
+    env = {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
+           "dtype": str(next(net.parameters()).dtype).replace("torch.", "")}
+    return R.base_record(R.dataset_info(info, out), R.model_info(net, weights_fingerprint(net), out),
+                         target=setting.target, postprocess=setting.postprocess,
+                         axes=setting.axes.describe(setting.seed, rand_seed), env=env, seed=setting.seed,
+                         limit=limit, batch_size=batch_size)
+
+
+def _few(names, k: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def label_space(ds, net) -> dict:
+    """Do the dataset's labels name the model's classes? By name when the model records its class names
+    (config.json id2label, written by `stackbench train`; the mini zoo models name the shapes classes), else by
+    count (the outputs are assumed to be the dataset's classes in the same order: vgg16*, paper:)."""
+    feat = ds.features.get("label")
+    names = list(getattr(feat, "names", None) or []) or None
+    theirs = getattr(net, "class_names", None)
+    labels = ds.data.column("label").to_numpy(zero_copy_only=False)
+    top = int(max(labels, default=-1))
+    if names and theirs:
+        aligned, basis = list(names) == list(theirs), "names"
+    elif names:
+        aligned, basis = len(names) == net.num_classes and top < net.num_classes, "indices"
+    else:
+        aligned, basis = top < net.num_classes, "indices"
+    return {"aligned": aligned, "basis": basis, "dataset": names, "model": theirs, "num_classes": net.num_classes,
+            "top": top}
+
+
+def refuse_label_target(space: dict, dataset: str, model_ref: str) -> None:
+    """--target label explains the dataset's label as a class of the model: refused (one line, with the fix) when
+    the two are not the same classes."""
+    if space["aligned"]:
+        return
+    ours = (f"{len(space['dataset'])} classes ({_few(space['dataset'])}; labels up to {space['top']})"
+            if space["dataset"] else f"labels up to {space['top']}")
+    theirs = f"{space['num_classes']} classes" + (f" ({_few(space['model'])})" if space["model"] else "")
+    raise StackbenchError(f"--target label: dataset {dataset} has {ours} but model {model_ref} has {theirs}, so a "
+                          "label would name another class; use --target predicted, or a model trained on the "
+                          "dataset's classes (stackbench train --source ...)")

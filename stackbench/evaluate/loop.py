@@ -1,0 +1,226 @@
+"""The batch loop: per batch and view of the model, one shared pass, then every live method's maps and scores.
+
+A method that fails (its own fault, or a failed set-up of one of its views) is marked failed with the item and
+pass it failed in; the others go on."""
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import metrics as M
+from ..axes import Instances, Views, deletion_ends, deletion_probs, orientation_for
+from ..datafolder import pixel_sha256
+from ..errors import first_line, foreign_failure
+from ..methods.passes import MethodFailure, make_batch, scored_maps
+from ..progress import Progress, rate
+from ..records import AXES_METRICS
+from ..wall import apply, inverse
+from .state import MethodRun, Setting
+
+GRID_ITEMS = 4  # images kept for the overlay grid
+
+
+def decode_image(data: bytes, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """PNG/JPEG bytes -> ((3, H, W) float in [0, 1], exactly torchvision's ToTensor of the RGB image; the pixel
+    sha256 of the stored image, as the dataset fingerprint counts it)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if img.size != (size[1], size[0]):
+            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the model takes {size[1]}x{size[0]}")
+        sha = pixel_sha256(img)
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255), sha
+
+
+def _image_bytes(image) -> bytes | None:
+    """An undecoded image cell's bytes (stored, or read from its path); None when there are none."""
+    data = (image or {}).get("bytes") if isinstance(image, dict) else None
+    if data is None and isinstance(image, dict) and image.get("path"):
+        try:
+            data = Path(image["path"]).read_bytes()
+        except OSError:
+            data = None
+    return data
+
+
+def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
+    """Yield (indices, ids, labels, image_sha256s, x01) per batch; undecodable items go to `skipped`."""
+    for start in range(0, len(ds), batch_size):
+        chunk = ds[start:start + batch_size]
+        idx, ids, labels, shas, xs = [], [], [], [], []
+        columns = zip(chunk["id"], chunk["image"], chunk["label"], strict=True)
+        for j, (ident, image, label) in enumerate(columns):
+            data = _image_bytes(image)
+            try:
+                if data is None:
+                    raise ValueError("no image bytes")
+                x, sha = decode_image(data, size)
+            except Exception as e:  # noqa: BLE001 - one bad item never stops the run
+                skipped.append({"id": str(ident), "reason": first_line(e)})
+                continue
+            xs.append(x)
+            idx.append(start + j)
+            ids.append(str(ident))
+            labels.append(int(label))
+            shas.append(sha)
+        if xs:
+            yield idx, ids, labels, shas, torch.stack(xs)
+
+
+def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, batch_size, progress):
+    """The batches: every view's shared pass, then every live method. Returns (skipped, ids, image shas)."""
+    for r in todo:
+        r.views = Instances(r.method, views, setting.seed)
+        _attempt(r, "setup", [], lambda r=r: r.views.get("canonical"))
+    bar = Progress(len(ds), f"evaluate {setting.name}", enabled=progress)  # one bar: the methods share each pass
+    skipped: list[dict] = []
+    all_ids, all_shas = [], []
+    try:
+        for idx, ids, labels, shas, x01 in iter_batches(ds, batch_size, setting.size, skipped):
+            live = [r for r in todo if r.status == "pending"]
+            if not live:
+                break
+            all_ids += ids
+            all_shas += shas
+            _batch(live, views, setting, x01, idx, ids, labels)
+            bar.update(len(ids), postfix=_rates(todo, len(all_ids)))
+    finally:
+        bar.close()
+        _teardown(todo)
+    return skipped, all_ids, all_shas
+
+
+def _teardown(todo: list[MethodRun]) -> None:
+    """Every method's views torn down; a teardown that raises fails a method that had not failed yet."""
+    for r in todo:
+        reason = r.views.teardown() if r.views is not None else None
+        if reason and r.status == "pending":
+            r.status, r.error = "failed", f"method {r.name}: teardown raised {reason}"
+
+
+def _rates(runs, n: int) -> str:
+    """The bar's postfix: each method's own rate (its maps and axes; the shared pass is apart), slowest first, so
+    a narrow terminal still shows the ones that set the pace."""
+    parts = sorted(runs, key=lambda r: (r.status != "failed", -r.seconds))
+    return ", ".join(f"{r.name} FAILED" if r.status == "failed" else f"{r.name} {rate(n, r.seconds)}" for r in parts)
+
+
+def _attempt(r: MethodRun, what: str, ids, call):
+    """Run one step of a method; on failure (its own, or a failed setup of a view) mark it failed and return None."""
+    if r.status != "pending":
+        return None
+    t0 = time.perf_counter()
+    try:
+        return call()
+    except MethodFailure as f:
+        item = ids[int(f.item)] if f.item else (ids[0] if ids else "-")
+        where = "" if what == "main" else f" in the {what} pass"
+        r.status, r.error = "failed", f"method {r.name} {f.reason}{where} (first offending item: {item!r})"
+    except BaseException as e:
+        reason = foreign_failure(e)
+        if reason is None:
+            raise
+        phase = "setup" if what in ("setup", "main") else f"setup for the {what} pass"
+        r.status, r.error = "failed", f"method {r.name}: {phase} raised {reason}"
+    finally:
+        r.seconds += time.perf_counter() - t0
+    r.rows, r.maps, r.grid_maps = [], [], []
+    return None
+
+
+def _need_grads(runs) -> bool:
+    return any("gradients" in r.method.needs for r in runs if r.status == "pending")
+
+
+def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
+    """One batch through every view; appends each live method's per-image rows."""
+    canon = views.backbone("canonical")
+    batch = make_batch(canon, x01, st.target, labels, idx, ids, st.seed, _need_grads(live), st.clock)
+    on = [j for j in range(len(ids)) if st.chosen is None or idx[j] in st.chosen]  # the images that get the axes
+    ends = deletion_ends(canon, batch.x[on], batch.targets[on], st.seen) if on else None
+    got = {}
+    for r in live:
+        got[r.name] = _attempt(r, "main", ids, lambda r=r: _scores(r, canon, batch, st, idx, on, ends))
+    orientation = [orientation_for(st.seed, i) if j in on else None for j, i in enumerate(idx)]
+    if on:
+        _hidden(live, views, st, got, batch, x01, orientation)
+        _randomisation(live, views, st, got, batch, x01, on)
+    predicted = batch.logits.argmax(dim=1).tolist()
+    for r in live:
+        if r.status == "pending":
+            _add_rows(r, got[r.name], batch, labels, predicted, orientation, st.save_maps)
+
+
+def _scores(r: MethodRun, canon, batch, st: Setting, idx, on: list[int], ends) -> dict:
+    """A method's maps on the model as it is, scored: mu and friends, and deletion on the images `on`; the other
+    axes' columns are filled in by their own passes."""
+    n = len(idx)
+    maps, empty = scored_maps(r.views.get("canonical"), batch, st.shapes, st.postprocess, st.size)
+    v = {"maps": maps, "empty": empty, **M.per_image(maps, st.wall.dead_from),
+         "hidden_empty": np.zeros(n, bool), **{k: np.full(n, np.nan) for k in AXES_METRICS}}
+    if on:
+        v["deletion_auc"][on] = M.deletion_auc(deletion_probs(
+            canon, batch.x[on], maps[on], batch.targets[on], st.seen, st.axes.deletion_steps, st.seed,
+            [idx[j] for j in on], st.axes.deletion_chunk, ends))
+    return v
+
+
+def _hidden(live, views: Views, st: Setting, got: dict, batch, x01, orientation) -> None:
+    """mu behind a hidden wall: each image (of the sample) through its orientation's model, the map turned back."""
+    for g in dict.fromkeys(o for o in orientation if o is not None):
+        pos = [j for j, o in enumerate(orientation) if o == g]
+        runs = [r for r in live if r.status == "pending"]
+        if not runs:
+            return
+        sub = make_batch(views.backbone(g), apply(x01[pos], g), st.target, None, [batch.index[j] for j in pos],
+                         [batch.ids[j] for j in pos], st.seed, _need_grads(runs), st.clock, targets=batch.targets[pos])
+        for r in runs:
+            def hidden(r=r, g=g, sub=sub):
+                return scored_maps(r.views.get(g), sub, st.shapes, st.postprocess, st.size)
+            res = _attempt(r, f"hidden-wall ({g})", sub.ids, hidden)
+            if res is not None:
+                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), st.wall.dead_from)
+                got[r.name]["hidden_empty"][pos] = res[1]
+
+
+def _randomisation(live, views: Views, st: Setting, got: dict, batch, x01, on: list[int]) -> None:
+    """The randomisation check: the same images (of the sample) and targets through the re-initialised model."""
+    runs = [r for r in live if r.status == "pending"]
+    if not runs:
+        return
+    sub = make_batch(views.backbone("random"), x01[on], st.target, None, [batch.index[j] for j in on],
+                     [batch.ids[j] for j in on], st.seed, _need_grads(runs), st.clock, targets=batch.targets[on])
+    for r in runs:
+        res = _attempt(r, "randomisation", sub.ids, lambda r=r: scored_maps(r.views.get("random"), sub, st.shapes,
+                                                                             st.postprocess, st.size))
+        if res is not None:
+            got[r.name]["rand_corr"][on] = M.rank_correlation(got[r.name]["maps"][on], res[0], st.read_cells)
+
+
+def _num(a, j) -> float | None:
+    return None if np.isnan(a[j]) else float(a[j])
+
+
+def _add_rows(r: MethodRun, v: dict, batch, labels, predicted, orientation, save_maps) -> None:
+    """The batch's per-image rows (the Parquet file's columns, in its order), grid maps and saved maps."""
+    maps = v["maps"]
+    for j, ident in enumerate(batch.ids):
+        r.rows.append({"id": ident, "index": int(batch.index[j]), "label": int(labels[j]),
+                       "target": int(batch.targets[j]), "predicted": int(predicted[j]),
+                       **{k: _num(v[k], j) for k in M.PER_IMAGE}, "map_empty": bool(v["empty"][j]),
+                       "orientation": orientation[j], "mu_hidden": _num(v["mu_hidden"], j),
+                       "hidden_empty": None if orientation[j] is None else bool(v["hidden_empty"][j]),
+                       "deletion_auc": _num(v["deletion_auc"], j),
+                       "rand_corr": _num(v["rand_corr"], j),
+                       "map_sha256": hashlib.sha256(np.ascontiguousarray(maps[j], dtype=np.float32)).hexdigest()})
+    if len(r.grid_maps) < GRID_ITEMS:
+        r.grid_maps.extend(maps[: GRID_ITEMS - len(r.grid_maps)])
+    if save_maps:
+        r.maps.append(maps.astype(np.float16))

@@ -1,0 +1,66 @@
+"""What the set-up, the batch loop and the storage of one evaluation share: its `Setting` and a `MethodRun` per
+method."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..axes import Axes, Instances
+from ..methods import SaliencyMethod
+
+
+@dataclass
+class MethodRun:
+    method: SaliencyMethod
+    spec: str
+    status: str = "pending"           # pending | skipped (finished earlier) | done | failed
+    error: str | None = None
+    rows: list = field(default_factory=list)
+    maps: list = field(default_factory=list)
+    grid_maps: list = field(default_factory=list)
+    seconds: float = 0.0
+    record: dict | None = None
+    record_path: Path | None = None
+    views: Instances | None = None    # one set-up instance per view of the model
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+
+@dataclass
+class Setting:
+    """What every pass of one evaluation shares."""
+
+    target: str
+    postprocess: str
+    seed: int
+    save_maps: bool
+    wall: object                       # the model's Wall (the bottom one: the paper's geometry)
+    axes: Axes = field(default_factory=Axes)
+    chosen: frozenset | None = None    # dataset indices that get the axes (None: every image)
+    clock: dict = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
+    name: str = "dataset"              # how progress names the dataset
+    classes: dict | None = None        # `label_space`: do the dataset's labels name the model's classes?
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.wall.input_size)
+
+    @property
+    def shapes(self) -> tuple:
+        return (tuple(self.wall.grid), self.size)
+
+    @cached_property
+    def seen(self) -> torch.Tensor:
+        """(H, W) bool: the pixels in front of the wall (deletion removes these)."""
+        return self.wall.seen_mask()
+
+    @cached_property
+    def read_cells(self) -> np.ndarray:
+        """(H, W) bool: the pixels under the feature cells the head reads (the randomisation check's cells)."""
+        return self.wall.read_cells().numpy()

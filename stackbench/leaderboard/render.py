@@ -1,0 +1,275 @@
+"""The board as people read it: README.md, index.html and the charts, from the stored rows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..datafolder import atomic_write_bytes
+from ..errors import Refused, StackbenchError, first_line
+from ..metrics import METRICS as METRIC_INFO
+from ..metrics import uniform_mu
+from ..present import html as H
+from ..present.tables import markdown_table, md_link, md_text
+from ..records import SCHEMA
+from ..wall import Wall
+from .checks import check_stored_row, read_verified, reproduced
+from .store import RENDERED, resolve_store, stored_rows
+from .tracks import Track, load_tracks
+
+# ------------------------------------------------------------------------------------------------ render
+
+def board(store: Path | None = None) -> dict:
+    """{track: [entry...]} with entry = {name, method, family, schema, metrics: {dataset: aggregates}, flags and
+    maps (digest) per dataset, mu, leak, n, submitted, url, author, description, reproduced: {dataset: date or
+    None}} and its place (`stackbench.standings`: rank, section, notes, same_as, caught_by), in board order.
+    Every record must pass the checks of `verify --no-rerun` first: otherwise Refused, with one line per bad
+    record (a board never shows a number its rows do not give)."""
+    from ..standings import standings
+
+    store = resolve_store(store)
+    tracks = load_tracks(store)
+    entries_of, problems = {}, []
+    verified = read_verified(store)
+    for path in stored_rows(store):
+        try:
+            rec, t = check_stored_row(store, path, tracks)
+        except StackbenchError as e:
+            problems.append(str(e))
+            continue
+        _add_entry(entries_of.setdefault(t.name, {}), path, rec, reproduced(store, path, verified,
+                                                                         rec["submission"].get("submitted")))
+    if problems:
+        raise Refused([f"{p} (the board shows only records that pass `stackbench leaderboard verify --no-rerun`)"
+                       for p in problems])
+    out = {}
+    for t in tracks.values():
+        placed = standings(list(entries_of.get(t.name, {}).values()), list(t.datasets))
+        for s in placed:
+            s.entry.update(rank=s.rank, section=s.section, notes=s.notes, same_as=s.same_as, caught_by=s.caught_by)
+        out[t.name] = [s.entry for s in placed]
+    return out
+
+
+def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) -> None:
+    sub = rec["submission"]
+    e = entries.setdefault(path.stem, {
+        "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"), "schema": 2,
+        "wall": rec["model"]["wall"], "metrics": {}, "flags": {}, "maps": {}, "mu": {}, "leak": {}, "n": {},
+        "reproduced": {}, "submitted": sub.get("submitted"), "url": sub.get("url"), "author": sub.get("author"),
+        "description": sub.get("description")})
+    e["schema"] = min(e["schema"], 2 if rec["schema"] == SCHEMA else 1)  # a row is /2 when every dataset's record is
+    ds = rec["dataset"].get("name", path.parent.parent.name)
+    e["metrics"][ds] = rec["metrics"]
+    e["flags"][ds] = rec.get("flags", {})
+    e["maps"][ds] = rec.get("maps", {}).get("digest")
+    e["mu"][ds] = rec["metrics"]["mu"]
+    e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
+    e["n"][ds] = rec["items"]["n"]
+    e["reproduced"][ds] = reproduced_on
+
+
+def read_reported(path: Path) -> dict:
+    """One file of numbers published elsewhere, not re-run ({title, note, source, datasets, rows}): the one reader
+    of `reported/*.json` (the board's and the demo's report)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Refused([f"reported/{Path(path).name}: not valid JSON ({first_line(e, 80)})"]) from None
+
+
+def reported(store: Path | None = None) -> list[dict]:
+    """Every `reported/*.json` of the store, by file name."""
+    return [read_reported(path) for path in sorted((resolve_store(store) / "reported").glob("*.json"))]
+
+
+def reported_table(rep: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a reported file: mu x100 as "mean ± std" per dataset (the numbers as published)."""
+    header = ["method", *[f"{d.upper()} {MU.label}" for d in rep["datasets"]]]
+    return header, [[r["method"], *[MU.shown_cell(*r[d]) for d in rep["datasets"]]] for r in rep["rows"]]
+
+
+def verified_cell(track: Track, e: dict) -> str:
+    """'reproduced DATE' when the last verify of the store re-ran every dataset's row unchanged since, else
+    'not re-run'."""
+    dates = [e["reproduced"].get(d) for d in track.datasets if d in e["mu"]]
+    return f"reproduced {max(dates)}" if dates and all(dates) else "not re-run"
+
+
+SECTIONS = {"ranked": "Ranked", "unranked": "Listed, not ranked", "control": "Controls (never ranked)"}
+
+
+MU, HIDDEN, DELETION, RAND = (METRIC_INFO[k] for k in ("mu", "mu_hidden", "deletion_auc", "rand_corr"))
+
+
+def table_header(track: Track) -> list[str]:
+    """The columns of every rendering of a track's table (Markdown, HTML, terminal)."""
+    return ["#", "method", HIDDEN.label, DELETION.label, *[f"{d.upper()} {MU.label}" for d in track.datasets],
+            RAND.label, "n (empty)", "notes", "verified", "submitted", "source"]
+
+
+def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
+    """One row per entry, in `table_header`'s columns (the source column holds the URL or "")."""
+    from ..standings import mean_over
+
+    ds = list(track.datasets)
+    rows = []
+    for e in entries:
+        auc, rc = mean_over(e, DELETION.name, ds), mean_over(e, RAND.name, ds)
+        n = "/".join(str(e["n"].get(d, "-")) for d in ds)
+        empty = sum(int((e["metrics"].get(d) or {}).get("mu", {}).get("n_empty") or 0) for d in ds)
+        notes = list(e.get("notes") or [])
+        if e.get("same_as"):
+            notes.append(f"same maps as {e['same_as']}")
+        if e.get("section") == "control":
+            notes = [f"caught by: {', '.join(e['caught_by']) or 'nothing'}"] + [x for x in notes if "same maps" in x]
+        rows.append([str(e["rank"]) if e.get("rank") else "-", e["name"], HIDDEN.show(mean_over(e, HIDDEN.name, ds)),
+                     DELETION.show(auc), *[MU.cell(e["mu"].get(d)) for d in ds],
+                     RAND.show(rc, ".2f"), n + (f" ({empty} empty)" if empty else ""), "; ".join(notes),
+                     verified_cell(track, e), e["submitted"] or "-", e["url"] or ""])
+    return rows
+
+
+def sections(entries: list[dict]) -> list[tuple[str, list[dict]]]:
+    """[(title, entries)] for the sections that have rows, in board order."""
+    return [(title, [e for e in entries if e.get("section") == key]) for key, title in SECTIONS.items()
+            if any(e.get("section") == key for e in entries)]
+
+
+def _view(store: Path | None, view: tuple | None) -> tuple[dict, dict]:
+    """(tracks, boards): the given snapshot, or read from the store."""
+    return view if view is not None else (load_tracks(store), board(store))
+
+
+def board_intro(wall: Wall | None = None) -> str:
+    """The board's first paragraph: how it ranks and what its numbers mean (the uniform map's mu behind `wall`,
+    the paper's by default)."""
+    wall = wall or Wall()
+    rows = wall.input_size[0]
+    return (f"Ranked by **{HIDDEN.title}** ({HIDDEN.scaled}, {HIDDEN.better}: the share of a map's L2 norm behind "
+            "the wall when the model and image are re-oriented so that the wall sits on another side, unknown to "
+            f"the method), then by **{DELETION.title}** in the seen part ({DELETION.better}: the map finds what the "
+            f"model uses). Rows equal on both as shown share a rank. *{MU.name}* is the paper's eq. 1 with the wall "
+            f"at the bottom; a uniform map scores {MU.show(uniform_mu(wall.dead_from, rows))} "
+            f"(sqrt({wall.dead_height}/{rows})), and an empty map is scored as the uniform map. *{RAND.label}*: "
+            "Spearman correlation of the map with the map on a re-initialised model over the cells the head reads. "
+            "Rows flagged orientation-dependent or model-insensitive, and schema 1 records, are listed but not "
+            "ranked; controls are never ranked and say which axis catches them. Every row is a "
+            "`stackbench.result/2` record under `results/` with its per-image rows; `stackbench leaderboard verify` "
+            "re-runs it. *verified*: the rows that the last verify of this store reproduced, unchanged since; any "
+            "other row is *not re-run*.")
+
+
+def render_markdown(store: Path | None = None, view: tuple | None = None) -> str:
+    tracks, boards = _view(store, view)
+    lines = ["# stackbench leaderboard", "", board_intro(), ""]
+    for t in tracks.values():
+        lines += _track_markdown(t, boards[t.name])
+    for rep in reported(store):
+        header, rows = reported_table(rep)
+        lines += [f"## Reported: {md_text(rep['title'])}", "",
+                  f"*Reported, not re-run here.* {md_text(rep.get('note'))}", "",
+                  markdown_table(header, [[md_text(r[0]), *r[1:]] for r in rows]), ""]
+    lines += ["![mu behind a hidden wall against deletion AUC](axes.png)", "", "![mu per method](mu.png)", ""]
+    return "\n".join(lines)
+
+
+def _track_markdown(t: Track, entries: list[dict]) -> list[str]:
+    """A track's part of the README: what it is, then one table per section (untrusted text escaped)."""
+    weights = f" (weights fingerprint `{t.model_fingerprint[:12]}`)" if t.model_fingerprint else ""
+    lines = [f"## Track `{t.name}`", "", md_text(t.description), "",
+             f"Model `{t.model}`{weights}; target: {t.target}; post-processing: {t.postprocess}.", ""]
+    for title, part in sections(entries):
+        rows = table_rows(t, part)
+        for row, e in zip(rows, part, strict=True):
+            row[1], row[-4] = md_text(row[1]), md_text(row[-4])
+            row[-1] = md_link("link", e["url"]) if e["url"] else "-"
+        lines += [f"### {title}", "", markdown_table(table_header(t), rows), ""]
+    if not entries:
+        lines += ["(no submissions yet)", ""]
+    return lines
+
+
+def render_axes_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
+    """mu behind a hidden wall against deletion AUC, one point per row, controls marked, the Pareto front of the
+    ranked rows drawn; one panel per track that has rows."""
+    from ..figures import pareto_ax
+    from ..standings import mean_over
+
+    def panel(ax, t, entries):
+        points = [(e["name"], mean_over(e, HIDDEN.name, t.datasets), mean_over(e, DELETION.name, t.datasets),
+                   e.get("section", "ranked")) for e in entries]
+        walls = [Wall.from_dict(e["wall"]) for e in entries if e.get("wall")]
+        uniform = uniform_mu(walls[0].dead_from, walls[0].input_size[0]) if walls else None
+        pareto_ax(ax, [p for p in points if p[1] is not None and p[2] is not None], f"track {t.name}: model {t.model}",
+                  uniform)
+
+    return _track_panels(path, store, view, panel, (7.5, 5.5), side_by_side=True)
+
+
+def render_chart(path: Path, store: Path | None = None, view: tuple | None = None) -> Path:
+    """mu x100 per method and dataset with std error bars, one panel per track that has rows."""
+    from ..figures import mu_bars_ax
+
+    def panel(ax, t, entries):
+        mu_bars_ax(ax, {e["name"]: e["mu"] for e in entries}, list(t.datasets), f"track {t.name}: model {t.model}")
+
+    return _track_panels(path, store, view, panel, (9, 3.4), side_by_side=False)
+
+
+def _track_panels(path: Path, store, view, panel, size: tuple[float, float], side_by_side: bool) -> Path:
+    """One figure, one panel per track that has rows (the first track when none has): panel(ax, track, entries)."""
+    from ..present.style import figure, save_png
+
+    tracks, boards = _view(store, view)
+    shown = [t for t in tracks.values() if boards[t.name]] or list(tracks.values())[:1]
+    n = len(shown)
+    shape, figsize = ((1, n), (size[0] * n, size[1])) if side_by_side else ((n, 1), (size[0], size[1] * n))
+    with figure(*shape, figsize=figsize) as (fig, axes):
+        for ax, t in zip(axes.flat, shown, strict=True):
+            panel(ax, t, boards[t.name])
+        return save_png(fig, path)
+
+
+def _html_table(t: Track, entries: list[dict]) -> H.Markup:
+    """A section of a track's table, with the authors, descriptions (on hover) and links the Markdown leaves out."""
+    header = table_header(t)[:-1] + ["author", "source"]
+    rows = [[H.cell(row[0], "num"), H.cell(row[1], title=e["description"] or ""),
+             *(H.cell(v, "num") for v in row[2:-4]), row[-4], H.cell(row[-3], "verified"), row[-2], e["author"],
+             H.link("link", e["url"])] for row, e in zip(table_rows(t, entries), entries, strict=True)]
+    return H.table(header, rows, cls="board wide", row_cls="row")
+
+
+def render_html(store: Path | None = None, chart: bytes | None = None, view: tuple | None = None,
+                axes_chart: bytes | None = None) -> str:
+    tracks, boards = _view(store, view)
+    body = [H.paragraph(f"{board_intro()} Click a column header to sort.")]
+    for t in tracks.values():
+        body += [H.heading(2, H.join("Track ", H.code(t.name))),
+                 H.paragraph(H.join(f"{t.description.rstrip('.')}. Model ", H.code(t.model), "."))]
+        for title, part in sections(boards[t.name]):
+            body += [H.heading(3, title), _html_table(t, part)]
+    if axes_chart:
+        body.append(H.image(axes_chart, "mu behind a hidden wall against deletion AUC"))
+    if chart:
+        body.append(H.image(chart, "mu per method"))
+    for rep in reported(store):
+        header, rows = reported_table(rep)
+        body += [H.heading(2, f"Reported: {rep['title']}", tag="reported, not re-run"), H.paragraph(rep["note"]),
+                 H.table(header, [[r[0], *(H.cell(c, "num") for c in r[1:])] for r in rows], cls="reported wide",
+                         row_cls="reported-row")]
+    return H.page("stackbench leaderboard", body, sortable=True)
+
+
+def build(store: Path | None = None) -> list[Path]:
+    """Render README.md, mu.png, axes.png and index.html (deterministic: the same store gives the same bytes). Refused,
+    with nothing written, when any record fails the checks of `verify --no-rerun`."""
+    store = resolve_store(store)
+    view = (load_tracks(store), board(store))  # one reading of the store: the three files show the same rows
+    reported(store)  # a broken reported file is refused before anything is written
+    chart = render_chart(store / "mu.png", store, view)
+    axes_chart = render_axes_chart(store / "axes.png", store, view)
+    atomic_write_bytes(store / "README.md", render_markdown(store, view).encode())
+    page = render_html(store, chart.read_bytes(), view, axes_chart.read_bytes())
+    atomic_write_bytes(store / "index.html", page.encode())
+    return [store / name for name in RENDERED]
+

@@ -1,0 +1,133 @@
+"""Adding a row: evaluate a method on a track's datasets and store its records (and its plugin code)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..datafolder import atomic_write_bytes, atomic_write_json
+from ..errors import StackbenchError, first_line
+from ..progress import log, quiet_libraries
+from ..records import safe_url
+from .checks import check_record
+from .store import METHODS_DIR, file_source, init_store, locked, resolve_store, row_path, stem_for
+from .tracks import Track, get_track, load_tracks
+
+# ------------------------------------------------------------------------------------------------ submit
+
+def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
+    """(store-relative method source, destination, bytes) for a plugin whose code must travel with the row, or
+    None for a built-in or an installed package. A module that no distribution provides cannot be re-run by a
+    reviewer: it is refused with the fix."""
+    if m.source == "stackbench" or m.package:
+        return None
+    src = file_source(m.source)
+    if not (m.code and src):
+        raise StackbenchError(f"method {m.source!r} comes from a module that no installed distribution provides, so "
+                              "a reviewer could not install it: submit the file as path/file.py:Class, or install "
+                              "it as a package (pip install .) first")
+    where, attr = src.body, src.options["attr"]
+    data = Path(where).read_bytes()
+    if hashlib.sha256(data).hexdigest() != m.code["sha256"]:  # the bytes copied are the bytes that ran
+        raise StackbenchError(f"{where} changed while it was evaluated; submit again")
+    rel = f"{METHODS_DIR}/{stem_for(name)}/{m.code['file']}"
+    return f"{rel}:{attr}", Path(store) / rel, data
+
+
+def submit(method: str, track: str | Track = "mini", *, name: str | None = None, author: str | None = None,
+           url: str | None = None, description: str | None = None, replace: bool = False, store: Path | None = None,
+           device: str = "auto", progress: bool = True, method_config: dict | None = None) -> list[Path]:
+    """Run the track's official evaluation of `method` on each of its datasets and write the records into the
+    store, with the method's code when it is a plugin file (methods/<name>/). Returns the written record paths."""
+    from ..evaluate import resolve_methods
+    from ..refs import pick_device
+
+    m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]
+    if m.source.split(":")[0] in ("__main__", "builtins"):
+        raise StackbenchError(f"method {m.name} is defined in a notebook or script ({m.source}): nobody else could "
+                              "re-run its row; put it in a file and submit path/file.py:NAME")
+    name = m.name if name is None else name
+    stem_for(name)
+    url = safe_url(url)
+    pick_device(device)  # before anything is said or made
+    existed = store is None or Path(store).exists()
+    created = store is not None and init_store(store)
+    try:
+        return _submit(m, method, track, name, author, url, description, replace, resolve_store(store), device,
+                       progress, created)
+    except BaseException:
+        if created:  # a board this submission started: leave nothing of it behind
+            _undo_new_store(Path(store), existed)
+        raise
+
+
+def _undo_new_store(store: Path, existed: bool) -> None:
+    for part in ("tracks.json", "reported", "results", METHODS_DIR, ".lock"):
+        p = store / part
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            store.rmdir()
+
+
+def _check_writable(store: Path) -> None:
+    """Before minutes of evaluation: can the store take files? (os.access says yes to root on a read-only mount.)"""
+    try:
+        with tempfile.TemporaryFile(dir=store):
+            pass
+    except OSError as e:
+        raise StackbenchError(f"--store {store} is not writable ({first_line(e, 80)}); give a folder you can "
+                              "write to") from None
+
+
+def _submit(m, method, track, name, author, url, description, replace, store: Path, device, progress,
+            created: bool) -> list[Path]:
+    from ..evaluate import evaluate
+
+    if created:
+        log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
+    t = get_track(track, store)
+    _check_writable(store)
+    code = _code_to_store(m, store, name)
+    paths = {ds: row_path(store, t.name, ds, t.model, name) for ds in t.datasets}
+    taken = [p for p in paths.values() if p.exists()]
+    if taken and not replace:
+        raise StackbenchError(f"{name} is already on the {t.name} board ({taken[0]}); pass --replace to overwrite it")
+    staged = {}
+    with tempfile.TemporaryDirectory(prefix="stackbench-submit-") as tmp, quiet_libraries(progress):
+        for i, ds in enumerate(t.datasets, 1):
+            if progress:
+                log.info(f"submit {name} to track {t.name}: dataset {ds} ({i}/{len(t.datasets)})")
+            folder = t.dataset_folder(ds, progress=progress)
+            (run,) = evaluate([m], str(folder), t.model, target=t.target, postprocess=t.postprocess,
+                              batch_size=t.batch_size, device=device, out=Path(tmp) / ds, seed=t.seed,
+                              progress=progress, figure=False)
+            if run.status != "done":
+                raise StackbenchError(f"{name} failed on {t.name}/{ds}: {run.error}; nothing was written")
+            record = dict(run.record)
+            record["dataset"] = {**record["dataset"], "ref": f"{t.name}:{ds}", "name": ds}
+            if code:
+                record["method"] = {**record["method"], "source": code[0]}
+            record["track"] = t.name
+            record["submission"] = {"name": name, "author": author, "url": url, "description": description,
+                                    "method_spec": method if isinstance(method, str) else m.source,
+                                    "submitted": record["created"][:10]}
+            record["rows"] = {**record["rows"], "file": paths[ds].with_suffix(".parquet").name}
+            rows = run.record_path.with_suffix(".parquet").read_bytes()
+            check_record(record, rows, t, where=f"{t.name}/{ds}/{name}")
+            staged[ds] = (record, rows)
+        with locked(store):
+            taken = [p for p in paths.values() if p.exists()]
+            if taken and not replace:
+                raise StackbenchError(f"{name} was submitted to the {t.name} board meanwhile ({taken[0]}); pass "
+                                      "--replace to overwrite it")
+            if code:
+                atomic_write_bytes(code[1], code[2])
+            for ds, (record, rows) in staged.items():
+                atomic_write_bytes(paths[ds].with_suffix(".parquet"), rows)
+                atomic_write_json(paths[ds], record)  # last: a record means its rows are there
+    return [paths[ds] for ds in t.datasets]
+
+

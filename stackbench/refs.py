@@ -1,0 +1,128 @@
+"""References: what a string given for a model, a dataset, a method, an image source or a diffusion checkpoint
+names, parsed in one place (timm's `parse_model_name` is the model), and `--device`, checked in one place.
+
+    model       NAME (zoo) | NAME@random | PATH (save_pretrained folder) | hf:REPO[@REV] | paper:PATH
+    dataset     PATH (a folder stackbench generate wrote) | hf:REPO[@REV]
+    method      NAME (registered or an entry point) | module:attr | path/file.py:attr | entry-point:NAME=VALUE
+    source      shapes[:N][@SEED] | imagefolder:PATH | hf:REPO[:CONFIG]
+    checkpoint  PATH (a diffusers folder) | REPO (a Hub id)
+
+A parse says what the reference is (`Ref.scheme`, `.body`, `.revision`, `.options`); opening it is the job of
+the module that owns the thing (models.loading, datafolder, methods.registry, sources, generate.pipelines). This
+module imports nothing heavy (`stackbench --help` stays fast) and nothing of the package but its errors.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .constants import SOURCE_HELP
+from .errors import StackbenchError
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+_SHAPES = re.compile(r"^shapes(?::(\d+))?(?:@(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One parsed reference. `scheme`: hf, paper, random, path, zoo (models); hf, path (datasets); name, module,
+    file, entry-point (methods); shapes, imagefolder, hf (sources); path, hub (checkpoints)."""
+
+    text: str
+    scheme: str
+    body: str
+    revision: str | None = None
+    options: dict = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _split_revision(body: str) -> tuple[str, str | None]:
+    head, _, rev = body.partition("@")
+    return head, rev or None
+
+
+def model_ref(text: str) -> Ref:
+    """A model reference (the checks that need the model code, such as an unknown zoo name, are the loader's)."""
+    if text.startswith("hf:"):
+        repo, rev = _split_revision(text[3:])
+        return Ref(text, "hf", repo, rev)
+    if text.startswith("paper:"):
+        return Ref(text, "paper", text[6:])
+    if text.endswith("@random"):
+        return Ref(text, "random", text[: -len("@random")])
+    p = Path(text)
+    if p.exists() or p.suffix in WEIGHT_SUFFIXES or "/" in text or text.startswith("."):
+        return Ref(text, "path", text)
+    return Ref(text, "zoo", text)
+
+
+def dataset_ref(text: str) -> Ref:
+    if text.startswith("hf:"):
+        repo, rev = _split_revision(text[3:])
+        return Ref(text, "hf", repo, rev)
+    return Ref(text, "path", text)
+
+
+def source_ref(text: str) -> Ref:
+    """An image source; one line naming the forms when it is none of them."""
+    text = (text or "").strip()
+    if text.startswith("imagefolder:"):
+        return Ref(text, "imagefolder", text[len("imagefolder:"):])
+    if text.startswith("hf:"):
+        repo, _, config = text[3:].partition(":")
+        if not repo:
+            raise StackbenchError(f"source {text!r} names no dataset; write hf:REPO or hf:REPO:CONFIG")
+        return Ref(text, "hf", repo, options={"config": config or None})
+    m = _SHAPES.match(text)
+    if m:
+        n, seed = m.group(1) and int(m.group(1)), int(m.group(2) or 0)
+        return Ref(text, "shapes", "shapes", options={"n": n, "seed": seed})
+    raise StackbenchError(f"unknown source {text!r}; give {SOURCE_HELP}")
+
+
+def method_ref(text: str) -> Ref:
+    """A method spec. `module:attr` and `path/file.py:attr` carry the attribute in options["attr"]; a record's
+    `entry-point:NAME=VALUE` source names the entry point NAME."""
+    if text.startswith("entry-point:"):
+        return Ref(text, "entry-point", text.split(":", 1)[1].split("=", 1)[0])
+    where, sep, attr = text.rpartition(":")
+    if not sep:
+        return Ref(text, "name", text)
+    if not where or not attr:
+        raise StackbenchError(f"method plugin {text!r} must look like module:attr or path/to/file.py:attr")
+    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    return Ref(text, "file" if is_file else "module", where, options={"attr": attr})
+
+
+def checkpoint_ref(text: str) -> Ref:
+    """A diffusion checkpoint: a local folder as it is, anything else a Hub id."""
+    local = Path(text)
+    if local.is_dir() or text.startswith((".", "/")) or local.exists():
+        return Ref(text, "path", text)
+    return Ref(text, "hub", text)
+
+
+def pick_device(device: str):
+    """A torch.device for auto (cuda if present, else cpu), cpu, cuda, cuda:N, mps or xpu; one clear error
+    otherwise. torch is imported here, not at the top: `stackbench --help` must stay fast."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise StackbenchError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise StackbenchError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise StackbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise StackbenchError(f"--device {device}: unsupported device; use auto, cpu, cuda or cuda:N")
+    backend = getattr(torch.backends, "mps", None) if dev.type == "mps" else getattr(torch, "xpu", None)
+    if dev.type in ("mps", "xpu") and not (backend is not None and backend.is_available()):
+        raise StackbenchError(f"--device {device}: {dev.type} is not available here; use --device cpu or auto")
+    return dev
