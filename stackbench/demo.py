@@ -223,6 +223,19 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     return result
 
 
+def _paper_gen(sd_model: str, num_images: int, verify_model: str | None, steps: int | None,
+               gen_size: int | None) -> dict:
+    """The paper's STACK-GEN preset with reproduce's options ("preset": the preset's CLIP verifier; None: none)."""
+    from .generate import load_preset
+
+    gen = {**load_preset("stack-gen", "paper"), "model": sd_model, "num_images": num_images}
+    if verify_model != "preset":
+        gen["verify_model"] = verify_model
+        if not verify_model:
+            gen["min_verify"] = None
+    return {**gen, **({"steps": steps} if steps else {}), **({"gen_size": gen_size} if gen_size else {})}
+
+
 def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper", split: str | None = None,
               model: str | None = None, train: bool = False, train_source: str | None = None,
               num_images: int = 100, verify_model: str | None = "preset", steps: int | None = None,
@@ -243,15 +256,7 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     mix = {**load_preset("stack-mix", "paper"), "source": imagenet, "split": split, "num_images": num_images,
            "per_class": None}
-    gen = {**load_preset("stack-gen", "paper"), "model": sd_model, "num_images": num_images}
-    if verify_model != "preset":
-        gen["verify_model"] = verify_model
-        if not verify_model:
-            gen["min_verify"] = None
-    if steps:
-        gen["steps"] = steps
-    if gen_size:
-        gen["gen_size"] = gen_size
+    gen = _paper_gen(sd_model, num_images, verify_model, steps, gen_size)
     model_dir = out / "model"
     model_ref = model or str(model_dir)
     plan = [

@@ -83,10 +83,11 @@ def source_ref(text: str) -> Ref:
     raise StackbenchError(f"unknown source {text!r}; give {SOURCE_HELP}")
 
 
-def method_ref(text: str) -> Ref:
-    """A method spec. `module:attr` and `path/file.py:attr` carry the attribute in options["attr"]; a record's
-    `entry-point:NAME=VALUE` source names the entry point NAME."""
-    if text.startswith("entry-point:"):
+def method_ref(text: str, recorded: bool = False) -> Ref:
+    """A method spec. `module:attr` and `path/file.py:attr` carry the attribute in options["attr"]. `recorded`: a
+    record's method source, where `entry-point:NAME=VALUE` names the installed entry point NAME (on the command
+    line that form is a module:attr like any other)."""
+    if recorded and text.startswith("entry-point:"):
         return Ref(text, "entry-point", text.split(":", 1)[1].split("=", 1)[0])
     where, sep, attr = text.rpartition(":")
     if not sep:

@@ -218,7 +218,7 @@ def method_for(record: dict, store: Path):
         if have != want["version"]:
             raise _NotRerun(f"needs package {want['name']}=={want['version']}"
                             + (f" ({have} is installed)" if have else ""))
-        spec = method_ref(m["source"])
+        spec = method_ref(m["source"], recorded=True)
         return get_method(spec.body if spec.scheme == "entry-point" else spec.text, **m["config"])
     src = file_source(m["source"])
     if not (m.get("code") and src):
