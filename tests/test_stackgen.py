@@ -159,6 +159,10 @@ def test_bad_inputs_are_one_clear_line(tmp_path, sd_folder):
     bad = tmp_path / "prompts.json"
     bad.write_text(json.dumps({"top": "a {name}", "bottom": "a {name}", "scene": "  ", "negative": "blurry"}))
     assert "empty 'scene' prompt" in err("--prompts", str(bad))
+    bad.write_text("top: a {name}")  # not JSON: one line naming the file, not "a bug in stackbench"
+    assert "prompt template" in err("--prompts", str(bad)) and "not a readable JSON file" in err("--prompts", str(bad))
+    bad.write_text("[1, 2]")
+    assert "is not a JSON object" in err("--prompts", str(bad))
     assert "unknown class 'unicorn'" in err("--classes", "unicorn")
     assert "give a class name or an index 0..9 (circle, square" in err("--classes", "99")
     with pytest.raises(StackbenchError, match="needs --model"):

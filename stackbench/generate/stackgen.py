@@ -45,7 +45,14 @@ def load_prompts(name: str = "default") -> dict:
     import json
 
     path = resource("generation", "stack-gen", "prompts", f"{name}.json") if not Path(name).is_file() else Path(name)
-    prompts = json.loads(Path(path).read_text())
+    try:
+        prompts = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StackbenchError(f"prompt template {path} is not a readable JSON file ({type(e).__name__}: {e}); give "
+                              "a JSON object with top, bottom, scene and negative prompts") from None
+    if not isinstance(prompts, dict):
+        raise StackbenchError(f"prompt template {path} is not a JSON object; give one with top, bottom, scene and "
+                              "negative prompts")
     for key in ("top", "bottom", "scene", "negative"):
         if not str(prompts.get(key, "")).strip():
             raise StackbenchError(f"prompt template {path} has an empty {key!r} prompt; every one of top, bottom, "
