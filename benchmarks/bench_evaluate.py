@@ -76,27 +76,19 @@ def ours(net, x, names):
     return out, time.perf_counter() - t0
 
 
-def main():
+def _args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="minivgg-masked@random")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--slow-images", type=int, default=None, help="images for ScoreCAM/AblationCAM (default --images)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs (shared CPU)")
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from stackbench import metrics as M
-    from stackbench.models import load_model
+    return ap.parse_args()
 
-    net = load_model(args.model)
-    n_fast, n_slow = args.images, args.slow_images or args.images
-    x_fast, x_slow = images(n_fast), images(n_slow)
-    print(f"model {net.ref}; {n_fast} images (ScoreCAM, AblationCAM: {n_slow}); "
-          f"torch threads {torch.get_num_threads()}")
-    # Warm-up of both sides on one image (allocator, oneDNN kernels for each shape), not timed.
-    ours(net, images(1), [*SIX, "ScoreCAM"])
+
+def reference_runs(net, x_fast, x_slow, repeat: int) -> tuple[dict, dict]:
+    """(seconds, maps) per method of the paper's usage, each the best of `repeat` runs (one for a slow method
+    measured on fewer images), after an untimed warm-up."""
     from stackbench.methods import Backbone
 
     mean, std = torch.tensor(Backbone.MEAN).view(1, 3, 1, 1), torch.tensor(Backbone.STD).view(1, 3, 1, 1)
@@ -105,21 +97,47 @@ def main():
     ref_t, ref_maps = {}, {}
     for name in [*SIX, "ScoreCAM"]:
         xs = x_slow if name in SLOW else x_fast
-        runs = [reference(net, (xs - mean) / std, name) for _ in range(1 if name in SLOW and n_slow < n_fast
-                                                                      else args.repeat)]
+        runs = [reference(net, (xs - mean) / std, name) for _ in range(1 if name in SLOW and len(x_slow) < len(x_fast)
+                                                                      else repeat)]
         ref_maps[name], ref_t[name] = runs[0][0], min(r[1] for r in runs)  # the same normalised input
-    # Ours, timed as the harness runs them: the five non-slow methods share one pass on x_fast; the slow ones
-    # run with their own shared pass on x_slow (counted in full for each group).
-    fast = [n for n in SIX if n not in SLOW]
+    return ref_t, ref_maps
+
+
+def our_runs(net, x_fast, x_slow, repeat: int) -> tuple[dict, dict]:
+    """Ours, timed as the harness runs them: the non-slow methods share one pass on x_fast; each slow one runs with
+    its own shared pass on x_slow (counted in full for each group). (seconds per group, maps per method)."""
+
     def best(x, names):
-        runs = [ours(net, x, names) for _ in range(args.repeat)]
+        runs = [ours(net, x, names) for _ in range(repeat)]
         return runs[0][0], min(r[1] for r in runs)
 
-    out_fast, t_fast = best(x_fast, fast)
+    out_fast, t_fast = best(x_fast, [n for n in SIX if n not in SLOW])
     out_abl, t_abl = best(x_slow, ["AblationCAM"])
     out_sc, t_sc = best(x_slow, ["ScoreCAM"])
-    our_maps = {**out_fast, **out_abl, **out_sc}
-    per_img = lambda d, n: d / (n_slow if n in SLOW else n_fast)  # noqa: E731
+    return {"fast": t_fast, "AblationCAM": t_abl, "ScoreCAM": t_sc}, {**out_fast, **out_abl, **out_sc}
+
+
+def main():
+    args = _args()
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from stackbench import metrics as M
+    from stackbench.models import load_model
+    from stackbench.present.tables import markdown_table
+
+    net = load_model(args.model)
+    n_fast, n_slow = args.images, args.slow_images or args.images
+    x_fast, x_slow = images(n_fast), images(n_slow)
+    print(f"model {net.ref}; {n_fast} images (ScoreCAM, AblationCAM: {n_slow}); "
+          f"torch threads {torch.get_num_threads()}")
+    ours(net, images(1), [*SIX, "ScoreCAM"])  # warm-up (allocator, oneDNN kernels for each shape), not timed
+    ref_t, ref_maps = reference_runs(net, x_fast, x_slow, args.repeat)
+    our_t, our_maps = our_runs(net, x_fast, x_slow, args.repeat)
+
+    def per_img(seconds, name):
+        return seconds / (n_slow if name in SLOW else n_fast)
+
     print(f"{'method':12s} {'reference s/img':>16s} {'max |dmu|':>10s}")
     worst = 0.0
     for name in [*SIX, "ScoreCAM"]:
@@ -128,18 +146,16 @@ def main():
         print(f"{name:12s} {per_img(ref_t[name], name):16.3f} {d:10.2e}")
     # per-image seconds, so groups measured on different image counts add up
     ref_six = sum(per_img(ref_t[n], n) for n in SIX)
-    our_six = t_fast / n_fast + t_abl / n_slow
-    ref_sc, our_sc = ref_t["ScoreCAM"] / n_slow, t_sc / n_slow
-    print()
-    print("| methods | reference s/img | stackbench s/img | speed-up |")
-    print("|---|---|---|---|")
-    print(f"| six (GradCAM, ++, XGradCAM, AblationCAM, EigenCAM, HiResCAM) | {ref_six:.3f} | {our_six:.3f} | "
-          f"{ref_six / our_six:.1f}x |")
-    print(f"| ScoreCAM | {ref_sc:.3f} | {our_sc:.3f} | {ref_sc / our_sc:.2f}x |")
+    our_six = our_t["fast"] / n_fast + our_t["AblationCAM"] / n_slow
+    ref_sc, our_sc = ref_t["ScoreCAM"] / n_slow, our_t["ScoreCAM"] / n_slow
     ref_all, our_all = ref_six + ref_sc, our_six + our_sc
-    print(f"| all seven | {ref_all:.3f} | {our_all:.3f} | {ref_all / our_all:.2f}x |")
+    print()
+    print(markdown_table(["methods", "reference s/img", "stackbench s/img", "speed-up"], [
+        ["six (GradCAM, ++, XGradCAM, AblationCAM, EigenCAM, HiResCAM)", f"{ref_six:.3f}", f"{our_six:.3f}",
+         f"{ref_six / our_six:.1f}x"],
+        ["ScoreCAM", f"{ref_sc:.3f}", f"{our_sc:.3f}", f"{ref_sc / our_sc:.2f}x"],
+        ["all seven", f"{ref_all:.3f}", f"{our_all:.3f}", f"{ref_all / our_all:.2f}x"]]))
     print(f"max |mu_ours - mu_reference| over images and methods: {worst:.2e} (goal <= 1e-4)")
-
 
 if __name__ == "__main__":
     main()

@@ -12,11 +12,13 @@ from .present.style import draw_wall, figure, save_png
 
 MU, HIDDEN, DELETION = METRICS["mu"], METRICS["mu_hidden"], METRICS["deletion_auc"]
 
-def overlay(ax, image: np.ndarray, sal: np.ndarray, dead_from: int, alpha: float = 0.5, cmap: str = "jet"):
-    """One panel: the image (H, W, 3 in [0, 1]), its saliency on top, the wall hatched."""
+
+def overlay(ax, image: np.ndarray, sal: np.ndarray | None, dead_from: int, alpha: float = 0.5, cmap: str = "jet"):
+    """One panel: the image (H, W, 3 in [0, 1]), its saliency on top (None: the image alone), the wall hatched."""
     ax.imshow(np.clip(image, 0, 1))
-    ax.imshow(sal, cmap=cmap, alpha=alpha, vmin=0, vmax=max(float(np.max(sal)), 1e-12))
-    draw_wall(ax, dead_from, *sal.shape[:2])
+    if sal is not None:
+        ax.imshow(sal, cmap=cmap, alpha=alpha, vmin=0, vmax=max(float(np.max(sal)), 1e-12))
+    draw_wall(ax, dead_from, *image.shape[:2])
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -36,10 +38,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Mapping[str, np.ndarray], i
 
 
 def _image_panel(ax, image: np.ndarray, item_id, dead_from: int) -> None:
-    ax.imshow(np.clip(image, 0, 1))
-    draw_wall(ax, dead_from, *image.shape[:2])
-    ax.set_xticks([])
-    ax.set_yticks([])
+    overlay(ax, image, None, dead_from)
     ax.set_ylabel(str(item_id)[:18], fontsize=7)
 
 
@@ -74,7 +73,7 @@ def mu_bars_ax(ax, results: Mapping[str, Mapping[str, Mapping]], datasets: Seque
 
 
 def mu_bars(results: Mapping[str, Mapping[str, Mapping]], path: str | Path, datasets: Sequence[str] | None = None,
-            title: str = "mu x100 per method (mean +- std over images)") -> Path:
+            title: str = f"{MU.label} per method (mean +- std over images)") -> Path:
     """The mu bar chart of one evaluation: methods x datasets."""
     datasets = list(datasets or dict.fromkeys(d for r in results.values() for d in r))
     with figure(figsize=(max(5.0, 0.9 * len(results) + 2), 3.6)) as (fig, axes):

@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypedDict, get_args, get_origin
 
 from . import metrics as M
 from .errors import StackbenchError
+from .refs import HTTP_URL
 
 try:
     from typing import NotRequired
@@ -327,7 +328,7 @@ _check_shapes()
 
 # ------------------------------------------------------------------------------------------ validating
 
-URL_RE = re.compile(r"^https?://[^\s<>\"'()]+$", flags=re.I)
+URL_RE = HTTP_URL
 
 
 def safe_url(url, what: str = "--url") -> str | None:

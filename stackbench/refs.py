@@ -21,6 +21,9 @@ from .constants import SOURCE_HELP
 from .errors import StackbenchError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+# A link stackbench stores or shows: http(s), and no space, quote, angle bracket or parenthesis (any of them could
+# end a Markdown link or an HTML attribute early).
+HTTP_URL = re.compile(r"^https?://[^\s<>\"'()]+$", flags=re.I)
 _SHAPES = re.compile(r"^shapes(?::(\d+))?(?:@(\d+))?$")
 
 

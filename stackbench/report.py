@@ -15,7 +15,7 @@ from .metrics import METRICS, images_phrase, uniform_mu
 from .present import html as H
 from .present.tables import markdown_table
 from .records import axes_sample as records_sample
-from .records import portable, sampled_mu
+from .records import portable, read_record, sampled_mu
 from .standings import AXES_SHOWN, standings
 from .wall import Wall
 
@@ -33,7 +33,6 @@ def _rows(results_dir: Path, record: dict) -> list[dict]:
 def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
     """{method: {dataset: {"record": ..., "rows": [...]}}} from evaluate's output folders."""
     from .evaluate import file_stem
-    from .records import read_record
 
     out: dict[str, dict[str, dict]] = {}
     for ds, folder in results.items():
@@ -66,7 +65,10 @@ def axes_data(found: dict, datasets) -> tuple[list[str], list[str], list[list[st
 
 def axes_table(found: dict, datasets) -> str:
     """`axes_data` in Markdown: its notes, then the table."""
-    notes, header, rows = axes_data(found, datasets)
+    return _axes_markdown(*axes_data(found, datasets))
+
+
+def _axes_markdown(notes: list[str], header: list[str], rows: list[list[str]]) -> str:
     return "\n\n".join([*notes, markdown_table(header, rows)])
 
 
@@ -149,7 +151,7 @@ def _mean_mu(found: dict, m: str, datasets) -> float:
 
 def _control_finding(found: dict, datasets) -> str:
     """The random control against the uniform map: what no information scores behind this wall."""
-    wall = Wall.from_dict(next(iter(found[CONTROL].values()))["record"]["model"]["wall"])
+    wall = wall_of(found)
     rows = wall.input_size[0]
     uniform = uniform_mu(wall.dead_from, rows)
     c = _mean_mu(found, CONTROL, datasets)
@@ -255,7 +257,7 @@ def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str
     facts = findings(found, datasets)
     mu = {m: {d: per[d]["record"]["metrics"]["mu"] for d in per} for m, per in found.items()}
     atomic_write_bytes(paths["table"], (markdown_table(*table1) + "\n").encode())
-    atomic_write_bytes(paths["axes"], (axes_table(found, datasets) + "\n").encode())
+    atomic_write_bytes(paths["axes"], (_axes_markdown(*axes) + "\n").encode())
     mu_bars(mu, paths["chart"], datasets)
     for d in datasets:
         grid = Path(results[d]) / "overlays.png"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from typing import Iterable, Mapping, Sequence
+
+from ..refs import HTTP_URL
 
 STYLESHEET = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -25,7 +26,6 @@ for (const table of document.querySelectorAll('table')) {
   }));
 }
 </script>"""
-_HTTP = re.compile(r"^https?://", flags=re.I)
 
 
 class Markup(str):
@@ -103,7 +103,7 @@ def image(png: bytes, alt: str) -> Markup:
 
 
 def link(text, url: str | None) -> Markup:
-    """A link that opens nothing of ours (noopener) to an http(s) URL; nothing for any other URL."""
-    if not url or not _HTTP.match(url):
+    """A link that opens nothing of ours (noopener) to an http(s) URL (`refs.HTTP_URL`); nothing for any other."""
+    if not url or not HTTP_URL.match(url):
         return Markup("")
     return Markup(f"<a href='{esc(url)}' rel='noopener noreferrer nofollow'>{esc(text)}</a>")

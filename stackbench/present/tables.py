@@ -7,8 +7,9 @@ import html
 import re
 from typing import Sequence
 
+from ..refs import HTTP_URL
+
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
-_HTTP = re.compile(r"^https?://[^\s<>\"'()]+$", flags=re.I)
 
 
 def markdown_table(header: Sequence, rows: Sequence[Sequence], pad: bool = False) -> str:
@@ -38,6 +39,6 @@ def md_text(s) -> str:
 
 def md_link(text: str, url: str | None) -> str:
     """A Markdown link to an http(s) URL without spaces, quotes or brackets; the bare (escaped) text otherwise."""
-    if not url or not _HTTP.match(url):
+    if not url or not HTTP_URL.match(url):
         return md_text(text)
     return f"[{md_text(text)}]({url})"

@@ -14,7 +14,9 @@ import torch
 from ..cards.model import describe_optimizer, write_card
 from ..datafolder import atomic_write_bytes, atomic_write_json
 from ..errors import StackbenchError
+from ..models import file_sha256, load_model, weights_fingerprint
 from ..versions import versions
+from ..wall import check, dead_zone
 from .config import TrainConfig, make_optimizer
 
 CHECKPOINT = "checkpoint"
@@ -58,8 +60,6 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def file_digests(folder: Path) -> dict[str, str]:
-    from ..models import file_sha256
-
     return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != STATE}
 
 
@@ -82,8 +82,6 @@ def read_state(out: Path) -> dict:
         TrainConfig.from_dict(state["config"])
     except (OSError, ValueError, KeyError, TypeError, StackbenchError) as e:
         raise StackbenchError(f"{fix} ({STATE}: {type(e).__name__}: {e}){hint}") from None
-    from ..models import file_sha256
-
     for name, digest in digests.items():
         path = ck / name
         if not path.is_file():
@@ -103,9 +101,6 @@ def write_run(model, cfg, out, run, src_info, world, device, mixed_precision, st
             val_skips, stopped_metrics: dict | None = None) -> dict:
     """Main process: weights, wall check, record, card. `stopped_metrics`: a stopped run's top-1/top-5 on the
     weights it leaves (None: a finished run, its last epoch's)."""
-    from ..models import weights_fingerprint
-    from ..wall import check, dead_zone
-
     model = model.float().to(memory_format=torch.contiguous_format).cpu().eval()
     zone = dead_zone(model, model.input_size, seed=cfg.seed)
     result = check(model, model.input_size, seed=cfg.seed, zone=zone)
@@ -157,9 +152,6 @@ def export_weights(model_ref: str | Path, dest: str | Path, dtype: torch.dtype =
     zoo's shipped weights: fp16 halves the file; 0 is exact in fp16, so the wall columns stay zero). Returns the
     file's sha256, which goes into the zoo entry's Weights(sha256=...)."""
     from safetensors.torch import save
-
-    from ..datafolder import atomic_write_bytes
-    from ..models import file_sha256, load_model
 
     model = load_model(str(model_ref))
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
