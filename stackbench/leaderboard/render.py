@@ -20,7 +20,7 @@ from .tracks import Track, load_tracks
 
 def board(store: Path | None = None) -> dict:
     """{track: [entry...]} with entry = {name, method, family, schema, metrics: {dataset: aggregates}, flags and
-    maps (digest) per dataset, n, submitted, url, author, description, reproduced: {dataset: date or
+    maps (digest) per dataset, mu, leak, n, submitted, url, author, description, reproduced: {dataset: date or
     None}} and its place (`stackbench.standings`: rank, section, notes, same_as, caught_by), in board order.
     Every record must pass the checks of `verify --no-rerun` first: otherwise Refused, with one line per bad
     record (a board never shows a number its rows do not give)."""
@@ -54,7 +54,7 @@ def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) 
     sub = rec["submission"]
     e = entries.setdefault(path.stem, {
         "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"), "schema": 2,
-        "wall": rec["model"]["wall"], "metrics": {}, "flags": {}, "maps": {}, "n": {},
+        "wall": rec["model"]["wall"], "metrics": {}, "flags": {}, "maps": {}, "mu": {}, "leak": {}, "n": {},
         "reproduced": {}, "submitted": sub.get("submitted"), "url": sub.get("url"), "author": sub.get("author"),
         "description": sub.get("description")})
     e["schema"] = min(e["schema"], 2 if rec["schema"] == SCHEMA else 1)  # a row is /2 when every dataset's record is
@@ -62,6 +62,8 @@ def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) 
     e["metrics"][ds] = rec["metrics"]
     e["flags"][ds] = rec.get("flags", {})
     e["maps"][ds] = rec.get("maps", {}).get("digest")
+    e["mu"][ds] = rec["metrics"]["mu"]
+    e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
     e["n"][ds] = rec["items"]["n"]
     e["reproduced"][ds] = reproduced_on
 
@@ -86,15 +88,10 @@ def reported_table(rep: dict) -> tuple[list[str], list[list[str]]]:
     return header, [[r["method"], *[MU.shown_cell(*r[d]) for d in rep["datasets"]]] for r in rep["rows"]]
 
 
-def _mu(entry: dict, dataset: str) -> dict | None:
-    """An entry's mu aggregate on one dataset (None when it has no row there)."""
-    return (entry["metrics"].get(dataset) or {}).get("mu")
-
-
 def verified_cell(track: Track, e: dict) -> str:
     """'reproduced DATE' when the last verify of the store re-ran every dataset's row unchanged since, else
     'not re-run'."""
-    dates = [e["reproduced"].get(d) for d in track.datasets if d in e["metrics"]]
+    dates = [e["reproduced"].get(d) for d in track.datasets if d in e["mu"]]
     return f"reproduced {max(dates)}" if dates and all(dates) else "not re-run"
 
 
@@ -126,7 +123,7 @@ def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
         if e.get("section") == "control":
             notes = [f"caught by: {', '.join(e['caught_by']) or 'nothing'}"] + [x for x in notes if "same maps" in x]
         rows.append([str(e["rank"]) if e.get("rank") else "-", e["name"], HIDDEN.show(mean_over(e, HIDDEN.name, ds)),
-                     DELETION.show(auc), *[MU.cell(_mu(e, d)) for d in ds],
+                     DELETION.show(auc), *[MU.cell(e["mu"].get(d)) for d in ds],
                      RAND.show(rc, ".2f"), n + (f" ({empty} empty)" if empty else ""), "; ".join(notes),
                      verified_cell(track, e), e["submitted"] or "-", e["url"] or ""])
     return rows
@@ -214,8 +211,7 @@ def render_chart(path: Path, store: Path | None = None, view: tuple | None = Non
     from ..figures import mu_bars_ax
 
     def panel(ax, t, entries):
-        mu = {e["name"]: {d: _mu(e, d) for d in e["metrics"]} for e in entries}
-        mu_bars_ax(ax, mu, list(t.datasets), f"track {t.name}: model {t.model}")
+        mu_bars_ax(ax, {e["name"]: e["mu"] for e in entries}, list(t.datasets), f"track {t.name}: model {t.model}")
 
     return _track_panels(path, store, view, panel, (9, 3.4), side_by_side=False)
 
