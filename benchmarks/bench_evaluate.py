@@ -8,6 +8,8 @@ batched ScoreCAM, and the gradcam-lib post-processing. mu is compared per image.
 
     python benchmarks/bench_evaluate.py --model minivgg-masked@random --images 8
     python benchmarks/bench_evaluate.py --model vgg16-masked@random --images 2 --slow-images 1
+    python benchmarks/bench_evaluate.py --model minivit-masked@random --images 8   (pytorch-grad-cam's ViT usage)
+    python benchmarks/bench_evaluate.py --model minivit-masked@random --costs ScoreCAM,AttentionRollout,...
 
 --slow-images: images for ScoreCAM and AblationCAM (the library costs ~100 s per image each on VGG16/CPU).
 """
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 
 SIX = ["GradCAM", "GradCAM++", "XGradCAM", "AblationCAM", "EigenCAM", "HiResCAM"]
+# The methods that read only the target layer's activations and gradients: one shared pass serves them all.
+SHARED = ["GradCAM", "GradCAM++", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"]
 SLOW = {"AblationCAM", "ScoreCAM"}
 
 
@@ -40,10 +44,20 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     return x
 
 
+def vit_usage(net, name) -> dict:
+    """pytorch-grad-cam's ViT usage: the token grid without the class token, and AblationLayerVit."""
+    if getattr(net, "arch", None) != "vit":
+        return {}
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+
+    return {"reshape_transform": net.reshape_transform,
+            **({"ablation_layer": AblationLayerVit()} if name == "AblationCAM" else {})}
+
+
 def reference(net, x, name):
     cls = library_classes()[name]
     t0 = time.perf_counter()
-    cam = cls(model=net, target_layers=[net.target_layer])
+    cam = cls(model=net, target_layers=[net.target_layer], **vit_usage(net, name))
     with contextlib.redirect_stderr(io.StringIO()):  # the library's tqdm bars
         maps = cam(input_tensor=x, targets=None)
     dt = time.perf_counter() - t0
@@ -59,21 +73,52 @@ def reference(net, x, name):
 def ours(net, x, names):
     """Times for `names` run together the way the harness does, and the post-processed maps."""
     from stackbench import metrics as M
-    from stackbench.methods import Backbone, Batch, get_method
+    from stackbench.methods import Batch, backbone_for, get_method
     from stackbench.methods.passes import shared_pass
 
     t0 = time.perf_counter()
-    bb = Backbone(net)
+    bb = backbone_for(net)
     methods = [get_method(n) for n in names]
     for m in methods:
         m.setup(bb)
     xn = bb.normalize(x)
     need_grads = any("gradients" in m.needs for m in methods)
-    logits, t, A, G = shared_pass(bb, xn, "predicted", None, need_grads)
+    logits, t, A, G, extra = shared_pass(bb, xn, "predicted", None, need_grads)
     batch = Batch(x=xn, x01=x, targets=t, logits=logits, index=list(range(len(x))), ids=[str(i) for i in range(len(x))],
-                  backbone=bb, activations=A, gradients=G)
+                  backbone=bb, activations=A, gradients=G, extra=extra)
     out = {m.name: M.postprocess(m.explain(batch)) for m in methods}
     return out, time.perf_counter() - t0
+
+
+def forward_seconds(net, x, repeat: int) -> float:
+    """Seconds of one plain forward of the batch (no graph): the unit of a forward-equivalent."""
+    from stackbench.methods import Backbone
+
+    xn = (x - torch.tensor(Backbone.MEAN).view(1, 3, 1, 1)) / torch.tensor(Backbone.STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        net(xn)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            net(xn)
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def costs(net, x, names, repeat: int) -> None:
+    """Each method alone as the harness runs it (its shared pass included), and the shared-pass family together,
+    in forward-equivalents per image."""
+    from stackbench.present.tables import markdown_table
+
+    fwd = forward_seconds(net, x, repeat)
+    rows = []
+    # EigenCAM's per-image SVD (the library's own routine, kept for its sign convention) is timed apart as well
+    for group in [SHARED, [n for n in SHARED if n != "EigenCAM"], *[[n] for n in names]]:
+        t = min(ours(net, x, group)[1] for _ in range(repeat))
+        label = f"{len(group)} together ({', '.join(group)})" if len(group) > 1 else group[0]
+        rows.append([label, f"{t / len(x):.3f}", f"{t / fwd:.2f}"])
+    print(f"one forward: {fwd / len(x):.4f} s/img")
+    print(markdown_table(["methods", "s/img", "forward-equivalents"], rows))
 
 
 def _args():
@@ -83,6 +128,8 @@ def _args():
     ap.add_argument("--slow-images", type=int, default=None, help="images for ScoreCAM/AblationCAM (default --images)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs (shared CPU)")
+    ap.add_argument("--costs", default=None, metavar="M1,M2", help="also time these methods one by one, and the "
+                    "shared-pass family together, in forward-equivalents per image")
     return ap.parse_args()
 
 
@@ -156,6 +203,9 @@ def main():
         ["ScoreCAM", f"{ref_sc:.3f}", f"{our_sc:.3f}", f"{ref_sc / our_sc:.2f}x"],
         ["all seven", f"{ref_all:.3f}", f"{our_all:.3f}", f"{ref_all / our_all:.2f}x"]]))
     print(f"max |mu_ours - mu_reference| over images and methods: {worst:.2e} (goal <= 1e-4)")
+    if args.costs:
+        print()
+        costs(net, x_fast, args.costs.split(","), args.repeat)
 
 if __name__ == "__main__":
     main()

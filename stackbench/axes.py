@@ -23,7 +23,8 @@ import torch
 
 from . import metrics as M
 from .errors import StackbenchError, foreign_failure
-from .methods import Backbone
+from .methods import Backbone, backbone_for
+from .methods.base import check_architecture
 from .wall import MOVING
 
 
@@ -128,12 +129,12 @@ class Views:
         while _same_weights(rnd, net):  # the model is itself that initialisation (NAME@random with the run's seed)
             self.rand_seed += 1
             rnd = reinitialised(net, self.rand_seed)
-        self._bb: dict[str, Backbone] = {"canonical": Backbone(net), "random": Backbone(rnd)}
+        self._bb: dict[str, Backbone] = {"canonical": backbone_for(net), "random": backbone_for(rnd)}
         for g in orientations:  # only those some image needs (a VGG16 copy is 0.8 GB)
             model = orient(net, g)
             wall = model.wall
             del model.wall
-            self._bb[g] = Backbone(model, wall=wall)
+            self._bb[g] = backbone_for(model, wall=wall)
 
     def backbone(self, view: str) -> Backbone:
         return self._bb[view]
@@ -153,6 +154,7 @@ class Instances:
         if view not in self.live:
             inst = self.first if view == "canonical" else _fresh(self.template)
             self.live[view] = inst  # before setup: a failed setup is still torn down
+            check_architecture(inst, self.views.backbone(view).model)
             inst.setup(self.views.backbone(view), seed=self.seed)
         return self.live[view]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 ORIENTATION_NAMES = ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose")
 
 # `stackbench.train.PRESETS`' names (a test checks it).
-TRAIN_PRESETS = ("mini", "paper")
+TRAIN_PRESETS = ("mini", "mini-vit", "paper")
 
 # Every zoo model takes RGB in [0, 1] normalised with ImageNet's statistics (torchvision's convention); here, not in
 # models/vgg.py, so that listing the methods does not import the model code (and huggingface_hub with it).

@@ -14,10 +14,18 @@ from pathlib import Path
 from . import report
 from .constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES
 from .errors import OtherRecipe, StackbenchError
+from .methods import ATTENTION_METHODS
 from .progress import quiet_libraries
 from .records import portable
 
 METHODS = report.PAPER_METHODS + report.CONTROLS
+# A ViT's demo: the paper's methods on the token grid, LayerCAM, the methods that read the attention, the controls.
+VIT_METHODS = report.PAPER_METHODS + ("LayerCAM",) + ATTENTION_METHODS + report.CONTROLS
+
+
+def methods_for(arch: str) -> tuple[str, ...]:
+    """The methods a demo runs on a model of this architecture (vgg, vit)."""
+    return VIT_METHODS if arch == "vit" else METHODS
 REFERENCE_RATE = "a fixed reference rate, not measured here"
 
 
@@ -85,7 +93,7 @@ def axes_scope(axes_images: int | None, n: int) -> str:
 
 
 def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, batch_size: int, progress: bool,
-                   n: int, axes_images: int | None, probe: str) -> Step:
+                   n: int, axes_images: int | None, probe: str, methods=METHODS) -> Step:
     """The evaluation of every method on both sets. Its estimate is a measured cost per image (`stackbench.rates`)
     scaled by a calibration of `probe` (the model's architecture) timed here now; a run that computes every
     method records its own cost for this machine's next estimates."""
@@ -101,14 +109,14 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
         before = rates.calibrate(probe, device)  # timed before and after: the load may change during the run
         t0, fresh = time.perf_counter(), True
         for ds, folder in data.items():
-            runs = evaluate(list(METHODS), str(folder), model, out=out / "results" / ds, device=device,
+            runs = evaluate(list(methods), str(folder), model, out=out / "results" / ds, device=device,
                             batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
             fresh = fresh and all(r.status == "done" for r in runs)  # a resumed run measures nothing
         if fresh:
             seconds = time.perf_counter() - t0
             rates.record(device, ref_of(probe), seconds / units, (before + rates.calibrate(probe, device)) / 2)
 
-    return Step("evaluate", f"{len(METHODS)} methods ({', '.join(METHODS)}) on both sets with {ref_of(model)}: mu on "
+    return Step("evaluate", f"{len(methods)} methods ({', '.join(methods)}) on both sets with {ref_of(model)}: mu on "
                             f"every image, the board's axes on {axes_scope(axes_images, n)} per set",
                 unit_s * units, run, basis)
 
@@ -122,8 +130,8 @@ def ref_of(model) -> str:
     return load_model(model, device=next(model.parameters()).device).ref
 
 
-def _check_walled(model) -> None:
-    """Before minutes of generation: the demo measures what a walled model cannot see."""
+def _check_walled(model) -> str:
+    """Before minutes of generation: the demo measures what a walled model cannot see. Returns its architecture."""
     from .models import load_model
 
     net = load_model(model, device="cpu") if isinstance(model, (str, Path)) else load_model(
@@ -131,19 +139,22 @@ def _check_walled(model) -> None:
     if not net.wall.dead_height:
         raise StackbenchError(f"model {ref_of(model)} has no wall (nothing is hidden from it): give a walled model, "
                               "e.g. minivgg-masked")
+    return getattr(net, "arch", "vgg")
 
 
-def _report(out: Path, data: dict[str, Path], title: str, context: dict) -> Outcome:
+def _report(out: Path, data: dict[str, Path], title: str, context: dict, methods=METHODS) -> Outcome:
     from .leaderboard import read_reported
     from .resources import resource
 
     results = {ds: out / "results" / ds for ds in data}
-    found = report.collect(results, METHODS)
-    missing = [m for m in METHODS if m not in found]
+    found = report.collect(results, methods)
+    missing = [m for m in methods if m not in found]
     if missing:
         raise StackbenchError(f"no result for {', '.join(missing)} in {out / 'results'}; see the evaluation output")
-    # The paper's Table 1 as the board shows it (one reader of reported/*.json), beside the measured numbers.
-    reported = {r["method"]: r for r in read_reported(resource("board", "reported", "paper.json"))["rows"]}
+    # The paper's Table 1 as the board shows it (one reader of reported/*.json), beside the measured numbers: the
+    # paper measured a VGG16, so a ViT's report has no reported column.
+    reported = None if report.model_of(found).get("arch") == "vit" else {
+        r["method"]: r for r in read_reported(resource("board", "reported", "paper.json"))["rows"]}
     paths = report.write(out, found, list(data), results, title, context, reported)
     return Outcome(out, paths, report.table(found, list(data), reported), report.findings(found, list(data)), 0.0)
 
@@ -197,7 +208,8 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     n = num_images or (QUICK_IMAGES if quick else DEMO_IMAGES)
     k = axes_images or (QUICK_AXES if quick else DEMO_AXES)
     dev = _device(device)
-    _check_walled(model)
+    arch = _check_walled(model)
+    methods = methods_for(arch)
     _check_out(out, dry_run)
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
@@ -209,16 +221,17 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
              lambda: _mix(data["stack-mix"], mix, progress), REFERENCE_RATE),
         Step("stack-gen", f"{n} mini STACK-GEN scenes (generation/stack-gen/mini.json)", n / 80,
              lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
-        _evaluate_step(out, data, model, dev, 16, progress, n, k, probe=model),
+        _evaluate_step(out, data, model, dev, 16, progress, n, k, probe=model, methods=methods),
     ]
     with quiet_libraries(progress), _earlier_run(out):
         run_steps(steps, dry_run, echo)
     if dry_run:
         return None
-    result = _report(out, data, "stackbench demo: CAM-based methods see through walls (mini track)",
+    track = "mini-vit" if arch == "vit" else "mini"
+    result = _report(out, data, f"stackbench demo: CAM-based methods see through walls ({track} track)",
                      {"model": ref_of(model), "images per set": n, "board axes on": f"{axes_scope(k, n)} per set",
                       "device": dev, "datasets": "mini STACK-MIX (fit layout, "
-                      "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(METHODS)})
+                      "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(methods)}, methods)
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -113,6 +113,17 @@ class ModelInfo(TypedDict):
     sha256: NotRequired[Sha256]
     revision: NotRequired[str | None]
     wall: WallInfo
+    arch: NotRequired[str]               # vgg | vit (records before the ViTs: vgg)
+    wall_kind: NotRequired[str]          # how the wall is built: dense (the VGGs' first dense layer), attention, pixel
+
+
+class Band(TypedDict):
+    """The input lines mu is scored on: the dataset's band (its `wall_row` down), which lies inside the model's dead
+    zone (`model.wall`). For the VGGs the two coincide; a ViT's dead zone is whole patch rows, so it starts higher
+    and a correct map's spill at the zone's edge is not counted."""
+    axis: str
+    first: int
+    last: int
 
 
 class Postprocess(TypedDict):
@@ -237,6 +248,7 @@ class Record(TypedDict):
     method: MethodInfo
     dataset: DatasetInfo
     model: ModelInfo
+    band: NotRequired[Band]              # records made before ViTs scored the model's own dead zone
     target: str
     postprocess: Postprocess
     metrics: Metrics
@@ -261,6 +273,7 @@ class BaseRecord(TypedDict):
     schema: str
     dataset: DatasetInfo
     model: ModelInfo
+    band: NotRequired[Band]
     target: str
     postprocess: Postprocess
     axes: AxesInfo
@@ -472,14 +485,14 @@ def dataset_info(info: dict, holder: str | Path) -> DatasetInfo:
 def model_info(net, fingerprint: str, holder: str | Path) -> ModelInfo:
     """The record's model: a walled model and its weights' fingerprint; a local path relative to `holder`."""
     return {"ref": portable(net.ref, holder), "name": getattr(net, "name", type(net).__name__),
-            "fingerprint": fingerprint, "wall": net.wall.to_dict()}
+            "fingerprint": fingerprint, "wall": net.wall.to_dict(), "arch": getattr(net, "arch", "vgg"),
+            "wall_kind": getattr(net, "wall_kind", "dense")}
 
 
-def base_record(dataset: DatasetInfo, model: ModelInfo, *, target: str, postprocess: str, axes: AxesInfo,
-                env: dict[str, str], seed: int, limit: int | None, batch_size: int) -> BaseRecord:
+def base_record(dataset: DatasetInfo, model: ModelInfo, *, band: Band, target: str, postprocess: str,
+                axes: AxesInfo, env: dict[str, str], seed: int, limit: int | None, batch_size: int) -> BaseRecord:
     """What every method's record of one evaluation shares."""
-    # imported here: reading or validating a record needs neither metrics nor its imports (cv2)
-    return {"schema": SCHEMA, "dataset": dataset, "model": model, "target": target,
+    return {"schema": SCHEMA, "dataset": dataset, "model": model, "band": band, "target": target,
             "postprocess": {"name": postprocess, "definition": M.POSTPROCESS[postprocess]}, "axes": axes,
             "env": env, "seeds": {"run": seed, "bootstrap": seed},
             "run": {"limit": limit, "batch_size": batch_size, "preprocess": PREPROCESS}}

@@ -2,6 +2,7 @@
 names, parsed in one place (timm's `parse_model_name` is the model), and `--device`, checked in one place.
 
     model       NAME (zoo) | NAME@random | PATH (save_pretrained folder) | hf:REPO[@REV] | paper:PATH
+                | ARCH:PATH | ARCH:hf:REPO[@REV] (another library's ViT weights, walled as the zoo's ARCH)
     dataset     PATH (a folder stackbench generate wrote) | hf:REPO[@REV]
     method      NAME (registered or an entry point) | module:attr | path/file.py:attr | entry-point:NAME=VALUE
     source      shapes[:N][@SEED] | imagefolder:PATH | hf:REPO[:CONFIG]
@@ -25,11 +26,14 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 # end a Markdown link or an HTML attribute early).
 HTTP_URL = re.compile(r"^https?://[^\s<>\"'()]+$", flags=re.I)
 _SHAPES = re.compile(r"^shapes(?::(\d+))?(?:@(\d+))?$")
+# ARCH:WHERE. ARCH has two or more characters and no slash: `C:\...` (a Windows drive) and `runs/a:b` stay paths.
+_ARCH = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]+):(.*)$", flags=re.S)
 
 
 @dataclass(frozen=True)
 class Ref:
-    """One parsed reference. `scheme`: hf, paper, random, path, zoo (models); hf, path (datasets); name, module,
+    """One parsed reference. `scheme`: hf, paper, random, path, zoo, arch (models: options["arch"] the zoo name,
+    options["hub"] whether `body` is a Hub repo); hf, path (datasets); name, module,
     file, entry-point (methods); shapes, imagefolder, hf (sources); path, hub (checkpoints)."""
 
     text: str
@@ -54,6 +58,13 @@ def model_ref(text: str) -> Ref:
         return Ref(text, "hf", repo, rev)
     if text.startswith("paper:"):
         return Ref(text, "paper", text[6:])
+    arch = _ARCH.match(text)
+    if arch and not Path(text).exists():  # a file or folder of that name is a path, as it always was
+        name, where = arch.groups()
+        if where.startswith("hf:"):
+            repo, rev = _split_revision(where[3:])
+            return Ref(text, "arch", repo, rev, options={"arch": name, "hub": True})
+        return Ref(text, "arch", where, options={"arch": name, "hub": False})
     if text.endswith("@random"):
         return Ref(text, "random", text[: -len("@random")])
     p = Path(text)

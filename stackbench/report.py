@@ -99,10 +99,26 @@ def wall_of(found: dict) -> Wall:
     return Wall.from_dict(walls[0]) if walls else Wall()
 
 
+def band_of(found: dict) -> int:
+    """The first row of the band mu is scored on: the records' `band` (the dataset's), else the wall's first dead
+    row (records before the ViTs, where the two are the same)."""
+    rec = next((p["record"] for per in found.values() for p in per.values()), None)
+    return (rec.get("band") or {}).get("first", wall_of(found).dead_from) if rec else wall_of(found).dead_from
+
+
+def model_of(found: dict) -> dict:
+    """The record's model part (every record of a report has the same model), {} when there is no record."""
+    return next((p["record"]["model"] for per in found.values() for p in per.values()), {})
+
+
 def findings(found: dict, datasets) -> list[str]:
-    """The paper's qualitative claims, checked against the measured numbers (honest when one fails)."""
-    others = [m for m in PAPER_METHODS if m != "HiResCAM" and m in found]
-    out = _blind_finding(found, datasets) + _others_findings(found, datasets, others)
+    """The paper's qualitative claims (for a ViT: which methods see the dead tokens), checked against the measured
+    numbers (honest when one fails)."""
+    if model_of(found).get("arch") == "vit":
+        out = _vit_findings(found, datasets, model_of(found).get("wall_kind"))
+    else:
+        others = [m for m in PAPER_METHODS if m != "HiResCAM" and m in found]
+        out = _blind_finding(found, datasets) + _others_findings(found, datasets, others)
     if CONTROL in found:
         out.append(_control_finding(found, datasets))
     return out + axes_findings(found, datasets)
@@ -124,6 +140,32 @@ def _blind_finding(found: dict, datasets) -> list[str]:
                 "), as the paper reports: it is blind to the dead zone."]
     return ["NOT reproduced: HiResCAM has mu > 0 on some images (" +
             ", ".join(f"{d}: {n - z} of {n}" for d, n, z, _ in per) + ")."]
+
+
+def _scored_mu(found: dict, m: str, datasets) -> list[float]:
+    return [r["mu"] for d in datasets for r in found[m].get(d, {}).get("rows", []) if r["mu"] is not None]
+
+
+def _vit_findings(found: dict, datasets, kind: str | None) -> list[str]:
+    """Which methods put nothing on the ViT's dead tokens (mu = 0 on every image) and which put saliency there."""
+    methods = [m for m in found if m not in CONTROLS]
+    blind = [m for m in methods if (mus := _scored_mu(found, m, datasets)) and all(v == 0 for v in mus)]
+    seeing = sorted((m for m in methods if m not in blind), key=lambda m: -_mean_mu(found, m, datasets))
+    wall = f"the {kind} wall" if kind else "the wall"
+    out = []
+    if blind:
+        out.append(f"Under {wall}, {', '.join(blind)} {'has' if len(blind) == 1 else 'have'} mu = 0 exactly on every "
+                   "scored image of both sets: nothing on a token the ViT cannot see.")
+    if seeing:
+        out.append(f"Under {wall}, these put saliency where the ViT cannot see (mean {MU.label} over the sets): "
+                   + ", ".join(f"{m} {MU.show(_mean_mu(found, m, datasets))}" for m in seeing) + ".")
+    reading = [m for m in blind if next(iter(found[m].values()))["record"]["method"].get("family", "").startswith(
+        "attention")]
+    if kind == "attention" and reading:
+        out.append(f"{', '.join(reading)} read the attention itself, in which a dead token has probability 0 for "
+                   "every query in every block: they pass the attention wall by construction, which says nothing of "
+                   "a wall the attention does not carry (the pixel wall: dead positions are still attended).")
+    return out
 
 
 def _others_findings(found: dict, datasets, others: list[str]) -> list[str]:
@@ -151,13 +193,14 @@ def _mean_mu(found: dict, m: str, datasets) -> float:
 
 def _control_finding(found: dict, datasets) -> str:
     """The random control against the uniform map: what no information scores behind this wall."""
-    wall = wall_of(found)
+    wall, band = wall_of(found), band_of(found)
     rows = wall.input_size[0]
-    uniform = uniform_mu(wall.dead_from, rows)
+    uniform = uniform_mu(band, rows)
+    what = "dead rows" if band == wall.dead_from else "rows of the band"
     c = _mean_mu(found, CONTROL, datasets)
     return (f"Control: {CONTROL} (random channel weights) gives {MU.label} = {MU.show(c)}, against "
             f"{MU.show(uniform)} for a uniform map (no information: mu is a ratio of L2 norms, sqrt of the "
-            f"{wall.dead_height} dead rows over {rows}); mu = {c:.2f} means {100 * c * c:.0f}% of the map's energy "
+            f"{rows - band} {what} over {rows}); mu = {c:.2f} means {100 * c * c:.0f}% of the map's energy "
             "(mu squared) behind the wall.")
 
 
@@ -268,7 +311,7 @@ def write(out: Path, found: dict, datasets, results: dict[str, Path], title: str
                "records": {m: {d: portable(str(_record_path(results[d], per[d]["record"])), out) for d in per}
                            for m, per in found.items()}}
     atomic_write_json(paths["json"], summary)
-    page = _html(title, context, table1, axes, facts, paths, datasets, wall_of(found))
+    page = _html(title, context, table1, axes, facts, paths, datasets, wall_of(found), band_of(found))
     atomic_write_bytes(paths["html"], page.encode())
     return paths
 
@@ -283,12 +326,15 @@ def _img(path: Path) -> H.Markup:
 
 
 def _html(title: str, context: dict, table1: tuple, axes: tuple, facts: list[str], paths: dict, datasets,
-          wall: Wall) -> str:
+          wall: Wall, band: int) -> str:
     """The report's page, from the same tables as its Markdown files."""
     notes, axes_header, axes_rows = axes
+    rows = wall.input_size[0]
+    inside = "" if band == wall.dead_from else (
+        f"; mu is scored on the datasets' band, rows {band}..{rows - 1}, which lies inside it")
     what = (f"mu = ||map[dead rows]||<sub>2</sub> / ||map||<sub>2</sub>: the share of a saliency map that falls "
             f"behind the wall (the {H.esc(wall.side)} {wall.dead_height} px, {100 * wall.share:.1f}% of the image, "
-            f"that provably cannot change any logit). {H.esc(MU.better.capitalize())}.")
+            f"that provably cannot change any logit{inside}). {H.esc(MU.better.capitalize())}.")
     body = [H.paragraph(H.Markup(what)), H.heading(2, "Findings"), H.bullets(facts),
             H.heading(2, f"{MU.label} (mean ± std over images)"), H.table(*table1), _img(paths["chart"]),
             H.heading(2, "The board's axes (mean over the sets)"), *map(H.paragraph, notes),

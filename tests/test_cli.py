@@ -27,7 +27,9 @@ def test_models_table():
     r = run("models")
     assert r.exit_code == 0
     lines = {line.split("|")[1].strip(): line for line in r.output.splitlines()[2:]}
-    assert set(lines) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked"}
+    assert set(lines) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked", "minivit", "minivit-masked",
+                          "minivit-pixel", "vit-b16", "vit-b16-masked", "vit-b16-pixel"}
+    assert "rows 160..223 (64 px, 28.6% of the image" in lines["vit-b16-pixel"]
     assert "rows 170..223 (54 px, 24.1% of the image" in lines["vgg16-masked"]
     assert "239.9M" in lines["vgg16-masked"] and "no wall" in lines["vgg16"]
 

@@ -20,7 +20,7 @@ def setup():
     bb = Backbone(net)
     x01 = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     x = bb.normalize(x01)
-    logits, t, A, G = shared_pass(bb, x, "predicted", None, True)
+    logits, t, A, G, _ = shared_pass(bb, x, "predicted", None, True)
     batch = Batch(x=x, x01=x01, targets=t, logits=logits, index=[0, 1, 2], ids=["a", "b", "c"], backbone=bb,
                   activations=A, gradients=G)
     return net, bb, batch

@@ -62,7 +62,8 @@ def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit
 
 
 def method_rows() -> list[dict]:
-    """Every registered method and installed plugin: name, family, needs, reference. Registering the built-ins
+    """Every registered method and installed plugin: name, family, needs, the architectures it runs on (vgg, vit),
+    reference. Registering the built-ins
     imports torch, not the libraries they wrap (pytorch-grad-cam and captum load on first use)."""
     from ..methods import get_method_class, list_methods
     from ..methods.plugins import entry_point_names
@@ -70,9 +71,10 @@ def method_rows() -> list[dict]:
     rows = []
     for name in list_methods():
         cls = get_method_class(name)
-        rows.append({"name": name, "family": cls.family, "needs": sorted(cls.needs), "reference": cls.reference})
+        rows.append({"name": name, "family": cls.family, "needs": sorted(cls.needs),
+                     "architectures": list(cls.architectures), "reference": cls.reference})
     for name, ep in entry_point_names().items():
-        rows.append({"name": name, "family": "entry point", "needs": [], "reference": ep.value})
+        rows.append({"name": name, "family": "entry point", "needs": [], "architectures": [], "reference": ep.value})
     return rows
 
 
@@ -85,5 +87,6 @@ def methods(as_json):
         echo_json(rows)
         return
     needs = lambda r: "-" if r["family"] == "entry point" else ", ".join(r["needs"])  # noqa: E731
-    click.echo(format_table([[r["name"], r["family"], needs(r), r["reference"] or "-"] for r in rows],
-                            ["method", "family", "needs", "reference"]))
+    archs = lambda r: ", ".join(r["architectures"]) or "-"  # noqa: E731
+    click.echo(format_table([[r["name"], r["family"], needs(r), archs(r), r["reference"] or "-"] for r in rows],
+                            ["method", "family", "needs", "runs on", "reference"]))

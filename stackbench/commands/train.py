@@ -15,7 +15,8 @@ PRESET = " [default: the preset's]"
 
 
 @click.command()
-@option("--model", metavar="REF", help="zoo architecture name, randomly initialised (see `stackbench models`)")
+@option("--model", metavar="REF", help="zoo architecture name, randomly initialised (see `stackbench models`); or "
+        "ARCH:PATH / ARCH:hf:REPO, a ViT checkpoint to fine-tune with ARCH's wall")
 @option("--source", metavar="SRC", help="training images: shapes[:N][@SEED], imagefolder:PATH or hf:REPO[:CONFIG]")
 @option("--val-source", metavar="SRC", help="validation images  [default: --source]")
 @option("--train-split", metavar="NAME", help="split of --source to train on  [default: train]")
@@ -28,7 +29,8 @@ PRESET = " [default: the preset's]"
 @option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=f"optimizer {PRESET}")
 @seed_option(f"seed of initialisation, augmentation and shuffling {PRESET}", default=None)
 @option("--preset", type=click.Choice(TRAIN_PRESETS), metavar="NAME",
-        help=f"recipe to start from ({', '.join(TRAIN_PRESETS)})  [default: mini for minivgg models, paper otherwise]")
+        help=f"recipe to start from ({', '.join(TRAIN_PRESETS)})  [default: mini for minivgg models, mini-vit for "
+        "minivit models, paper otherwise]")
 @option("--mixed-precision", type=click.Choice(["auto", "no", "fp16", "bf16"]),
         help=f"autocast; auto: fp16 on CUDA, none on CPU {PRESET}")
 @num_proc_option("DataLoader worker processes  [default: 0 on CPU, min(8, cores) on CUDA]", default=None)
@@ -44,8 +46,8 @@ def train(model, source, val_source, train_split, val_split, num_classes, epochs
           preset, mixed_precision, num_proc, workers, max_steps, save_every, log_every, resume, overwrite, no_progress,
           out):
     """Train a walled model on accelerate; write weights, model card, per-epoch log and a resumable checkpoint."""
+    from ..train import default_preset, stored_config
     from ..train import preset as make_preset
-    from ..train import stored_config
     from ..train import train as run_training
 
     workers = _num_proc(num_proc, workers)
@@ -58,7 +60,7 @@ def train(model, source, val_source, train_split, val_split, num_classes, epochs
         # The run's own settings; anything given must agree (train() names what differs).
         config = dataclasses.replace(stored_config(Path(out)), max_steps=None).replace(**given) if given else None
     else:
-        name = preset or ("mini" if (model or "minivgg").startswith("minivgg") else "paper")
+        name = preset or default_preset(model)
         config = make_preset(name, **given)
         if source and not val_source:  # validate on the given source's val split, not on the preset's
             config = dataclasses.replace(config, val_source=None)

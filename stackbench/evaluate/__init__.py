@@ -22,6 +22,7 @@ from pathlib import Path
 from ..axes import Axes, Views, orientations_for
 from ..datafolder import writable_folder
 from ..errors import watching_ctrl_c
+from ..methods.base import check_architecture
 from ..progress import log, quiet_libraries
 from ..records import aggregate_rows
 from ..refs import pick_device
@@ -68,6 +69,8 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
 def _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out, seed, progress,
               figure, allow_incomplete, axes) -> list[MethodRun]:
     ds, info, net = open_inputs(dataset, model, dev, seed, target, allow_incomplete)
+    for m in methods:  # a method that cannot run on this architecture is a wrong input, not a failed run
+        check_architecture(m, net)
     out = writable_folder(out)  # created only once every input checks
     ds = scored_items(ds, limit)
     setting = make_setting(ds, info, net, target, postprocess, seed, save_maps, axes)

@@ -69,14 +69,24 @@ def open_inputs(dataset, model, dev, seed, target, allow_incomplete):
 
     ds, info = open_dataset(dataset, allow_incomplete=allow_incomplete)
     net = load_model(model, seed=seed, device=dev)
-    walls = sorted({int(v) for v in ds.unique("wall_row")})
-    if walls != [net.wall.dead_from]:
-        raise StackbenchError(f"dataset {info['ref']} puts the wall at row {', '.join(map(str, walls))} but model "
-                              f"{net.ref} is blind from row {net.wall.dead_from}; evaluate it with a model of the same "
-                              "wall (or regenerate the dataset for this model)")
+    check_band(ds, info, net)
     if target == "label":
         refuse_label_target(label_space(ds, net), info["ref"], net.ref)
     return ds, info, net
+
+
+def check_band(ds, info, net) -> int:
+    """The dataset's band (its one `wall_row` down) must lie inside the model's dead zone: mu is scored on the band,
+    and a pixel there the model could see would count against a correct map. Returns the band's first row."""
+    walls = sorted({int(v) for v in ds.unique("wall_row")})
+    wall = net.wall
+    if len(walls) != 1 or not (wall.dead_height and wall.side == "bottom" and
+                               wall.dead_from <= walls[0] < wall.input_size[0]):
+        where = f"blind from row {wall.dead_from}" if wall.dead_height else "not walled"
+        raise StackbenchError(f"dataset {info['ref']} puts the wall at row {', '.join(map(str, walls))} but model "
+                              f"{net.ref} is {where}; evaluate it with a model whose dead zone holds the dataset's "
+                              "band (or regenerate the dataset for this model)")
+    return walls[0]
 
 
 def scored_items(ds, limit):
@@ -89,7 +99,8 @@ def scored_items(ds, limit):
 def make_setting(ds, info, net, target, postprocess, seed, save_maps, axes) -> Setting:
     axes = (axes or Axes()).fitted(len(ds))
     return Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed),
-                   name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net))
+                   name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net),
+                   band_from=check_band(ds, info, net))
 
 
 def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> R.BaseRecord:
@@ -98,7 +109,8 @@ def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, 
 
     env = {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
            "dtype": str(next(net.parameters()).dtype).replace("torch.", "")}
-    return R.base_record(R.dataset_info(info, out), R.model_info(net, weights_fingerprint(net), out),
+    band = {"axis": "rows", "first": setting.band_from, "last": setting.size[0] - 1}
+    return R.base_record(R.dataset_info(info, out), R.model_info(net, weights_fingerprint(net), out), band=band,
                          target=setting.target, postprocess=setting.postprocess,
                          axes=setting.axes.describe(setting.seed, rand_seed), env=env, seed=setting.seed,
                          limit=limit, batch_size=batch_size)

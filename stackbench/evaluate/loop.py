@@ -163,7 +163,7 @@ def _scores(r: MethodRun, canon, batch, st: Setting, idx, on: list[int], ends) -
     axes' columns are filled in by their own passes."""
     n = len(idx)
     maps, empty = scored_maps(r.views.get("canonical"), batch, st.shapes, st.postprocess, st.size)
-    v = {"maps": maps, "empty": empty, **M.per_image(maps, st.wall.dead_from),
+    v = {"maps": maps, "empty": empty, **M.per_image(maps, st.band_from),
          "hidden_empty": np.zeros(n, bool), **{k: np.full(n, np.nan) for k in AXES_METRICS}}
     if on:
         v["deletion_auc"][on] = M.deletion_auc(deletion_probs(
@@ -186,7 +186,7 @@ def _hidden(live, views: Views, st: Setting, got: dict, batch, x01, orientation)
                 return scored_maps(r.views.get(g), sub, st.shapes, st.postprocess, st.size)
             res = _attempt(r, f"hidden-wall ({g})", sub.ids, hidden)
             if res is not None:
-                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), st.wall.dead_from)
+                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), st.band_from)
                 got[r.name]["hidden_empty"][pos] = res[1]
 
 

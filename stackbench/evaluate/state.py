@@ -46,6 +46,7 @@ class Setting:
     clock: dict = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
     name: str = "dataset"              # how progress names the dataset
     classes: dict | None = None        # `label_space`: do the dataset's labels name the model's classes?
+    band_from: int = 170               # the dataset's band, where mu is scored (inside the model's dead zone)
 
     @property
     def size(self) -> tuple[int, int]:

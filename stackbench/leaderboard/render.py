@@ -65,6 +65,7 @@ def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) 
     e["mu"][ds] = rec["metrics"]["mu"]
     e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
     e["n"][ds] = rec["items"]["n"]
+    e["band_from"] = (rec.get("band") or {}).get("first", rec["model"]["wall"]["dead_from"])  # where mu is scored
     e["reproduced"][ds] = reproduced_on
 
 
@@ -129,6 +130,28 @@ def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
     return rows
 
 
+def side_by_side(tracks: dict, boards: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The methods of every track that has rows, one row each: mu behind a hidden wall and mu (mean over the track's
+    datasets) per track, so one method reads across architectures. None with fewer than two such tracks."""
+    from ..standings import mean_over
+
+    shown = [t for t in tracks.values() if boards[t.name]]
+    if len(shown) < 2:
+        return None
+    by = {t.name: {e["name"]: e for e in boards[t.name]} for t in shown}
+    names = list(dict.fromkeys(e["name"] for t in shown for e in boards[t.name]))
+    header = ["method"] + [f"{t.name}: {label}" for t in shown for label in (HIDDEN.label, MU.label)]
+    rows = []
+    for name in names:
+        cells = [name]
+        for t in shown:
+            e = by[t.name].get(name)
+            cells += [HIDDEN.show(mean_over(e, HIDDEN.name, t.datasets)) if e else "-",
+                      MU.show(mean_over(e, MU.name, t.datasets)) if e else "-"]
+        rows.append(cells)
+    return header, rows
+
+
 def sections(entries: list[dict]) -> list[tuple[str, list[dict]]]:
     """[(title, entries)] for the sections that have rows, in board order."""
     return [(title, [e for e in entries if e.get("section") == key]) for key, title in SECTIONS.items()
@@ -138,6 +161,11 @@ def sections(entries: list[dict]) -> list[tuple[str, list[dict]]]:
 def _view(store: Path | None, view: tuple | None) -> tuple[dict, dict]:
     """(tracks, boards): the given snapshot, or read from the store."""
     return view if view is not None else (load_tracks(store), board(store))
+
+
+SIDE_BY_SIDE = ("Each method on every track that has rows: mu behind a hidden wall and mu, each the mean over the "
+                "track's datasets (x100, lower is better). The same datasets and band (rows 170..223) on every track; "
+                "the models differ (a VGG's dead zone is the band itself, a ViT's is whole patch rows from row 160).")
 
 
 def board_intro(wall: Wall | None = None) -> str:
@@ -164,6 +192,10 @@ def render_markdown(store: Path | None = None, view: tuple | None = None) -> str
     lines = ["# stackbench leaderboard", "", board_intro(), ""]
     for t in tracks.values():
         lines += _track_markdown(t, boards[t.name])
+    both = side_by_side(tracks, boards)
+    if both:
+        lines += ["## The tracks side by side", "", SIDE_BY_SIDE, "", markdown_table(both[0], [[md_text(r[0]), *r[1:]]
+                                                                                          for r in both[1]]), ""]
     for rep in reported(store):
         header, rows = reported_table(rep)
         lines += [f"## Reported: {md_text(rep['title'])}", "",
@@ -198,8 +230,8 @@ def render_axes_chart(path: Path, store: Path | None = None, view: tuple | None 
     def panel(ax, t, entries):
         points = [(e["name"], mean_over(e, HIDDEN.name, t.datasets), mean_over(e, DELETION.name, t.datasets),
                    e.get("section", "ranked")) for e in entries]
-        walls = [Wall.from_dict(e["wall"]) for e in entries if e.get("wall")]
-        uniform = uniform_mu(walls[0].dead_from, walls[0].input_size[0]) if walls else None
+        walls = [(Wall.from_dict(e["wall"]), e["band_from"]) for e in entries if e.get("wall")]
+        uniform = uniform_mu(walls[0][1], walls[0][0].input_size[0]) if walls else None
         pareto_ax(ax, [p for p in points if p[1] is not None and p[2] is not None], f"track {t.name}: model {t.model}",
                   uniform)
 
@@ -248,6 +280,11 @@ def render_html(store: Path | None = None, chart: bytes | None = None, view: tup
                  H.paragraph(H.join(f"{t.description.rstrip('.')}. Model ", H.code(t.model), "."))]
         for title, part in sections(boards[t.name]):
             body += [H.heading(3, title), _html_table(t, part)]
+    both = side_by_side(tracks, boards)
+    if both:
+        body += [H.heading(2, "The tracks side by side"), H.paragraph(SIDE_BY_SIDE),
+                 H.table(both[0], [[r[0], *(H.cell(c, "num") for c in r[1:])] for r in both[1]], cls="board wide",
+                         row_cls="row")]
     if axes_chart:
         body.append(H.image(axes_chart, "mu behind a hidden wall against deletion AUC"))
     if chart:

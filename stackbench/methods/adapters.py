@@ -40,7 +40,8 @@ class LibraryCAM(SaliencyMethod):
         self.backbone = backbone
         model = backbone.model
         with contextlib.redirect_stdout(io.StringIO()):  # FullGrad prints a warning about target_layers
-            self._cam = self.cam_class(model=model, target_layers=[model.target_layer])
+            self._cam = self.cam_class(model=model, target_layers=[model.target_layer],
+                                       reshape_transform=getattr(model, "reshape_transform", None))
 
     def teardown(self) -> None:
         cam = getattr(self, "_cam", None)
@@ -127,6 +128,7 @@ def _builtin(name: str, attr: str, module: str, finer: bool = False, aliases: tu
 
 
 FullGrad = _builtin("FullGrad", "FullGrad", "fullgrad_cam")
+FullGrad.architectures = ("vgg",)  # it sums the biases of convolutions and batch norms; a ViT has neither
 KPCACAM = _builtin("KPCA-CAM", "KPCA_CAM", "kpca_cam", aliases=("KPCA_CAM",))
 ShapleyCAM = _builtin("ShapleyCAM", "ShapleyCAM", "shapley_cam")
 FinerCAM = _builtin("FinerCAM", "FinerCAM", "finer_cam", finer=True)

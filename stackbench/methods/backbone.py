@@ -72,6 +72,7 @@ class Backbone:
     """
 
     MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
+    arch = "vgg"
 
     def __init__(self, model: nn.Module, channels_last: bool = True, live_crop: bool = True, wall=None):
         if not (hasattr(model, "target_layer") and hasattr(model, "head") and isinstance(model, nn.Sequential)
@@ -133,6 +134,32 @@ class Backbone:
             a = F.pad(a, (0, 0, *pad) if self._axis == -2 else (*pad, 0, 0))
         return self.head(a)
 
+    def shared(self, x: torch.Tensor, pick, need_grads: bool):
+        """The shared pass: one forward to the target layer and, if needed, one backward through the head only.
+        `pick(logits)` gives the explained classes. Returns (logits, targets, A, G or None, extra)."""
+        A = self.activations(x)
+        if not need_grads:
+            with torch.no_grad():
+                logits = self.head(A)
+            return logits, pick(logits), A, None, {}
+        with torch.enable_grad():
+            leaf = A.detach().requires_grad_(True)
+            logits = self.head(leaf)
+            t = pick(logits)
+            (G,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaf)
+        return logits.detach(), t, A, G, {}
+
+    def ablation_floor(self, batch: Batch, n: int) -> torch.Tensor:
+        """The smallest target-layer activation of image n (AblationCAM's ablation value is set from it)."""
+        return batch.activations[n].min()
+
+    def ablated_logits(self, batch: Batch, n: int, chans: torch.Tensor, value: float) -> torch.Tensor:
+        """Logits of image n with each channel of `chans` (one per row) set to `value` at the target layer."""
+        A = batch.activations
+        ablated = A[n].expand(len(chans), *A.shape[1:]).clone()
+        ablated[torch.arange(len(chans)), chans] = value
+        return self.head(ablated)
+
     def _crop_is_exact(self) -> bool:
         x = torch.randn(1, 3, *self._wall.input_size, generator=torch.Generator().manual_seed(0))
         x = x.to(self.device, self.dtype)
@@ -140,3 +167,89 @@ class Backbone:
             full = self.head(self.features(self._fmt(x)))
             live = self.logits(x)
         return bool(torch.allclose(full, live, rtol=1e-4, atol=1e-6 * float(full.abs().max()) + 1e-12))
+
+
+class TokenBackbone(Backbone):
+    """A walled ViT (`stackbench.models.vit.WalledViT`) split at its target layer, the last block's norm1.
+
+    The methods see the token grid as pytorch-grad-cam's ViT usage builds it: the target layer's output without the
+    class token, reshaped to (N, D, h, w). The shared pass runs the trunk (every block but the last) once and the
+    last block from the target layer's output, so the gradient with respect to it is one backward through the last
+    block only (what a hook on `blocks[-1].norm1` sees: the residual does not pass through the norm). `extra` keeps
+    the tokens for the methods that change the target layer's output across all tokens (AblationCAM)."""
+
+    arch = "vit"
+
+    def __init__(self, model: nn.Module, wall=None, **_):
+        if getattr(model, "arch", None) != "vit":
+            raise StackbenchError("the model must be a stackbench walled ViT (stackbench.models.vit.WalledViT)")
+        self.model = model.eval()
+        self._wall = wall if wall is not None else model.wall
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.mean = torch.tensor(self.MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        self._axis, self._full = -2, slice(0, self._wall.input_size[0])
+        self._live = self._full  # every patch is computed: the dead tokens are still there (the pixel wall) or cheap
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens entering the last block, its norm1 output), no graph."""
+        with torch.no_grad():
+            t = self.model.trunk(x.to(self.device, self.dtype))
+            return t, self.model.blocks[-1].norm1(t)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.reshape_transform(self._tokens(x)[1])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.device, self.dtype))
+
+    def head(self, A: torch.Tensor) -> torch.Tensor:
+        raise StackbenchError("a ViT's logits are not a function of the token grid alone (the class token and the "
+                              "residual): use the backbone's shared pass or ablated_logits")
+
+    def shared(self, x: torch.Tensor, pick, need_grads: bool):
+        t, a = self._tokens(x)
+        extra = {"tokens": t, "norm1": a}
+        if not need_grads:
+            with torch.no_grad():
+                logits = self.model.top(t, a)
+            return logits, pick(logits), self.model.reshape_transform(a), None, extra
+        with torch.enable_grad():
+            leaf = a.detach().requires_grad_(True)
+            logits = self.model.top(t, leaf)
+            targets = pick(logits)
+            (g,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
+        grid = self.model.reshape_transform
+        return logits.detach(), targets, grid(a), grid(g), extra
+
+    def ablation_floor(self, batch: Batch, n: int) -> torch.Tensor:
+        # pytorch-grad-cam's AblationLayerVit takes the minimum over every token, the class token's included.
+        return batch.extra["norm1"][n].min()
+
+    def ablated_logits(self, batch: Batch, n: int, chans: torch.Tensor, value: float) -> torch.Tensor:
+        # AblationLayerVit sets the channel on every token, the class token's included.
+        a, t = batch.extra["norm1"], batch.extra["tokens"]
+        ablated = a[n].expand(len(chans), *a.shape[1:]).clone()
+        ablated[torch.arange(len(chans)), :, chans] = value
+        return self.model.top(t[n].expand(len(chans), *t.shape[1:]), ablated)
+
+    def attention(self, x: torch.Tensor, targets: torch.Tensor | None = None):
+        """Every block's attention probabilities (B, heads, T, T), first block first, and with `targets` their
+        gradients of the target logits (None otherwise): what attention rollout and relevancy read."""
+        keep: list[torch.Tensor] = []
+        with torch.set_grad_enabled(targets is not None):
+            logits = self.model.top(self.model.trunk(x.to(self.device, self.dtype), keep=keep), keep=keep)
+            if targets is None:
+                return [a.detach() for a in keep], None
+            grads = torch.autograd.grad(logits.gather(1, targets.to(logits.device)[:, None]).sum(), keep)
+        return [a.detach() for a in keep], list(grads)
+
+
+def backbone_for(model: nn.Module, wall=None, **kw) -> Backbone:
+    """The backbone of a stackbench walled model: `TokenBackbone` for a ViT, `Backbone` for the VGGs."""
+    cls = TokenBackbone if getattr(model, "arch", None) == "vit" else Backbone
+    return cls(model, wall=wall, **kw)

@@ -15,10 +15,19 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..errors import StackbenchError
-from .backbone import Backbone, Batch
+from .backbone import Backbone, Batch, backbone_for
 from .passes import explain_images
 
 NEEDS = ("activations", "gradients", "forwards", "input_gradients")
+ARCHITECTURES = ("vgg", "vit")
+
+
+def check_architecture(method, model) -> None:
+    """One line when `method` (an instance or class) cannot run on `model`'s architecture."""
+    arch = getattr(model, "arch", "vgg")
+    if arch not in method.architectures:
+        raise StackbenchError(f"method {method.name} does not run on {arch} models ({getattr(model, 'name', arch)}); "
+                              f"it runs on {', '.join(method.architectures)} models (see `stackbench methods`)")
 
 
 class SaliencyMethod:
@@ -33,6 +42,7 @@ class SaliencyMethod:
     family: ClassVar[str] = "other"
     code: ClassVar[dict | None] = None            # a plugin file's {file, sha256}: the exact code that ran
     package: ClassVar[dict | None] = None         # an installed plugin's distribution {name, version}
+    architectures: ClassVar[tuple] = ARCHITECTURES  # the walled model kinds it runs on (a model's `arch`)
 
     def __init__(self, model=None, **config):
         unknown = set(config) - set(self.defaults)
@@ -64,7 +74,8 @@ class SaliencyMethod:
             raise StackbenchError(f"method {self.name}: no model to explain; give one: `with {type(self).__name__}"
                                   "(model) as cam:` or `.bind(model)`")
         if self._backbone is None:  # the outermost `with` sets up; a nested one (a helper's) shares it
-            self._backbone = Backbone(self._use["model"])
+            check_architecture(self, self._use["model"])
+            self._backbone = backbone_for(self._use["model"])
             self.setup(self._backbone, self._use["seed"])
         self._depth = getattr(self, "_depth", 0) + 1
         return self

@@ -14,9 +14,17 @@ ACTS = frozenset({"activations"})
 ACTS_GRADS = frozenset({"activations", "gradients"})
 
 
+def channel_sum(t: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) -> (N, h, w) summed over channels in numpy, as pytorch-grad-cam sums them: numpy adds the
+    channels one by one when they are the outer axis (a VGG's maps) and pairwise when they are the inner one (a
+    ViT's token grid, a permuted view). torch's order differs by a few ulps, and a map of small range (ScoreCAM's
+    near-uniform softmax weights on a ViT) turns that into 1e-5 after min-max scaling."""
+    return torch.from_numpy(t.detach().cpu().numpy().sum(axis=1)).to(t.device)
+
+
 def weighted_sum(w: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """sum_k w[n, k] A[n, k]: the map of every CAM here, from its (N, K) channel weights."""
-    return (w[:, :, None, None] * A).sum(dim=1)
+    return channel_sum(w[:, :, None, None] * A)
 
 
 class TargetLayerCAM(SaliencyMethod):
@@ -67,7 +75,9 @@ class XGradCAM(TargetLayerCAM):
     reference = "pytorch_grad_cam.XGradCAM"
 
     def weights(self, A, G):
-        s = A.sum(dim=(2, 3), keepdim=True)
+        # The sum over positions as the library takes it (numpy, float32): on signed activations (a ViT's LayerNorm
+        # output) it can nearly cancel, and another summation order alone moves the map by 1e-5.
+        s = torch.from_numpy(A.detach().cpu().numpy().sum(axis=(2, 3), keepdims=True)).to(A.device)
         return (G * A / (s + 1e-7)).sum(dim=(2, 3))
 
 
@@ -79,7 +89,7 @@ class HiResCAM(TargetLayerCAM):
     reference = "pytorch_grad_cam.HiResCAM"
 
     def cam(self, A, G, batch):
-        return (G * A).sum(dim=1)
+        return channel_sum(G * A)
 
 
 @register_method("GradCAMElementWise")
@@ -89,7 +99,7 @@ class GradCAMElementWise(TargetLayerCAM):
     reference = "pytorch_grad_cam.GradCAMElementWise"
 
     def cam(self, A, G, batch):
-        return (G * A).clamp(min=0).sum(dim=1)
+        return channel_sum((G * A).clamp(min=0))
 
 
 @register_method("LayerCAM")
@@ -99,7 +109,7 @@ class LayerCAM(TargetLayerCAM):
     reference = "pytorch_grad_cam.LayerCAM"
 
     def cam(self, A, G, batch):
-        return (G.clamp(min=0) * A).sum(dim=1)
+        return channel_sum(G.clamp(min=0) * A)
 
 
 def _projection(t: torch.Tensor) -> np.ndarray:

@@ -29,22 +29,12 @@ def choose_targets(logits: torch.Tensor, rule: str, labels) -> torch.Tensor:
 
 
 def shared_pass(backbone: Backbone, x: torch.Tensor, rule: str, labels, need_grads: bool, targets=None):
-    """One forward to the target layer (and, if needed, one backward through the head only). `targets` fixes the
-    explained classes (another view explains the same class as the model as it is); else `rule` picks them.
-    Returns (logits, targets, activations, gradients or None)."""
-    A = backbone.activations(x)
+    """The backbone's shared pass (one forward to the target layer and, if needed, one backward through what
+    follows it). `targets` fixes the explained classes (another view explains the same class as the model as it
+    is); else `rule` picks them. Returns (logits, targets, activations, gradients or None, extra)."""
     pick = (lambda logits: targets.to(logits.device)) if targets is not None else (
         lambda logits: choose_targets(logits, rule, labels))
-    if not need_grads:
-        with torch.no_grad():
-            logits = backbone.head(A)
-        return logits, pick(logits), A, None
-    with torch.enable_grad():
-        leaf = A.detach().requires_grad_(True)
-        logits = backbone.head(leaf)
-        t = pick(logits)
-        (G,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaf)
-    return logits.detach(), t, A, G
+    return backbone.shared(x, pick, need_grads)
 
 
 def make_batch(backbone: Backbone, x01: torch.Tensor, rule: str, labels, index, ids, seed: int, need_grads: bool,
@@ -53,10 +43,10 @@ def make_batch(backbone: Backbone, x01: torch.Tensor, rule: str, labels, index, 
     x01 = x01.to(backbone.device)
     x = backbone.normalize(x01)
     t0 = time.perf_counter()
-    logits, t, A, G = shared_pass(backbone, x, rule, labels, need_grads, targets)
+    logits, t, A, G, extra = shared_pass(backbone, x, rule, labels, need_grads, targets)
     clock["forward" if G is None else "backward"] += time.perf_counter() - t0
     return Batch(x=x, x01=x01, targets=t, logits=logits, index=list(index), ids=list(ids), backbone=backbone,
-                 activations=A, gradients=G, seed=seed)
+                 activations=A, gradients=G, seed=seed, extra=extra)
 
 
 def check_maps(out, n: int, shapes=()) -> np.ndarray:

@@ -60,7 +60,8 @@ class ScoreCAM(TargetLayerCAM):
 @register_method("AblationCAM")
 class AblationCAM(TargetLayerCAM):
     """Desai & Ramaswamy 2020: channel weight = relative drop of the target score when the channel is set to
-    zero (to min - 1e7 when the activations are not non-negative). Head-only recomputation."""
+    zero (to min - 1e7 when the activations are not non-negative). Only what follows the target layer is
+    recomputed (the VGG's head; a ViT's last block, the channel ablated on every token as AblationLayerVit does)."""
 
     needs = ACTS_FORWARDS
     family = "perturbation"
@@ -68,20 +69,18 @@ class AblationCAM(TargetLayerCAM):
     defaults = {"batch_size": 64}
 
     def explain(self, batch: Batch):
-        A, head = batch.activations, batch.backbone.head
+        A, bb = batch.activations, batch.backbone
         N, C = A.shape[:2]
         t = batch.targets.to(A.device)
         bs = int(self.config["batch_size"])
         with torch.inference_mode():
-            original = head(A).gather(1, t[:, None])[:, 0]
+            original = batch.logits.to(A.device).gather(1, t[:, None])[:, 0].to(A.dtype)
             new = torch.empty(N, C, dtype=A.dtype, device=A.device)
             for n in range(N):
-                low = A[n].min()
+                low = bb.ablation_floor(batch, n)
                 value = 0.0 if bool(low == 0) else float(low) - 1e7
                 for c0 in range(0, C, bs):
                     chans = torch.arange(c0, min(C, c0 + bs), device=A.device)
-                    ablated = A[n].expand(len(chans), *A.shape[1:]).clone()
-                    ablated[torch.arange(len(chans)), chans] = value
-                    new[n, chans] = head(ablated)[:, t[n]]
+                    new[n, chans] = bb.ablated_logits(batch, n, chans, value)[:, t[n]]
             w = (original[:, None] - new) / original[:, None]
             return weighted_sum(w, A)

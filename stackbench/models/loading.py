@@ -5,6 +5,9 @@
     PATH            save_pretrained folder (config.json + model.safetensors)
     hf:REPO[@REV]   the same folder on the Hugging Face Hub, pinned to REV
     paper:PATH      the authors' original state_dict (.pt), loaded with weights_only=True
+    ARCH:PATH       a torchvision, timm or transformers ViT checkpoint (a .safetensors/.bin/.pt/.pth file or a
+                    save_pretrained folder) walled as the ViT zoo architecture ARCH (models.vit_weights)
+    ARCH:hf:REPO[@REV]  the same from the Hugging Face Hub
 """
 from __future__ import annotations
 
@@ -20,21 +23,23 @@ from ..errors import StackbenchError, first_line
 from ..refs import WEIGHT_SUFFIXES, model_ref, pick_device
 from ..wall import Wall
 from .registry import create_model, get_entry, list_models
-from .vgg import WalledVGG, WallLinear
+from .vgg import WallLinear
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+BIN_WEIGHTS = "pytorch_model.bin"  # what older transformers and timm folders hold instead
 
 
-_DEFAULTS = {k: p.default for k, p in inspect.signature(WalledVGG.__init__).parameters.items()
-             if p.default is not inspect.Parameter.empty}
+def _defaults(cls) -> dict:
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 class WallLeakWarning(UserWarning):
     """A checkpoint carried non-zero weights behind the wall (they were zeroed; the wall held anyway)."""
 
 
-def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> WalledVGG:
+def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str | None = None) -> torch.nn.Module:
     """Resolve a model reference (see module doc) to a model in eval mode, with `.ref` set. A walled model object
     is taken as it is (moved to `device`, put in eval mode; `.ref` kept, or `object:ClassName`)."""
     if isinstance(device, str):
@@ -43,11 +48,11 @@ def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str
         return _walled_object(ref).to(device).eval()
     if not isinstance(ref, (str, Path)):
         raise StackbenchError(f"model {type(ref).__name__} object: expected a reference (a zoo name, NAME@random, a "
-                              "folder, hf:REPO, paper:PATH) or a walled nn.Module")
+                              "folder, hf:REPO, paper:PATH, ARCH:PATH) or a walled nn.Module")
     ref = str(ref)
     if not ref.strip():  # Path("") is the current folder: say what is wrong instead of "folder . has no config.json"
         raise StackbenchError(f"--model {ref!r} is empty; give a zoo name ({', '.join(list_models())}), NAME@random, "
-                              "a save_pretrained folder, hf:REPO or paper:PATH")
+                              "a save_pretrained folder, hf:REPO, paper:PATH or ARCH:PATH")
     parsed = model_ref(ref)
     if parsed.scheme == "hf":
         model = load_hub(ref[3:])
@@ -58,6 +63,8 @@ def load_model(ref, seed: int = 0, device: str | torch.device = "cpu", arch: str
         ref = f"{ref}#seed={seed}"
     elif parsed.scheme == "zoo":
         model = load_published(ref)
+    elif parsed.scheme == "arch":
+        model = load_converted(parsed)
     else:
         model = load_folder(_folder(ref))
     model.ref = ref
@@ -70,9 +77,10 @@ def _folder(ref: str) -> str:
         return ref
     if Path(ref).is_file() or Path(ref).suffix in WEIGHT_SUFFIXES:
         raise StackbenchError(f"model {ref} is a weights file, not a reference: give paper:{ref} for the paper's "
-                              "checkpoints, or the save_pretrained folder that holds it")
+                              f"checkpoints, ARCH:{ref} for a ViT's (e.g. vit-b16-masked:{ref}), or the "
+                              "save_pretrained folder that holds it")
     raise StackbenchError(f"model folder {ref} does not exist; give a save_pretrained folder, a zoo name "
-                          f"({', '.join(list_models())}), NAME@random, hf:REPO or paper:PATH")
+                          f"({', '.join(list_models())}), NAME@random, hf:REPO, paper:PATH or ARCH:PATH")
 
 
 def _walled_object(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,7 +93,7 @@ def _walled_object(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def load_published(name: str) -> WalledVGG:
+def load_published(name: str) -> torch.nn.Module:
     entry = get_entry(name)
     w = entry.weights
     if w is None:
@@ -104,7 +112,7 @@ def load_published(name: str) -> WalledVGG:
     return model
 
 
-def load_folder(path: str | Path, ref: str | None = None) -> WalledVGG:
+def load_folder(path: str | Path, ref: str | None = None) -> torch.nn.Module:
     path = Path(path)
     ref = ref or str(path)
     cfg_file, weights = path / CONFIG, path / WEIGHTS
@@ -118,8 +126,7 @@ def load_folder(path: str | Path, ref: str | None = None) -> WalledVGG:
         raise StackbenchError(f"model folder {ref} has no {WEIGHTS}{hint}")
     try:
         config = json.loads(cfg_file.read_text())
-        check_config(config, ref)
-        model = WalledVGG(**config)
+        model = architecture(config, ref)(**config)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
         raise StackbenchError(f"model folder {ref}: {CONFIG} is not a stackbench model config ({first_line(e, 120)}); "
                               "write it with save_pretrained") from None
@@ -127,13 +134,10 @@ def load_folder(path: str | Path, ref: str | None = None) -> WalledVGG:
     return model
 
 
-# What a zoo name fixes about a network (num_classes, dropout and the head's init may differ per run).
-ARCHITECTURE = ("width_divisor", "last_channels", "hidden", "masked_rows", "batch_norm", "input_size")
-
-
-def check_config(config, ref: str) -> None:
-    """A folder's config.json must name a zoo architecture and agree with it: a config that says one network and
-    builds another (a wrong name, another wall) would put a false name into every record."""
+def architecture(config, ref: str) -> type:
+    """The class a folder's config.json builds. It must name a zoo architecture and agree with it on what the name
+    fixes (`ARCHITECTURE` of the class: num_classes, dropout and the head's init may differ per run): a config that
+    says one network and builds another (a wrong name, another wall) would put a false name into every record."""
     if not isinstance(config, dict):
         raise TypeError("not a JSON object")
     name = config.get("name", "vgg16-masked")
@@ -142,15 +146,18 @@ def check_config(config, ref: str) -> None:
                               f"walled architecture ({', '.join(list_models())}); fix its name or re-save the model "
                               "with save_pretrained")
     with torch.device("meta"):  # the zoo's config without allocating its weights
-        zoo = create_model(name, seed=None)._hub_mixin_config
-    differ = [f"{k} {config[k]!r} (the zoo's {name} has {zoo.get(k)!r})" for k in ARCHITECTURE
-              if k in config and config[k] != zoo.get(k, _DEFAULTS.get(k))]
+        zoo_model = create_model(name, seed=None)
+    zoo = zoo_model._hub_mixin_config
+    cls, defaults = type(zoo_model), _defaults(type(zoo_model))
+    differ = [f"{k} {config[k]!r} (the zoo's {name} has {zoo.get(k, defaults.get(k))!r})" for k in cls.ARCHITECTURE
+              if k in config and config[k] != zoo.get(k, defaults.get(k))]
     if differ:
         raise StackbenchError(f"model folder {ref}: {CONFIG} says {name} but sets {'; '.join(differ)}: that is another "
                               f"network than its name; fix {CONFIG} or re-save the model with save_pretrained")
+    return cls
 
 
-def load_hub(spec: str) -> WalledVGG:
+def load_hub(spec: str) -> torch.nn.Module:
     """hf:REPO[@REV]: download config + safetensors with huggingface_hub, then the local-folder path."""
     from ..hub.fetch import snapshot
 
@@ -162,26 +169,83 @@ def load_hub(spec: str) -> WalledVGG:
     return model
 
 
-def load_paper(path: str, arch: str | None = None) -> WalledVGG:
+def load_paper(path: str, arch: str | None = None) -> torch.nn.Module:
     """The authors' `params_vgg16_masked.pt` / `params_vgg16_baseline.pt` (a plain state_dict)."""
     p = Path(path)
     ref = f"paper:{path}"
     if not p.is_file():
         raise StackbenchError(f"{ref}: no such file; download params_vgg16_masked.pt from the paper's repository")
     arch = arch or ("vgg16" if "baseline" in p.name else "vgg16-masked")
+    model = create_model(arch)
+    _load_state(model, _torch_load(p, ref), ref)
+    return model
+
+
+def _torch_load(p: Path, ref: str):
+    """A torch.save file, unpickled with weights_only=True (a checkpoint cannot run code)."""
     try:
         try:
-            state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
                 raise
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user error
         raise StackbenchError(f"{ref} is not a plain state_dict of tensors (torch.load with weights_only=True refused "
                               f"it: {first_line(e)}); re-save it with torch.save(model.state_dict(), PATH)") from None
-    model = create_model(arch)
+
+
+def load_converted(parsed) -> torch.nn.Module:
+    """ARCH:PATH / ARCH:hf:REPO[@REV]: another library's ViT weights with the wall of ARCH (models.vit_weights)."""
+    from .vit_weights import to_walled, zoo_vit
+
+    ref, arch = parsed.text, parsed.options["arch"]
+    zoo = zoo_vit(arch, ref)  # a wrong name is refused before anything is read or downloaded
+    if not parsed.body:
+        raise StackbenchError(f"{ref} names no weights; write {arch}:PATH or {arch}:hf:REPO[@REV]")
+    commit = None
+    where = parsed.body
+    if parsed.options.get("hub"):
+        where, commit = _fetch_weights(ref, parsed.body, parsed.revision)
+    state, config = _read_checkpoint(Path(where), ref)
+    model, state = to_walled(zoo, state, config, ref)
     _load_state(model, state, ref)
+    if commit:
+        model.revision = commit
     return model
+
+
+def _fetch_weights(ref: str, repo: str, revision: str | None) -> tuple[Path, str]:
+    """config.json and model.safetensors, or pytorch_model.bin where a repo has no safetensors (never both: a
+    ViT-B is 350 MB a copy)."""
+    from ..hub.fetch import snapshot
+
+    folder, commit = snapshot(ref, repo, revision, allow_patterns=[CONFIG, WEIGHTS])
+    if not (folder / WEIGHTS).is_file():
+        folder, commit = snapshot(ref, repo, revision, allow_patterns=[CONFIG, BIN_WEIGHTS])
+    return folder, commit
+
+
+def _read_checkpoint(path: Path, ref: str) -> tuple[dict, dict | None]:
+    """(state dict, config.json or None) of a weights file or a save_pretrained folder."""
+    config = None
+    if path.is_dir():
+        weights = next((path / n for n in (WEIGHTS, BIN_WEIGHTS) if (path / n).is_file()), None)
+        if weights is None:
+            raise StackbenchError(f"{ref}: folder {path} has neither {WEIGHTS} nor {BIN_WEIGHTS} (a sharded "
+                                  "checkpoint is not read); give the weights file itself")
+        if (path / CONFIG).is_file():
+            try:
+                config = json.loads((path / CONFIG).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise StackbenchError(f"{ref}: {path / CONFIG} is not JSON ({first_line(e, 120)})") from None
+    elif path.is_file():
+        weights = path
+    else:
+        raise StackbenchError(f"{ref}: {path} does not exist; give a .safetensors, .bin, .pt or .pth file or a "
+                              "save_pretrained folder")
+    state = _read_safetensors(weights, ref) if weights.suffix == ".safetensors" else _torch_load(weights, ref)
+    return _unwrap(state, ref), config
 
 
 def _read_safetensors(path: Path, ref: str) -> dict:
@@ -214,7 +278,7 @@ def _unwrap(state, ref: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_state(model: WalledVGG, state, ref: str) -> None:
+def _load_state(model: torch.nn.Module, state, ref: str) -> None:
     state = _unwrap(state, ref)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -237,8 +301,8 @@ def _load_state(model: WalledVGG, state, ref: str) -> None:
         raise StackbenchError(f"{ref} has non-finite weights (NaN or inf in {bad}); it cannot be evaluated: re-export "
                               "the model from a healthy checkpoint")
     model.load_state_dict(state, strict=True)
-    first = model.head[-1][0]
-    if isinstance(first, WallLinear):
+    first = next((m for m in model.modules() if isinstance(m, WallLinear)), None)
+    if first is not None:
         leak = first.dead_weight_norm()
         if leak > 0:
             warnings.warn(f"{ref}: weights behind the wall are non-zero (max |w| = {leak:.3g}); the wall is "

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import StackbenchError
 from ..wall import apply
 from .vgg import WallLinear
+from .vit import WalledViT
 
 
 def _first_dense(model: nn.Module) -> nn.Linear:
@@ -37,6 +38,8 @@ def orient(model: nn.Module, g: str) -> nn.Module:
     wall = getattr(model, "wall", None)
     if wall is None:
         raise StackbenchError("orient() needs a stackbench walled model (load it with stackbench.models.load_model)")
+    if isinstance(model, WalledViT):
+        return _orient_vit(model, g)
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and (m.kernel_size[0] != m.kernel_size[1] or m.padding[0] != m.padding[1]
                                          or m.stride[0] != m.stride[1] or m.dilation[0] != m.dilation[1]):
@@ -56,4 +59,20 @@ def orient(model: nn.Module, g: str) -> nn.Module:
         keep = new_wall.feature_mask().bool().expand(channels, h, w).reshape(-1)
         dense.dead = ~keep.to(dense.dead.device)
     out.wall = new_wall
+    return out
+
+
+@torch.no_grad()
+def _orient_vit(model: WalledViT, g: str) -> WalledViT:
+    """A ViT re-oriented by g: the patch kernel transformed by g (patches do not overlap, so the patch grid of g(x)
+    is g of the original grid), the position embeddings permuted over the grid the same way, and the dead-token
+    set moved with the wall. The tokens are then a permutation of the original ones; attention does not see the
+    order, so the class token, and every logit, is the same up to float rounding."""
+    h, w = model.grid
+    pos, proj = model.pos_embed, model.patch_embed.proj.weight
+    grid_pos = apply(pos[0, 1:].T.reshape(-1, h, w), g).reshape(pos.shape[-1], -1).T
+    memo = {id(proj): _own(proj, apply(proj, g)), id(pos): _own(pos, torch.cat([pos[0, :1], grid_pos])[None])}
+    out = copy.deepcopy(model, memo)
+    out.wall = model.wall.oriented(g)
+    out._set_dead()
     return out

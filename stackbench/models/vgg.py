@@ -66,6 +66,10 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
     (the wall lives in the dense layer, so BN leaves it intact).
     """
 
+    arch = "vgg"
+    # What a zoo name fixes about the network (loading checks a config against it).
+    ARCHITECTURE = ("width_divisor", "last_channels", "hidden", "masked_rows", "batch_norm", "input_size")
+
     def __init__(self, *, name: str = "vgg16-masked", width_divisor: int = 1, last_channels: int = 256,
                  hidden: int = 4096, num_classes: int = 1000, masked_rows: int = 9, batch_norm: bool = False,
                  dropout: float = 0.5, input_size: int = 224, head_init: str = "normal",
@@ -130,6 +134,11 @@ class WalledVGG(nn.Sequential, PyTorchModelHubMixin, library_name="stackbench",
     @property
     def walled(self) -> bool:
         return self.wall.dead_height > 0
+
+    @property
+    def wall_kind(self) -> str:
+        """How the wall is built: the first dense layer never reads the dead feature rows."""
+        return "dense" if self.wall.masked_rows else "none"
 
     def _init_weights(self):
         # torchvision's VGG initialisation; head_init="kaiming" keeps PyTorch's own Linear init for the head.

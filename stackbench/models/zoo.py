@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..constants import SHAPES_CLASSES
 from .registry import Weights, register_model
 from .vgg import WalledVGG
+from .vit import WalledViT
 
 PAPER_WEIGHTS = ("the authors' weights are not on the Hub: download params_vgg16_masked.pt / "
                  "params_vgg16_baseline.pt from the paper's repository and load them with --model paper:PATH, or "
@@ -53,3 +54,56 @@ def minivgg_masked(num_classes: int = 10) -> WalledVGG:
 def minivgg(num_classes: int = 10) -> WalledVGG:
     return WalledVGG(name="minivgg", num_classes=num_classes, masked_rows=0, id2label=_shapes_labels(num_classes),
                      **MINI)
+
+
+# ---------------------------------------------------------------------------------------------------- ViTs
+# The wall of a ViT is a set of dead patch rows; the datasets' band (rows 170..223) must lie inside them: the bottom
+# 4 of 14 patch rows at patch 16 (pixels 160..223). Patch 16, not 32 (whose bottom 2 of 7 rows are the same pixels):
+# a map on the token grid is upsampled bilinearly (pytorch-grad-cam's post-processing), which spills half a patch
+# past a token edge: 8 px at patch 16 (rows 160..167, outside the band, so a map with nothing on dead tokens scores
+# mu = 0 exactly), 16 px at patch 32 (rows 160..175: a correct map would score mu > 0). The 14x14 grid is also the
+# VGGs' and ViT-B/16's, so the maps of both tracks have the same resolution.
+MINI_VIT = dict(image_size=224, patch_size=16, dim=96, depth=6, heads=3, mlp_ratio=4.0, masked_rows=4)
+MINI_VIT_HOW = "train one with `stackbench train --preset mini-vit`"
+VIT_B16 = dict(image_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0, masked_rows=4)
+VIT_B16_HOW = ("wall a ViT-B/16 checkpoint you have: --model vit-b16-masked:PATH (torchvision, timm or transformers "
+               "weights; .safetensors, .bin, .pt or .pth) or vit-b16-masked:hf:REPO")
+
+
+def _vit(name: str, geometry: dict, wall: str, num_classes: int, **kw) -> WalledViT:
+    return WalledViT(name=name, num_classes=num_classes, wall=wall, **geometry, **kw)
+
+
+@register_model("minivit-masked", "ViT, patch 16, 96 wide, 6 blocks, 3 heads; the bottom 4 of 14 patch rows (pixels "
+                "160..223) masked as keys in every block: the attention wall (CPU track)", how_to_get=MINI_VIT_HOW)
+def minivit_masked(num_classes: int = 10) -> WalledViT:
+    return _vit("minivit-masked", MINI_VIT, "attention", num_classes, id2label=_shapes_labels(num_classes))
+
+
+@register_model("minivit-pixel", "minivit with the pixel wall: the bottom 4 patch rows' embeddings replaced by a "
+                "constant (the positions are still attended)", how_to_get=MINI_VIT_HOW + " --model minivit-pixel")
+def minivit_pixel(num_classes: int = 10) -> WalledViT:
+    return _vit("minivit-pixel", MINI_VIT, "pixel", num_classes, id2label=_shapes_labels(num_classes))
+
+
+@register_model("minivit", "minivit-masked without the wall", how_to_get=MINI_VIT_HOW + " --model minivit")
+def minivit(num_classes: int = 10) -> WalledViT:
+    return _vit("minivit", MINI_VIT, "none", num_classes, id2label=_shapes_labels(num_classes))
+
+
+@register_model("vit-b16-masked", "ViT-B/16 with the attention wall: the bottom 4 of 14 patch rows (pixels 160..223) "
+                "masked as keys in every block", how_to_get=VIT_B16_HOW)
+def vit_b16_masked(num_classes: int = 1000) -> WalledViT:
+    return _vit("vit-b16-masked", VIT_B16, "attention", num_classes)
+
+
+@register_model("vit-b16-pixel", "ViT-B/16 with the pixel wall: the bottom 4 patch rows' embeddings replaced by a "
+                "constant", how_to_get=VIT_B16_HOW.replace("vit-b16-masked", "vit-b16-pixel"))
+def vit_b16_pixel(num_classes: int = 1000) -> WalledViT:
+    return _vit("vit-b16-pixel", VIT_B16, "pixel", num_classes)
+
+
+@register_model("vit-b16", "ViT-B/16 without a wall (the control)", how_to_get=VIT_B16_HOW.replace("vit-b16-masked",
+                                                                                                    "vit-b16"))
+def vit_b16(num_classes: int = 1000) -> WalledViT:
+    return _vit("vit-b16", VIT_B16, "none", num_classes)

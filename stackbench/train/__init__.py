@@ -23,7 +23,7 @@ Modules: `config` (settings, presets, model, optimiser, schedule), `data` (datas
 """
 from ..cards.model import write_card
 from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD
-from .config import PRESETS, TrainConfig, build_model, lr_factor, make_optimizer, preset
+from .config import PRESETS, TrainConfig, build_model, default_preset, lr_factor, make_optimizer, preset
 from .data import (
                    EpochSampler,
                    SourceDataset,
@@ -40,5 +40,6 @@ from .loop import defer_sigint, evaluate_topk, train
 
 __all__ = ["CHECKPOINT", "IMAGENET_MEAN", "IMAGENET_STD", "LOG", "PRESETS", "RECORD", "RUN_FILES", "STATE",
            "EpochSampler", "SourceDataset", "TrainConfig", "build_model", "collate", "defer_sigint", "evaluate_topk",
-           "export_weights", "lr_factor", "make_optimizer", "open_sources", "preset", "save_weights", "stored_config",
-           "to_input", "train", "train_augment", "train_transform", "val_geometry", "val_transform", "write_card"]
+           "default_preset", "export_weights", "lr_factor", "make_optimizer", "open_sources", "preset", "save_weights",
+           "stored_config", "to_input", "train", "train_augment", "train_transform", "val_geometry", "val_transform",
+           "write_card"]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import StackbenchError
+from ..progress import log
 
 
 @dataclass
@@ -115,7 +116,25 @@ PRESETS: dict[str, TrainConfig] = {
                         batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
                         label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224, mixed_precision="bf16",
                         cache_images=True, seed=3, preset="mini"),
+    # The mini-vit track's model (minivit-masked: patch 16, 96 wide, 6 blocks), about the mini VGG's cost per image:
+    # 16,000 shapes seen 3 times, a short warm-up (one-cycle), AdamW with the usual ViT weight decay. Precision auto
+    # (fp32 on a CPU): on a CPU without AVX-512 BF16, bf16 matrix products ran 16x slower than fp32 (measured on
+    # this project's 2-core AVX2 machine). Training leaves the dead tokens out (`WalledViT._forward_live`).
+    # Provisional: on that machine it was still at chance after its first epoch (val top-1 9.5%), as were patch 32
+    # and learning rates 3e-4..1e-3 after 22,000 images: a plain ViT from scratch needs more images than a CPU sees
+    # in 15 minutes. Give it more --epochs (or a GPU) until a recipe that learns here replaces it.
+    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=3,
+                            batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
+                            warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
+                            mixed_precision="auto", cache_images=True, seed=3, preset="mini-vit"),
 }
+
+
+def default_preset(model: str | None) -> str:
+    """The recipe a model name starts from: mini for the minivgg models (and no model), mini-vit for the minivit
+    models, paper otherwise."""
+    model = model or "minivgg"
+    return "mini" if model.startswith("minivgg") else "mini-vit" if model.startswith("minivit") else "paper"
 
 
 def preset(name: str, **overrides) -> TrainConfig:
@@ -127,22 +146,48 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 
 def build_model(cfg: TrainConfig, num_source_classes: int, class_names=None):
+    """`cfg.model`: a zoo name (randomly initialised with `cfg.seed`), or ARCH:PATH / ARCH:hf:REPO (another
+    library's ViT weights with ARCH's wall, fine-tuned)."""
     from ..models import create_model, get_entry
+    from ..refs import model_ref
 
+    pretrained = model_ref(cfg.model).scheme == "arch"
     name = cfg.model[: -len("@random")] if cfg.model.endswith("@random") else cfg.model
-    get_entry(name)  # unknown names: one clear line
+    if not pretrained:
+        get_entry(name)  # unknown names: one clear line
     n = cfg.num_classes or num_source_classes
     if n != num_source_classes:
         raise StackbenchError(f"--num-classes {n} does not match the source {cfg.source}, which has "
                               f"{num_source_classes} classes; leave --num-classes out to size the head to the source")
     if num_source_classes < 2:
         raise StackbenchError(f"source {cfg.source} has {num_source_classes} class; a classifier needs at least 2")
-    model = create_model(name, seed=cfg.seed, num_classes=n)
+    model = _pretrained(cfg, n) if pretrained else create_model(name, seed=cfg.seed, num_classes=n)
     model.class_names = list(class_names) if class_names is not None else None  # saved as id2label / label2id
     if cfg.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
                 m.p = float(cfg.dropout)
+    return model
+
+
+def _pretrained(cfg: TrainConfig, n: int) -> nn.Module:
+    """The ViT checkpoint `cfg.model` names, walled; its head replaced by a fresh seeded one when the source has
+    another number of classes (everything below the head is what fine-tuning starts from)."""
+    from ..models import load_model
+
+    model = load_model(cfg.model)
+    if model.num_classes != n:
+        old = model.num_classes
+        with torch.random.fork_rng(devices=[]):  # seeded, and the global RNG left as it was
+            torch.manual_seed(cfg.seed)
+            head = nn.Linear(model.head.in_features, n)
+            nn.init.trunc_normal_(head.weight, std=0.02)  # WalledViT's head init (timm's)
+            nn.init.zeros_(head.bias)
+        model.head, model.num_classes = head, n
+        # save_pretrained writes this config: it must build the new head, and the old class names are gone
+        model._hub_mixin_config = {**model._hub_mixin_config, "num_classes": n, "id2label": None, "label2id": None}
+        log.info(f"{cfg.model}: its head has {old} classes and the source {cfg.source} has {n}; training a fresh "
+            f"{n}-class head (seed {cfg.seed}) on the loaded ViT")
     return model
 
 

@@ -104,8 +104,8 @@ def write_run(model, cfg, out, run, src_info, world, device, mixed_precision, st
     model = model.float().to(memory_format=torch.contiguous_format).cpu().eval()
     zone = dead_zone(model, model.input_size, seed=cfg.seed)
     result = check(model, model.input_size, seed=cfg.seed, zone=zone)
-    first = model[-1][0]
-    dead_max = first.dead_weight_norm() if hasattr(first, "dead_weight_norm") else None
+    first = next((m for m in model.modules() if hasattr(m, "dead_weight_norm")), None)  # a VGG's walled layer
+    dead_max = first.dead_weight_norm() if first is not None else None
     wall = {"declared": str(model.wall), "traced_rows": [min(zone.rows), max(zone.rows)] if zone.rows else [],
             "check": str(result), "identical": bool(result.identical), "dead_weight_max": dead_max,
             "verdict": "PASS" if result.holds(model.wall) else "FAIL"}

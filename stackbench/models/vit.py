@@ -1,0 +1,231 @@
+"""Walled Vision Transformers: the wall as a set of dead patch tokens.
+
+The image is cut into p x p patches; the tokens of the bottom `masked_rows` patch rows are dead, and no logit
+depends on their pixels. Two walls, both structural (a non-persistent buffer built from the config, so no
+checkpoint and no copy can drop it):
+
+- `attention`: every block's attention masks the dead tokens as keys, for every query. The class token, which
+  the head reads, never mixes in a dead token, and nothing else reaches it.
+- `pixel`: the dead patches' embeddings are replaced by a constant (zero) before the position embeddings. The
+  dead positions are still attended; only their pixels are gone.
+
+The layout follows timm's `VisionTransformer` (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.i.norm1`,
+`attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`, `norm`, `head`); `stackbench.models.vit_weights` maps
+torchvision's and transformers' key names onto it.
+"""
+from __future__ import annotations
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torch.nn import functional as F
+
+from ..wall import Wall
+from .vgg import class_names_of
+
+WALLS = ("attention", "pixel", "none")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional boolean key mask (True = may attend, SDPA's convention)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not a multiple of heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None, keep: list | None = None) -> torch.Tensor:
+        """keys: (T,) bool, the tokens that may be attended (None: all). keep: a list that receives the
+        attention probabilities (B, heads, T, T), computed explicitly and kept in the graph (attention methods)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None if keys is None else keys.view(1, 1, 1, T)
+        if keep is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            attn = scores.softmax(dim=-1)
+            keep.append(attn)
+            out = attn @ v
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+
+    def first_query(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention output of the first token (the class token) alone, (B, 1, D): its query against every
+        key. Equal to forward(x)[:, :1] up to float rounding, at a fraction of the cost."""
+        B, T, D = x.shape
+        h, hd = self.heads, D // self.heads
+        q = F.linear(x[:, :1], self.qkv.weight[:D], self.qkv.bias[:D]).reshape(B, 1, h, hd).transpose(1, 2)
+        k, v = F.linear(x, self.qkv.weight[D:], self.qkv.bias[D:]).reshape(B, T, 2, h, hd).permute(2, 0, 3, 1,
+                                                                                                  4).unbind(0)
+        mask = None if keys is None else keys.view(1, 1, 1, T)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, 1, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. `forward(x, keys, a)`: `a` replaces norm1(x), the target layer's output (what
+    the token CAMs read and what AblationCAM changes), so the rest of the block is a function of (x, a)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x, keys=None, a=None, keep=None):
+        a = self.norm1(x) if a is None else a
+        x = x + self.attn(a, keys, keep)
+        return x + self.mlp(self.norm2(x))
+
+    def first_token(self, x, keys=None, a=None):
+        """The block's output for the first token (the class token) only, (B, 1, D): all the last block owes the
+        head, which reads nothing else. The other tokens' queries, projections and MLP are skipped."""
+        a = self.norm1(x) if a is None else a
+        x = x[:, :1] + self.attn.first_query(a, keys)
+        return x + self.mlp(self.norm2(x))
+
+
+class WalledViT(nn.Module, PyTorchModelHubMixin, library_name="stackbench",
+                tags=["stackbench", "saliency", "image-classification", "vision-transformer"],
+                repo_url="https://github.com/stackbench/stackbench"):
+    """A ViT classifier (class-token head) with a wall over the bottom `masked_rows` patch rows."""
+
+    arch = "vit"
+    # What a zoo name fixes about the network (loading checks a config against it).
+    ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_ratio", "masked_rows", "wall")
+
+    def __init__(self, *, name: str = "vit-b16-masked", image_size: int = 224, patch_size: int = 16, dim: int = 768,
+                 depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, num_classes: int = 1000,
+                 masked_rows: int = 4, wall: str = "attention", eps: float = 1e-6, id2label: dict | None = None,
+                 label2id: dict | None = None):
+        super().__init__()
+        if wall not in WALLS:
+            raise ValueError(f"unknown wall {wall!r}; use one of {', '.join(WALLS)}")
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        g = image_size // patch_size
+        rows = masked_rows if wall != "none" else 0
+        self.name, self.kind, self.num_classes = name, wall, num_classes
+        self.input_size = (image_size, image_size)
+        self.patch_size = patch_size
+        self.grid = (g, g)  # not read from `wall`: a hidden-wall copy carries no wall attribute
+        self.wall = Wall(grid=(g, g), masked_rows=rows, input_size=self.input_size, dead_from=(g - rows) * patch_size)
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + g * g, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.head = nn.Linear(dim, num_classes)
+        self._set_dead()
+        self.class_names = class_names_of(id2label, num_classes)
+        self._init_weights()
+
+    def _set_dead(self) -> None:
+        """The dead-token buffer, from the wall (in its orientation). Not persistent: never from a checkpoint."""
+        dead = (self.wall.feature_mask() == 0).reshape(-1) if self.wall.masked_rows else \
+            torch.zeros(self.wall.grid[0] * self.wall.grid[1], dtype=torch.bool)
+        device = self.pos_embed.device
+        self.register_buffer("dead_tokens", dead.to(device), persistent=False)
+        # Keys that may be attended: the class token and the live patches (attention wall only).
+        keys = torch.cat([torch.ones(1, dtype=torch.bool), ~dead]).to(device)
+        self.register_buffer("keys", keys if self.kind == "attention" and self.wall.masked_rows else None,
+                             persistent=False)
+
+    def _init_weights(self) -> None:
+        # timm's ViT initialisation: the class token and the head are NOT zero (torchvision zeroes both, which makes
+        # every logit constant at initialisation and every invariance test pass trivially).
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-2)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def walled(self) -> bool:
+        return self.wall.dead_height > 0
+
+    @property
+    def wall_kind(self) -> str:
+        """attention, pixel or none (`WALLS`)."""
+        return self.kind
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The last block's first LayerNorm: pytorch-grad-cam's ViT target (`blocks[-1].norm1`)."""
+        return self.blocks[-1].norm1
+
+    def reshape_transform(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + h*w, D) tokens -> (B, D, h, w) grid, the class token dropped (pytorch-grad-cam's ViT usage)."""
+        h, w = self.grid
+        return tokens[:, 1:].reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> tokens (class token first, position embeddings added); the pixel wall acts here."""
+        t = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        if self.kind == "pixel" and self.wall.masked_rows:
+            t = t.masked_fill(self.dead_tokens[:, None], 0.0)  # masked_fill: exact even for inf/NaN pixels
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
+        return t + self.pos_embed.to(t.dtype)
+
+    def trunk(self, x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
+        """Images -> the tokens entering the last block."""
+        t = self.embed(x)
+        for blk in self.blocks[:-1]:
+            t = blk(t, self.keys, keep=keep)
+        return t
+
+    def top(self, t: torch.Tensor, a: torch.Tensor | None = None, keep: list | None = None) -> torch.Tensor:
+        """The last block (its norm1 output replaced by `a` when given), the final norm and the class-token head.
+        Only the class token's path through the last block is computed, unless the attention is kept (`keep`:
+        the attention methods read the whole matrix)."""
+        last = self.blocks[-1]
+        t = last(t, self.keys, a=a, keep=keep) if keep is not None else last.first_token(t, self.keys, a=a)
+        return self.head(self.norm(t)[:, 0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.keys is not None:
+            return self._forward_live(x)
+        return self.top(self.trunk(x))
+
+    def _forward_live(self, x: torch.Tensor) -> torch.Tensor:
+        """Training under the attention wall: the dead tokens are left out. No query ever attends them and the head
+        reads only the class token, so the loss and every gradient are those of the masked model (up to float
+        rounding), at 10/14 of the tokens. Evaluation always runs the masked model, dead tokens included."""
+        t = self.embed(x)[:, self.keys]
+        for blk in self.blocks[:-1]:
+            t = blk(t)
+        return self.head(self.norm(self.blocks[-1].first_token(t))[:, 0])
+
+    def save_pretrained(self, *args, **kwargs):
+        """huggingface_hub's save_pretrained, refused for a re-oriented copy (see WalledVGG.save_pretrained)."""
+        if self.wall.orientation != "identity":
+            from ..errors import StackbenchError
+
+            raise StackbenchError("this model was re-oriented (stackbench.models.variants.orient) and cannot be saved: "
+                                  "its config would load without the orientation; save the original model instead")
+        return super().save_pretrained(*args, **kwargs)
+
+    def count_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

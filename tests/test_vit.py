@@ -1,0 +1,234 @@
+"""Walled ViTs: the walls proven bitwise (with unwalled controls), hidden walls, the token-CAM family against
+pytorch-grad-cam's ViT usage, and attention rollout / relevancy against hand-computed cases."""
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import pytorch_grad_cam as L
+import torch
+from pytorch_grad_cam.ablation_layer import AblationLayerVit
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from stackbench import metrics as M
+from stackbench.errors import StackbenchError
+from stackbench.methods import Batch, TokenBackbone, get_method
+from stackbench.methods.attention import relevancy, rollout
+from stackbench.methods.passes import check_maps, shared_pass
+from stackbench.models import create_model, load_model
+from stackbench.models.variants import orient
+from stackbench.wall import ORIENTATIONS, apply, check, dead_zone, logits_unchanged
+
+BAND = list(range(160, 224))
+
+
+def _nonzero_head(net):
+    # torchvision's trap: a zero class token or head makes every logit constant and every invariance test trivial.
+    assert net.cls_token.abs().max() > 0 and net.head.weight.abs().max() > 0
+    return net
+
+
+@pytest.mark.parametrize("name,unwalled", [("minivit-masked", "minivit"), ("minivit-pixel", "minivit"),
+                                           ("vit-b16-masked", "vit-b16"), ("vit-b16-pixel", "vit-b16")])
+def test_the_dead_band_changes_no_logit_and_the_unwalled_model_does(name, unwalled):
+    net = _nonzero_head(load_model(f"{name}@random"))
+    zone = dead_zone(net, net.input_size, traces=2 if "b16" in name else 4)
+    assert zone.rows == BAND and zone.matches(net.wall)          # the traced zone is the stated one
+    assert net.wall.dead_from == 160 and net.wall.dead_from <= 170  # it holds the datasets' band
+    result = check(net, net.input_size, zone=zone)
+    assert result.identical and result.holds(net.wall)
+    control = _nonzero_head(load_model(f"{unwalled}@random"))
+    changed = logits_unchanged(control, BAND)
+    assert not changed.identical and changed.max_abs_diff > 1e-3
+
+
+def test_the_pixel_wall_holds_for_non_finite_pixels_and_the_attention_wall_does_not():
+    x = torch.rand(1, 3, 224, 224)
+    y = x.clone()
+    y[:, :, 200, 5] = float("inf")
+    with torch.no_grad():
+        pixel = load_model("minivit-pixel@random")
+        assert torch.equal(pixel(x), pixel(y))
+        attention = load_model("minivit-masked@random")
+        assert not torch.isfinite(attention(y)).all()  # 0 x inf in the masked attention: the trap noted in the issue
+
+
+def test_the_wall_is_a_buffer_of_the_config_never_of_the_checkpoint(tmp_path):
+    net = load_model("minivit-masked@random")
+    assert "keys" not in net.state_dict() and "dead_tokens" not in net.state_dict()
+    net.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path))
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(net(x), again(x))
+    assert torch.equal(again.keys, torch.cat([torch.ones(1, dtype=torch.bool), ~again.dead_tokens]))
+    assert int(again.dead_tokens.sum()) == 4 * 14 and again.dead_tokens.view(14, 14)[10:].all()
+
+
+@pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel"])
+def test_hidden_walls_reorient_a_vit_exactly(name):
+    net = load_model(f"{name}@random")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = net(x)
+        for g in ORIENTATIONS:
+            turned = orient(net, g)
+            assert (turned(apply(x, g)) - ref).abs().max() <= 1e-5, g
+    rot = orient(net, "rot90")
+    assert rot.wall.side != "bottom" and check(rot, rot.input_size).holds(rot.wall)
+    with pytest.raises(StackbenchError, match="re-oriented"):
+        rot.save_pretrained("never")
+
+
+@pytest.fixture(scope="module")
+def vit_batch():
+    net = load_model("minivit-masked@random")
+    bb = TokenBackbone(net)
+    x01 = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    x = bb.normalize(x01)
+    logits, t, A, G, extra = shared_pass(bb, x, "predicted", None, True)
+    batch = Batch(x=x, x01=x01, targets=t, logits=logits, index=[0, 1, 2], ids=["a", "b", "c"], backbone=bb,
+                  activations=A, gradients=G, extra=extra)
+    return net, bb, batch
+
+
+def _ours(name, bb, batch):
+    m = get_method(name)
+    m.setup(bb)
+    try:
+        return check_maps(m.explain(batch), len(batch.ids))
+    finally:
+        m.teardown()
+
+
+def _library(cls, net, batch, **kw):
+    cam = cls(model=net, target_layers=[net.target_layer], reshape_transform=net.reshape_transform, **kw)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return cam(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(i)) for i in batch.targets])
+    finally:
+        ag = cam.activations_and_grads
+        for h in ag.handles:
+            h.remove()
+        ag.handles, ag.activations, ag.gradients = [], [], []
+        for p in net.parameters():
+            p.grad = None
+
+
+TOKEN_CAMS = {"GradCAM": L.GradCAM, "GradCAM++": L.GradCAMPlusPlus, "XGradCAM": L.XGradCAM, "HiResCAM": L.HiResCAM,
+              "LayerCAM": L.LayerCAM, "EigenCAM": L.EigenCAM, "ScoreCAM": L.ScoreCAM, "AblationCAM": L.AblationCAM}
+
+
+@pytest.mark.parametrize("name", list(TOKEN_CAMS))
+def test_token_cams_match_pytorch_grad_cam_vit_usage(vit_batch, name):
+    net, bb, batch = vit_batch
+    ours = M.postprocess(_ours(name, bb, batch), "gradcam-lib")
+    kw = {"ablation_layer": AblationLayerVit()} if name == "AblationCAM" else {}
+    ref = _library(TOKEN_CAMS[name], net, batch, **kw)
+    assert ours.shape == ref.shape == (3, 224, 224)
+    assert np.abs(ours - ref).max() <= 1e-5
+
+
+def test_the_token_grid_is_the_target_layer_without_the_class_token(vit_batch):
+    net, bb, batch = vit_batch
+    seen = []
+    h = net.target_layer.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    try:
+        with torch.no_grad():
+            net(batch.x)
+    finally:
+        h.remove()
+    assert batch.activations.shape == (3, 96, 14, 14)
+    assert torch.equal(batch.activations, seen[0][:, 1:].reshape(3, 14, 14, 96).permute(0, 3, 1, 2))
+
+
+def test_attention_methods_put_nothing_on_dead_tokens_under_the_attention_wall(vit_batch):
+    _, bb, batch = vit_batch
+    for name in ("RawAttention", "AttentionRollout", "AttentionRelevancy"):
+        maps = _ours(name, bb, batch)
+        assert maps.shape == (3, 14, 14) and np.all(maps[:, 10:] == 0) and np.all(maps[:, :10].max(axis=(1, 2)) > 0)
+        assert np.all(M.mu(M.postprocess(maps)) == 0)  # the 8 px spill ends at row 167, above the band
+    pixel = TokenBackbone(load_model("minivit-pixel@random"))
+    x = batch.x
+    attn, _ = pixel.attention(x)
+    assert float(attn[-1][:, :, 0, 1:].reshape(3, -1, 14, 14)[:, :, 10:].sum()) > 0  # the pixel wall is still attended
+
+
+def test_rollout_by_hand():
+    # One head, two tokens. Block 1: A = [[.5,.5],[0,1]] -> (A+I)/2 = [[.75,.25],[0,1]] (rows sum to 1).
+    # Block 2: A = [[1,0],[.5,.5]] -> [[1,0],[.25,.75]]. Rollout = block2 @ block1 = [[.75,.25],[.1875,.8125]].
+    a1 = torch.tensor([[[[0.5, 0.5], [0.0, 1.0]]]])
+    a2 = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])
+    r = rollout([a1, a2])
+    assert torch.allclose(r[0], torch.tensor([[0.75, 0.25], [0.1875, 0.8125]]))
+    # Heads are averaged before the residual: two heads [[1,0],[0,1]] and [[0,1],[1,0]] fuse to all 0.5.
+    two = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]])
+    assert torch.allclose(rollout([two])[0], torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+
+
+def test_relevancy_by_hand():
+    # R0 = I. Block 1: cam = mean_h((g*a)^+); with g*a = [[.2,-.1],[.3,.4]] -> [[.2,0],[.3,.4]]; R1 = I + cam.
+    # Block 2: g*a = [[0,.5],[0,0]] -> R2 = R1 + [[0,.5],[0,0]] @ R1 = R1 + [[.15,.7],[0,0]].
+    a1, g1 = torch.tensor([[[[0.4, 0.1], [0.5, 0.8]]]]), torch.tensor([[[[0.5, -1.0], [0.6, 0.5]]]])
+    a2, g2 = torch.tensor([[[[0.5, 0.5], [0.1, 0.9]]]]), torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])
+    R = relevancy([a1, a2], [g1, g2])
+    R1 = torch.tensor([[1.2, 0.0], [0.3, 1.4]])
+    assert torch.allclose(R[0], R1 + torch.tensor([[0.15, 0.7], [0.0, 0.0]]))
+
+
+def test_a_method_that_cannot_run_on_a_vit_says_so_in_one_line():
+    with pytest.raises(StackbenchError, match="FullGrad does not run on vit models") as e:
+        with get_method("FullGrad", model=create_model("minivit-masked")) as cam:
+            cam(torch.rand(1, 3, 224, 224))
+    assert "\n" not in str(e.value)
+    with pytest.raises(StackbenchError, match="RawAttention does not run on vgg models"):
+        get_method("RawAttention", model="minivgg-masked@random")(torch.rand(1, 3, 224, 224))
+    with pytest.raises(StackbenchError, match="head_fusion 'min' must be mean or max"):
+        get_method("AttentionRollout", head_fusion="min")
+    from stackbench.commands.evaluate import method_rows
+
+    runs_on = {r["name"]: r["architectures"] for r in method_rows()}
+    assert runs_on["FullGrad"] == ["vgg"] and runs_on["AttentionRollout"] == ["vit"]
+    assert runs_on["GradCAM"] == ["vgg", "vit"]
+
+
+def test_training_leaves_the_dead_tokens_out_and_computes_the_same_function():
+    net = load_model("minivit-masked@random")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        masked = net(x)
+        net.train()
+        live = net(x)
+        net.eval()
+    assert torch.allclose(masked, live, rtol=1e-5, atol=1e-6) and not torch.equal(net(x), net(x * 0.5))
+
+
+@pytest.mark.parametrize("name", ["HiResCAM", "LayerCAM"])
+def test_token_cams_blind_to_dead_tokens_score_mu_zero_on_the_band(vit_batch, name):
+    _, bb, batch = vit_batch
+    maps = _ours(name, bb, batch)
+    assert np.all(maps[:, 10:] == 0) and np.all(M.mu(M.postprocess(maps)) == 0)
+    assert np.all(M.mu(M.postprocess(_ours("GradCAM", bb, batch))) > 0)
+
+
+def test_evaluate_scores_a_vit_on_the_datasets_band_and_records_both(tmp_path):
+    from test_evaluate import make_folder
+
+    from stackbench.axes import Axes
+    from stackbench.evaluate import evaluate
+
+    folder = make_folder(tmp_path / "mix", n=3)
+    runs = {r.name: r for r in evaluate(["HiResCAM", "GradCAM", "AttentionRollout"], folder, "minivit-masked@random",
+                                        out=tmp_path / "out", progress=False, axes=Axes(sample=1))}
+    assert all(r.status == "done" for r in runs.values())
+    rec = runs["HiResCAM"].record
+    assert rec["band"] == {"axis": "rows", "first": 170, "last": 223}
+    assert rec["model"]["wall"]["dead_from"] == 160 and rec["model"]["arch"] == "vit"
+    assert rec["model"]["wall_kind"] == "attention"
+    assert rec["metrics"]["mu"]["mean"] == 0.0 and runs["AttentionRollout"].record["metrics"]["mu"]["mean"] == 0.0
+    assert runs["GradCAM"].record["metrics"]["mu"]["mean"] > 0
+    with pytest.raises(StackbenchError, match="dead zone holds the dataset's band"):
+        evaluate(["GradCAM"], make_folder(tmp_path / "high", n=1, wall_row=150), "minivit-masked@random",
+                 out=tmp_path / "x", progress=False)
+    with pytest.raises(StackbenchError, match="does not run on vit models"):
+        evaluate(["FullGrad"], folder, "minivit-masked@random", out=tmp_path / "y", progress=False)
