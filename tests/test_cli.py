@@ -230,7 +230,9 @@ def test_methods_json():
 def test_models_json():
     r = CliRunner().invoke(main, ["models", "--json"])
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert r.exit_code == 0 and set(rows) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked"}
+    assert r.exit_code == 0 and set(rows) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked", "minivit",
+                                              "minivit-masked", "minivit-pixel", "vit-b16", "vit-b16-masked",
+                                              "vit-b16-pixel"}
     assert rows["vgg16-masked"]["params"] == 239_938_088 and rows["vgg16-masked"]["input"] == [3, 224, 224]
     assert rows["vgg16"]["wall"] == "no wall" and rows["vgg16"]["weights"] is None
     assert rows["minivgg-masked"]["weights"] == "shipped"

@@ -232,3 +232,7 @@ def test_evaluate_scores_a_vit_on_the_datasets_band_and_records_both(tmp_path):
                  out=tmp_path / "x", progress=False)
     with pytest.raises(StackbenchError, match="does not run on vit models"):
         evaluate(["FullGrad"], folder, "minivit-masked@random", out=tmp_path / "y", progress=False)
+    # the pixel wall through every axis (its hidden-wall copies carry no `wall` attribute)
+    (pixel,) = evaluate(["HiResCAM"], folder, "minivit-pixel@random", out=tmp_path / "p", progress=False,
+                        axes=Axes(sample=1))
+    assert pixel.status == "done" and pixel.record["model"]["wall_kind"] == "pixel", pixel.error

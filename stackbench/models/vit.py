@@ -144,6 +144,8 @@ class WalledViT(nn.Module, PyTorchModelHubMixin, library_name="stackbench",
             torch.zeros(self.wall.grid[0] * self.wall.grid[1], dtype=torch.bool)
         device = self.pos_embed.device
         self.register_buffer("dead_tokens", dead.to(device), persistent=False)
+        # Read at every forward, so not from `wall`: a hidden-wall copy carries no wall attribute.
+        self.pixel_wall = bool(self.wall.masked_rows)
         # Keys that may be attended: the class token and the live patches (attention wall only).
         keys = torch.cat([torch.ones(1, dtype=torch.bool), ~dead]).to(device)
         self.register_buffer("keys", keys if self.kind == "attention" and self.wall.masked_rows else None,
@@ -184,7 +186,7 @@ class WalledViT(nn.Module, PyTorchModelHubMixin, library_name="stackbench",
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> tokens (class token first, position embeddings added); the pixel wall acts here."""
         t = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        if self.kind == "pixel" and self.wall.masked_rows:
+        if self.kind == "pixel" and self.pixel_wall:
             t = t.masked_fill(self.dead_tokens[:, None], 0.0)  # masked_fill: exact even for inf/NaN pixels
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
         return t + self.pos_embed.to(t.dtype)

@@ -54,9 +54,22 @@ def _accelerator(cfg: TrainConfig):
         mp = "fp16" if cuda else "no"
     if mp not in ("no", "fp16", "bf16"):
         raise StackbenchError(f"unknown mixed precision {mp!r}; use auto, no, fp16 or bf16")
+    _fresh_state_for(mp)
     # rng_types=[]: our sampler carries its own seeded generator, nothing to synchronise.
     return Accelerator(cpu=not cuda, mixed_precision=mp, rng_types=[],
                        dataloader_config=DataLoaderConfiguration(even_batches=True))
+
+
+def _fresh_state_for(mp: str) -> None:
+    """A second run in one process (a notebook, a test session) with another precision: accelerate keeps its state
+    per process and refuses the change ("restart your runtime"). A single process may start over; a launched
+    multi-process run keeps its state, which its launcher set."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mp) and PartialState._shared_state.get(
+            "num_processes", 1) == 1:
+        AcceleratorState._reset_state()
 
 
 @torch.no_grad()
