@@ -9,21 +9,26 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from stackbench import metrics as M
 from stackbench.errors import StackbenchError
-from stackbench.methods import PAPER_METHODS, Backbone, Batch, get_method, list_methods
+from stackbench.methods import PAPER_METHODS, Batch, backbone_for, get_method, list_methods
 from stackbench.methods.passes import check_maps, shared_pass
 from stackbench.models import load_model
 
 
-@pytest.fixture(scope="module")
-def setup():
-    net = load_model("minivgg-masked@random")
-    bb = Backbone(net)
+def batch_on(ref: str):
+    """(model, backbone, a batch of 3 seeded random images through the harness's shared pass) for a model ref."""
+    net = load_model(ref)
+    bb = backbone_for(net)
     x01 = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     x = bb.normalize(x01)
-    logits, t, A, G, _ = shared_pass(bb, x, "predicted", None, True)
+    logits, t, A, G, extra = shared_pass(bb, x, "predicted", None, True)
     batch = Batch(x=x, x01=x01, targets=t, logits=logits, index=[0, 1, 2], ids=["a", "b", "c"], backbone=bb,
-                  activations=A, gradients=G)
+                  activations=A, gradients=G, extra=extra)
     return net, bb, batch
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return batch_on("minivgg-masked@random")
 
 
 def run(name, bb, batch, **cfg):
@@ -35,8 +40,10 @@ def run(name, bb, batch, **cfg):
         m.teardown()
 
 
-def library(cls, net, batch, targets="classifier"):
-    cam = cls(model=net, target_layers=[net.target_layer])
+def library(cls, net, batch, targets="classifier", **kw):
+    """The pytorch-grad-cam class's maps, as its README uses it (a ViT: with the reshape_transform to the grid)."""
+    cam = cls(model=net, target_layers=[net.target_layer], reshape_transform=getattr(net, "reshape_transform", None),
+              **kw)
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             t = [ClassifierOutputTarget(int(i)) for i in batch.targets] if targets == "classifier" else targets

@@ -1,20 +1,17 @@
 """Walled ViTs: the walls proven bitwise (with unwalled controls), hidden walls, the token-CAM family against
 pytorch-grad-cam's ViT usage, and attention rollout / relevancy against hand-computed cases."""
-import contextlib
-import io
 
 import numpy as np
 import pytest
 import pytorch_grad_cam as L
 import torch
 from pytorch_grad_cam.ablation_layer import AblationLayerVit
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from test_methods import batch_on, library, run
 
 from stackbench import metrics as M
 from stackbench.errors import StackbenchError
-from stackbench.methods import Batch, TokenBackbone, get_method
+from stackbench.methods import TokenBackbone, get_method
 from stackbench.methods.attention import relevancy, rollout
-from stackbench.methods.passes import check_maps, shared_pass
 from stackbench.models import create_model, load_model
 from stackbench.models.variants import orient
 from stackbench.wall import ORIENTATIONS, apply, check, dead_zone, logits_unchanged
@@ -82,37 +79,11 @@ def test_hidden_walls_reorient_a_vit_exactly(name):
 
 @pytest.fixture(scope="module")
 def vit_batch():
-    net = load_model("minivit-masked@random")
-    bb = TokenBackbone(net)
-    x01 = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    x = bb.normalize(x01)
-    logits, t, A, G, extra = shared_pass(bb, x, "predicted", None, True)
-    batch = Batch(x=x, x01=x01, targets=t, logits=logits, index=[0, 1, 2], ids=["a", "b", "c"], backbone=bb,
-                  activations=A, gradients=G, extra=extra)
-    return net, bb, batch
+    return batch_on("minivit-masked@random")
 
 
 def _ours(name, bb, batch):
-    m = get_method(name)
-    m.setup(bb)
-    try:
-        return check_maps(m.explain(batch), len(batch.ids))
-    finally:
-        m.teardown()
-
-
-def _library(cls, net, batch, **kw):
-    cam = cls(model=net, target_layers=[net.target_layer], reshape_transform=net.reshape_transform, **kw)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            return cam(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(i)) for i in batch.targets])
-    finally:
-        ag = cam.activations_and_grads
-        for h in ag.handles:
-            h.remove()
-        ag.handles, ag.activations, ag.gradients = [], [], []
-        for p in net.parameters():
-            p.grad = None
+    return run(name, bb, batch)[0]
 
 
 TOKEN_CAMS = {"GradCAM": L.GradCAM, "GradCAM++": L.GradCAMPlusPlus, "XGradCAM": L.XGradCAM, "HiResCAM": L.HiResCAM,
@@ -124,7 +95,7 @@ def test_token_cams_match_pytorch_grad_cam_vit_usage(vit_batch, name):
     net, bb, batch = vit_batch
     ours = M.postprocess(_ours(name, bb, batch), "gradcam-lib")
     kw = {"ablation_layer": AblationLayerVit()} if name == "AblationCAM" else {}
-    ref = _library(TOKEN_CAMS[name], net, batch, **kw)
+    ref = library(TOKEN_CAMS[name], net, batch, **kw)
     assert ours.shape == ref.shape == (3, 224, 224)
     assert np.abs(ours - ref).max() <= 1e-5
 
