@@ -482,6 +482,12 @@ def dataset_info(info: dict, holder: str | Path) -> DatasetInfo:
             "revision": info.get("revision"), "kind": (info.get("generation") or {}).get("kind")}
 
 
+def band_first(record: dict) -> int:
+    """The first row of the band a record's mu is scored on: its `band`, else (records before the ViTs, where the
+    band and the dead zone are the same) the model's first dead row."""
+    return (record.get("band") or {}).get("first", record["model"]["wall"]["dead_from"])
+
+
 def model_info(net, fingerprint: str, holder: str | Path) -> ModelInfo:
     """The record's model: a walled model and its weights' fingerprint; a local path relative to `holder`."""
     return {"ref": portable(net.ref, holder), "name": getattr(net, "name", type(net).__name__),

@@ -15,7 +15,7 @@ from .metrics import METRICS, images_phrase, uniform_mu
 from .present import html as H
 from .present.tables import markdown_table
 from .records import axes_sample as records_sample
-from .records import portable, read_record, sampled_mu
+from .records import band_first, portable, read_record, sampled_mu
 from .standings import AXES_SHOWN, standings
 from .wall import Wall
 
@@ -103,7 +103,7 @@ def band_of(found: dict) -> int:
     """The first row of the band mu is scored on: the records' `band` (the dataset's), else the wall's first dead
     row (records before the ViTs, where the two are the same)."""
     rec = next((p["record"] for per in found.values() for p in per.values()), None)
-    return (rec.get("band") or {}).get("first", wall_of(found).dead_from) if rec else wall_of(found).dead_from
+    return band_first(rec) if rec else wall_of(found).dead_from
 
 
 def model_of(found: dict) -> dict:

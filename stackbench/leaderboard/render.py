@@ -10,7 +10,7 @@ from ..metrics import METRICS as METRIC_INFO
 from ..metrics import uniform_mu
 from ..present import html as H
 from ..present.tables import markdown_table, md_link, md_text
-from ..records import SCHEMA
+from ..records import SCHEMA, band_first
 from ..wall import Wall
 from .checks import check_stored_row, read_verified, reproduced
 from .store import RENDERED, resolve_store, stored_rows
@@ -65,7 +65,7 @@ def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) 
     e["mu"][ds] = rec["metrics"]["mu"]
     e["leak"][ds] = rec["metrics"]["leak_rate"]["mean"]
     e["n"][ds] = rec["items"]["n"]
-    e["band_from"] = (rec.get("band") or {}).get("first", rec["model"]["wall"]["dead_from"])  # where mu is scored
+    e["band_from"] = band_first(rec)  # where mu is scored
     e["reproduced"][ds] = reproduced_on
 
 
@@ -230,8 +230,8 @@ def render_axes_chart(path: Path, store: Path | None = None, view: tuple | None 
     def panel(ax, t, entries):
         points = [(e["name"], mean_over(e, HIDDEN.name, t.datasets), mean_over(e, DELETION.name, t.datasets),
                    e.get("section", "ranked")) for e in entries]
-        walls = [(Wall.from_dict(e["wall"]), e["band_from"]) for e in entries if e.get("wall")]
-        uniform = uniform_mu(walls[0][1], walls[0][0].input_size[0]) if walls else None
+        walled = next((e for e in entries if e.get("wall")), None)
+        uniform = uniform_mu(walled["band_from"], Wall.from_dict(walled["wall"]).input_size[0]) if walled else None
         pareto_ax(ax, [p for p in points if p[1] is not None and p[2] is not None], f"track {t.name}: model {t.model}",
                   uniform)
 

@@ -135,19 +135,35 @@ class Backbone:
         return self.head(a)
 
     def shared(self, x: torch.Tensor, pick, need_grads: bool):
-        """The shared pass: one forward to the target layer and, if needed, one backward through the head only.
-        `pick(logits)` gives the explained classes. Returns (logits, targets, A, G or None, extra)."""
-        A = self.activations(x)
+        """The shared pass: one forward to the target layer and, if needed, one backward through what follows it
+        only. `pick(logits)` gives the explained classes. Returns (logits, targets, A, G or None, extra), A and G on
+        the grid the methods read."""
+        ctx, a = self._front(x)
+        extra = self._extra(ctx, a)
         if not need_grads:
             with torch.no_grad():
-                logits = self.head(A)
-            return logits, pick(logits), A, None, {}
+                logits = self._back(ctx, a)
+            return logits, pick(logits), self._grid(a), None, extra
         with torch.enable_grad():
-            leaf = A.detach().requires_grad_(True)
-            logits = self.head(leaf)
+            leaf = a.detach().requires_grad_(True)
+            logits = self._back(ctx, leaf)
             t = pick(logits)
-            (G,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaf)
-        return logits.detach(), t, A, G, {}
+            (g,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaf)
+        return logits.detach(), t, self._grid(a), self._grid(g), extra
+
+    # The shared pass's parts, which a backbone of another architecture replaces: (context, target-layer output)
+    # without a graph; the logits from them; the grid the methods see; what else the methods may read.
+    def _front(self, x: torch.Tensor):
+        return None, self.activations(x)
+
+    def _back(self, ctx, a: torch.Tensor) -> torch.Tensor:
+        return self.head(a)
+
+    def _grid(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    def _extra(self, ctx, a: torch.Tensor) -> dict:
+        return {}
 
     def ablation_floor(self, batch: Batch, n: int) -> torch.Tensor:
         """The smallest target-layer activation of image n (AblationCAM's ablation value is set from it)."""
@@ -211,20 +227,17 @@ class TokenBackbone(Backbone):
         raise StackbenchError("a ViT's logits are not a function of the token grid alone (the class token and the "
                               "residual): use the backbone's shared pass or ablated_logits")
 
-    def shared(self, x: torch.Tensor, pick, need_grads: bool):
-        t, a = self._tokens(x)
-        extra = {"tokens": t, "norm1": a}
-        if not need_grads:
-            with torch.no_grad():
-                logits = self.model.top(t, a)
-            return logits, pick(logits), self.model.reshape_transform(a), None, extra
-        with torch.enable_grad():
-            leaf = a.detach().requires_grad_(True)
-            logits = self.model.top(t, leaf)
-            targets = pick(logits)
-            (g,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
-        grid = self.model.reshape_transform
-        return logits.detach(), targets, grid(a), grid(g), extra
+    def _front(self, x: torch.Tensor):
+        return self._tokens(x)
+
+    def _back(self, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.model.top(t, a)
+
+    def _grid(self, a: torch.Tensor) -> torch.Tensor:
+        return self.model.reshape_transform(a)
+
+    def _extra(self, t: torch.Tensor, a: torch.Tensor) -> dict:
+        return {"tokens": t, "norm1": a}
 
     def ablation_floor(self, batch: Batch, n: int) -> torch.Tensor:
         # pytorch-grad-cam's AblationLayerVit takes the minimum over every token, the class token's included.
