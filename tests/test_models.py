@@ -212,3 +212,29 @@ def test_shipped_mini_model_loads_offline_walled_and_classifies_shapes(monkeypat
     monkeypatch.setattr(loading, "WEIGHTS_DIR", tampered)
     with pytest.raises(StackbenchError, match="do not match their recorded sha256"):
         load_model("minivgg-masked")
+
+
+def test_loading_skips_the_initialisation_in_its_own_thread_only():
+    import threading
+
+    from stackbench.models.init import weights_to_come
+
+    before = dict(vars(nn.init))
+    other = {}
+
+    def build_elsewhere():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            other["w"] = nn.init.constant_(torch.empty(4), 3.0)
+
+    with weights_to_come():
+        mine = nn.init.constant_(torch.full((4,), 7.0), 3.0)
+        with weights_to_come():  # nested: still skipped, and the outer context still restores
+            assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.zeros(2))
+        t = threading.Thread(target=build_elsewhere)
+        t.start()
+        t.join()
+    assert torch.equal(mine, torch.full((4,), 7.0))        # left as it was in the loading thread
+    assert torch.equal(other["w"], torch.full((4,), 3.0))  # initialised in the other thread
+    assert dict(vars(nn.init)) == before                   # torch.nn.init is torch's own again
+    assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.ones(2))

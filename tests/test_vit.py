@@ -174,6 +174,24 @@ def test_training_leaves_the_dead_tokens_out_and_computes_the_same_function():
     assert torch.allclose(masked, live, rtol=1e-5, atol=1e-6) and not torch.equal(net(x), net(x * 0.5))
 
 
+@pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel"])
+def test_the_scoring_forward_is_the_model_and_blind_to_the_band(name):
+    # Opti-CAM and the axes score through backbone.logits: under the attention wall it leaves the dead
+    # tokens out (fewer tokens, the same function up to rounding); under the pixel wall it is the forward itself.
+    net = load_model(f"{name}@random")
+    bb = TokenBackbone(net)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    noisy = x.clone()
+    noisy[:, :, 160:] = torch.rand(2, 3, 64, 224, generator=torch.Generator().manual_seed(5)) * 50
+    with torch.no_grad():
+        full, scored, scored_noisy = net(x), bb.logits(x), bb.logits(noisy)
+    assert torch.equal(scored, scored_noisy)
+    if name == "minivit-pixel":
+        assert torch.equal(scored, full)
+    else:
+        assert torch.allclose(scored, full, rtol=1e-5, atol=1e-6) and not torch.equal(bb.logits(x * 0.5), scored)
+
+
 @pytest.mark.parametrize("name", ["HiResCAM", "LayerCAM"])
 def test_token_cams_blind_to_dead_tokens_score_mu_zero_on_the_band(vit_batch, name):
     _, bb, batch = vit_batch

@@ -134,6 +134,11 @@ class Backbone:
             a = F.pad(a, (0, 0, *pad) if self._axis == -2 else (*pad, 0, 0))
         return self.head(a)
 
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits a method checked against a reference implementation scores with (ScoreCAM): `logits`, whose
+        live crop stays within float rounding of the full forward on the VGGs."""
+        return self.logits(x)
+
     def shared(self, x: torch.Tensor, pick, need_grads: bool):
         """The shared pass: one forward to the target layer and, if needed, one backward through what follows it
         only. `pick(logits)` gives the explained classes. Returns (logits, targets, A, G or None, extra), A and G on
@@ -221,6 +226,12 @@ class TokenBackbone(Backbone):
         return self.model.reshape_transform(self._tokens(x)[1])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        # The scoring forwards (Opti-CAM, the axes) leave the attention wall's dead tokens out.
+        return self.model.live_logits(x.to(self.device, self.dtype))
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        # The masked forward itself: with the dead tokens left out, ScoreCAM's maps at initialisation moved 3e-5
+        # from pytorch-grad-cam's (nearly equal channel scores amplify float rounding), past the 1e-5 parity.
         return self.model(x.to(self.device, self.dtype))
 
     def head(self, A: torch.Tensor) -> torch.Tensor:

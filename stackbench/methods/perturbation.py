@@ -5,7 +5,7 @@ Both give pytorch-grad-cam's numbers (checked in the tests) with less work:
   input; only the head is recomputed per ablated channel (the library re-runs the whole network).
 - ScoreCAM: masked inputs of all channels and images are batched under inference_mode, channels_last;
   every constant (e.g. dead) channel gives the same all-zero masked input, evaluated once; and only the
-  input rows the head can see are computed (`Backbone.logits`).
+  input rows the head can see are computed (`Backbone.reference_logits`).
 """
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ class ScoreCAM(TargetLayerCAM):
             scores = torch.empty(N, C, dtype=torch.float32, device=A.device)
             const = mx == mn
             if bool(const.any()):  # an all-zero mask: the same masked input (zeros) for every such channel
-                zero_logits = bb.logits(torch.zeros_like(xs[:1]))[0]
+                zero_logits = bb.reference_logits(torch.zeros_like(xs[:1]))[0]
                 scores[const] = zero_logits[t[:, None].expand(N, C)[const]].float()
             pairs = torch.nonzero(~const)
             for i in range(0, len(pairs), bs):
                 n, c = pairs[i:i + bs, 0], pairs[i:i + bs, 1]
                 inputs = xs[n] * up[n, c][:, None]
-                out = bb.logits(inputs)
+                out = bb.reference_logits(inputs)
                 scores[n, c] = out.gather(1, t[n][:, None])[:, 0].float()
             w = torch.softmax(scores, dim=-1)
             return weighted_sum(w.to(A.dtype), A)

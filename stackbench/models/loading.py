@@ -22,6 +22,7 @@ import torch
 from ..errors import StackbenchError, first_line
 from ..refs import WEIGHT_SUFFIXES, model_ref, pick_device
 from ..wall import Wall
+from .init import weights_to_come
 from .registry import create_model, get_entry, list_models
 from .vgg import WallLinear
 
@@ -107,7 +108,8 @@ def load_published(name: str) -> torch.nn.Module:
     if w.sha256 and file_sha256(path) != w.sha256:
         raise StackbenchError(f"the shipped weights of {name!r} ({path}) do not match their recorded sha256; "
                               "reinstall stackbench")
-    model = create_model(name)
+    with weights_to_come():
+        model = create_model(name)
     _load_state(model, _read_safetensors(path, name), name)
     return model
 
@@ -126,7 +128,9 @@ def load_folder(path: str | Path, ref: str | None = None) -> torch.nn.Module:
         raise StackbenchError(f"model folder {ref} has no {WEIGHTS}{hint}")
     try:
         config = json.loads(cfg_file.read_text())
-        model = architecture(config, ref)(**config)
+        cls = architecture(config, ref)
+        with weights_to_come():
+            model = cls(**config)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
         raise StackbenchError(f"model folder {ref}: {CONFIG} is not a stackbench model config ({first_line(e, 120)}); "
                               "write it with save_pretrained") from None
@@ -176,7 +180,8 @@ def load_paper(path: str, arch: str | None = None) -> torch.nn.Module:
     if not p.is_file():
         raise StackbenchError(f"{ref}: no such file; download params_vgg16_masked.pt from the paper's repository")
     arch = arch or ("vgg16" if "baseline" in p.name else "vgg16-masked")
-    model = create_model(arch)
+    with weights_to_come():
+        model = create_model(arch)
     _load_state(model, _torch_load(p, ref), ref)
     return model
 
@@ -208,7 +213,8 @@ def load_converted(parsed) -> torch.nn.Module:
     if parsed.options.get("hub"):
         where, commit = _fetch_weights(ref, parsed.body, parsed.revision)
     state, config = _read_checkpoint(Path(where), ref)
-    model, state = to_walled(zoo, state, config, ref)
+    with weights_to_come():
+        model, state = to_walled(zoo, state, config, ref)
     _load_state(model, state, ref)
     if commit:
         model.revision = commit

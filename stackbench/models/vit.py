@@ -207,14 +207,18 @@ class WalledViT(nn.Module, PyTorchModelHubMixin, library_name="stackbench",
         return self.head(self.norm(t)[:, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.keys is not None:
-            return self._forward_live(x)
+        if self.training:
+            return self.live_logits(x)
         return self.top(self.trunk(x))
 
-    def _forward_live(self, x: torch.Tensor) -> torch.Tensor:
-        """Training under the attention wall: the dead tokens are left out. No query ever attends them and the head
-        reads only the class token, so the loss and every gradient are those of the masked model (up to float
-        rounding), at 10/14 of the tokens. Evaluation always runs the masked model, dead tokens included."""
+    def live_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits with the dead tokens left out under the attention wall: no query ever attends them and the
+        head reads only the class token, so these are the masked model's logits (and gradients) up to float
+        rounding, at 10/14 of the tokens. Training and the methods' scoring forwards (ScoreCAM, Opti-CAM, the
+        axes) run this; `forward` in evaluation always runs the masked model, dead tokens included. Without the
+        attention wall it is `forward`."""
+        if self.keys is None:
+            return self.top(self.trunk(x))
         t = self.embed(x)[:, self.keys]
         for blk in self.blocks[:-1]:
             t = blk(t)

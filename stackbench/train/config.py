@@ -119,10 +119,12 @@ PRESETS: dict[str, TrainConfig] = {
     # The mini-vit track's model (minivit-masked: patch 16, 96 wide, 6 blocks), about the mini VGG's cost per image:
     # 16,000 shapes seen 3 times, a short warm-up (one-cycle), AdamW with the usual ViT weight decay. Precision auto
     # (fp32 on a CPU): on a CPU without AVX-512 BF16, bf16 matrix products ran 16x slower than fp32 (measured on
-    # this project's 2-core AVX2 machine). Training leaves the dead tokens out (`WalledViT._forward_live`).
-    # Provisional: on that machine it was still at chance after its first epoch (val top-1 9.5%), as were patch 32
-    # and learning rates 3e-4..1e-3 after 22,000 images: a plain ViT from scratch needs more images than a CPU sees
-    # in 15 minutes. Give it more --epochs (or a GPU) until a recipe that learns here replaces it.
+    # this project's 2-core AVX2 machine). Training leaves the dead tokens out (`WalledViT.live_logits`).
+    # Provisional: on that machine no ViT recipe tried has left chance in a CPU budget (val top-1 9-11% after
+    # 16,000-32,000 images at batch 32 or 64 and lr 1e-4..1e-3; likewise with average pooling instead of the class
+    # token, logit or feature distillation from minivgg-masked, or non-overlapping conv patch embeddings; 3x3
+    # convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step). Give it more --epochs
+    # (or a GPU) until a recipe that learns here replaces it.
     "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=3,
                             batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
                             warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
