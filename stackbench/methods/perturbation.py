@@ -4,8 +4,8 @@ Both give pytorch-grad-cam's numbers (checked in the tests) with less work:
 - AblationCAM: the target layer feeds the head directly, so ablating a channel only changes the head's
   input; only the head is recomputed per ablated channel (the library re-runs the whole network).
 - ScoreCAM: masked inputs of all channels and images are batched under inference_mode, channels_last;
-  every constant (e.g. dead) channel gives the same all-zero masked input, evaluated once; and only the
-  input rows the head can see are computed (`Backbone.reference_logits`).
+  every constant (e.g. dead) channel gives the same all-zero masked input, evaluated once; and on a VGG
+  only the input rows the head can see are computed (`Backbone.reference_logits`; a ViT's is its masked forward).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ _threads: dict[int, int] = {}  # thread id -> nesting depth inside weights_to_co
 _saved: dict = {}
 
 
-def _skipping(name: str, original):
+def _skipping(original):
     def init(tensor, *args, **kwargs):
         if threading.get_ident() in _threads:
             return tensor
@@ -36,7 +36,7 @@ def weights_to_come():
             names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
             _saved.update({n: getattr(nn.init, n) for n in names})
             for n, f in _saved.items():
-                setattr(nn.init, n, _skipping(n, f))
+                setattr(nn.init, n, _skipping(f))
         _threads[me] = _threads.get(me, 0) + 1
     try:
         yield
