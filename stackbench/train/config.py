@@ -123,8 +123,8 @@ PRESETS: dict[str, TrainConfig] = {
     # Provisional: on that machine no ViT recipe tried has left chance in a CPU budget (val top-1 9-11% after
     # 16,000-32,000 images at batch 32 or 64 and lr 1e-4..1e-3; likewise with average pooling instead of the class
     # token, logit or feature distillation from minivgg-masked, or non-overlapping conv patch embeddings; 3x3
-    # convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step). Give it more --epochs
-    # (or a GPU) until a recipe that learns here replaces it.
+    # convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step); it did not even fit 4,000
+    # images seen 10 times. Give it more --epochs (or a GPU) until a recipe that learns here replaces it.
     "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=3,
                             batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
                             warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
