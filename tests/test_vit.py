@@ -176,7 +176,7 @@ def test_training_leaves_the_dead_tokens_out_and_computes_the_same_function():
 
 @pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel"])
 def test_the_scoring_forward_is_the_model_and_blind_to_the_band(name):
-    # Opti-CAM and the axes score through backbone.logits: under the attention wall it leaves the dead
+    # Opti-CAM and deletion score through backbone.logits: under the attention wall it leaves the dead
     # tokens out (fewer tokens, the same function up to rounding); under the pixel wall it is the forward itself.
     net = load_model(f"{name}@random")
     bb = TokenBackbone(net)

@@ -226,7 +226,7 @@ class TokenBackbone(Backbone):
         return self.model.reshape_transform(self._tokens(x)[1])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        # The scoring forwards (Opti-CAM, the axes) leave the attention wall's dead tokens out.
+        # The scoring forwards (Opti-CAM, deletion) leave the attention wall's dead tokens out.
         return self.model.live_logits(x.to(self.device, self.dtype))
 
     def reference_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -214,7 +214,7 @@ class WalledViT(nn.Module, PyTorchModelHubMixin, library_name="stackbench",
     def live_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The logits with the dead tokens left out under the attention wall: no query ever attends them and the
         head reads only the class token, so these are the masked model's logits (and gradients) up to float
-        rounding, at 10/14 of the tokens. Training and the methods' scoring forwards (Opti-CAM, the axes) run
+        rounding, at 10/14 of the tokens. Training and the methods' scoring forwards (Opti-CAM, deletion) run
         this; `forward` in evaluation always runs the masked model, dead tokens included. Without the
         attention wall it is `forward`."""
         if self.keys is None:
