@@ -21,12 +21,12 @@ from .records import portable
 METHODS = report.PAPER_METHODS + report.CONTROLS
 # A ViT's demo: the paper's methods on the token grid, LayerCAM, the methods that read the attention, the controls.
 VIT_METHODS = report.PAPER_METHODS + ("LayerCAM",) + ATTENTION_METHODS + report.CONTROLS
+REFERENCE_RATE = "a fixed reference rate, not measured here"
 
 
 def methods_for(arch: str) -> tuple[str, ...]:
     """The methods a demo runs on a model of this architecture (vgg, vit)."""
     return VIT_METHODS if arch == "vit" else METHODS
-REFERENCE_RATE = "a fixed reference rate, not measured here"
 
 
 @dataclass

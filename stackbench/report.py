@@ -93,22 +93,28 @@ def table(found: dict, datasets, reported: dict | None = None) -> str:
     return markdown_table(*table_data(found, datasets, reported))
 
 
+def _first_record(found: dict) -> dict | None:
+    """Any one record of the report (they share the model, its wall and the band), None when there is none."""
+    return next((p["record"] for per in found.values() for p in per.values()), None)
+
+
 def wall_of(found: dict) -> Wall:
-    """The wall of the measured model (every record of a report has it), the paper's when there is no record."""
-    walls = [p["record"]["model"]["wall"] for per in found.values() for p in per.values()]
-    return Wall.from_dict(walls[0]) if walls else Wall()
+    """The wall of the measured model, the paper's when there is no record."""
+    rec = _first_record(found)
+    return Wall.from_dict(rec["model"]["wall"]) if rec else Wall()
 
 
 def band_of(found: dict) -> int:
     """The first row of the band mu is scored on: the records' `band` (the dataset's), else the wall's first dead
     row (records before the ViTs, where the two are the same)."""
-    rec = next((p["record"] for per in found.values() for p in per.values()), None)
-    return band_first(rec) if rec else wall_of(found).dead_from
+    rec = _first_record(found)
+    return band_first(rec) if rec else Wall().dead_from
 
 
 def model_of(found: dict) -> dict:
-    """The record's model part (every record of a report has the same model), {} when there is no record."""
-    return next((p["record"]["model"] for per in found.values() for p in per.values()), {})
+    """The record's model part, {} when there is no record."""
+    rec = _first_record(found)
+    return rec["model"] if rec else {}
 
 
 def findings(found: dict, datasets) -> list[str]:

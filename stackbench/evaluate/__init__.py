@@ -68,12 +68,12 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
 
 def _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out, seed, progress,
               figure, allow_incomplete, axes) -> list[MethodRun]:
-    ds, info, net = open_inputs(dataset, model, dev, seed, target, allow_incomplete)
+    ds, info, net, band_from = open_inputs(dataset, model, dev, seed, target, allow_incomplete)
     for m in methods:  # a method that cannot run on this architecture is a wrong input, not a failed run
         check_architecture(m, net)
     out = writable_folder(out)  # created only once every input checks
     ds = scored_items(ds, limit)
-    setting = make_setting(ds, info, net, target, postprocess, seed, save_maps, axes)
+    setting = make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes)
     views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
     base = base_record(out, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in methods]

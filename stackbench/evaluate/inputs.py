@@ -64,15 +64,15 @@ def instances(methods, method_config) -> list[SaliencyMethod]:
 
 
 def open_inputs(dataset, model, dev, seed, target, allow_incomplete):
-    """(dataset, its info, the model), checked against each other."""
+    """(dataset, its info, the model, the first row of the band mu is scored on), checked against each other."""
     from ..models import load_model
 
     ds, info = open_dataset(dataset, allow_incomplete=allow_incomplete)
     net = load_model(model, seed=seed, device=dev)
-    check_band(ds, info, net)
+    band_from = check_band(ds, info, net)
     if target == "label":
         refuse_label_target(label_space(ds, net), info["ref"], net.ref)
-    return ds, info, net
+    return ds, info, net, band_from
 
 
 def check_band(ds, info, net) -> int:
@@ -96,11 +96,11 @@ def scored_items(ds, limit):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-def make_setting(ds, info, net, target, postprocess, seed, save_maps, axes) -> Setting:
+def make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes) -> Setting:
     axes = (axes or Axes()).fitted(len(ds))
     return Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed),
                    name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net),
-                   band_from=check_band(ds, info, net))
+                   band_from=band_from)
 
 
 def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> R.BaseRecord:

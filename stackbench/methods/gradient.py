@@ -14,12 +14,17 @@ ACTS = frozenset({"activations"})
 ACTS_GRADS = frozenset({"activations", "gradients"})
 
 
+def library_sum(t: torch.Tensor, axis, keepdims: bool = False) -> torch.Tensor:
+    """`t` summed in numpy, as pytorch-grad-cam sums it: numpy adds the channels one by one when they are the outer
+    axis (a VGG's maps) and pairwise when they are the inner one (a ViT's token grid, a permuted view). torch's
+    order differs by a few ulps, and a map of small range (ScoreCAM's near-uniform softmax weights on a ViT; a
+    nearly cancelling sum of signed activations in XGradCAM) turns that into 1e-5 after min-max scaling."""
+    return torch.from_numpy(t.detach().cpu().numpy().sum(axis=axis, keepdims=keepdims)).to(t.device)
+
+
 def channel_sum(t: torch.Tensor) -> torch.Tensor:
-    """(N, K, h, w) -> (N, h, w) summed over channels in numpy, as pytorch-grad-cam sums them: numpy adds the
-    channels one by one when they are the outer axis (a VGG's maps) and pairwise when they are the inner one (a
-    ViT's token grid, a permuted view). torch's order differs by a few ulps, and a map of small range (ScoreCAM's
-    near-uniform softmax weights on a ViT) turns that into 1e-5 after min-max scaling."""
-    return torch.from_numpy(t.detach().cpu().numpy().sum(axis=1)).to(t.device)
+    """(N, K, h, w) -> (N, h, w), summed over channels as the library sums them."""
+    return library_sum(t, 1)
 
 
 def weighted_sum(w: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -75,9 +80,9 @@ class XGradCAM(TargetLayerCAM):
     reference = "pytorch_grad_cam.XGradCAM"
 
     def weights(self, A, G):
-        # The sum over positions as the library takes it (numpy, float32): on signed activations (a ViT's LayerNorm
-        # output) it can nearly cancel, and another summation order alone moves the map by 1e-5.
-        s = torch.from_numpy(A.detach().cpu().numpy().sum(axis=(2, 3), keepdims=True)).to(A.device)
+        # The sum over positions as the library takes it: on signed activations (a ViT's LayerNorm output) it can
+        # nearly cancel, and another summation order alone moves the map by 1e-5.
+        s = library_sum(A, (2, 3), keepdims=True)
         return (G * A / (s + 1e-7)).sum(dim=(2, 3))
 
 
