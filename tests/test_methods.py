@@ -62,6 +62,19 @@ NATIVE = {"GradCAM": L.GradCAM, "GradCAM++": L.GradCAMPlusPlus, "XGradCAM": L.XG
           "EigenGradCAM": L.EigenGradCAM, "AblationCAM": L.AblationCAM, "ScoreCAM": L.ScoreCAM}
 
 
+def test_eigencam_projection_is_the_librarys_to_the_bit():
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from stackbench.methods.gradient import _projection
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((3, 32, 14, 14), (2, 64, 7, 9), (1, 5, 3, 3)):
+        a = torch.randn(*shape, generator=g)
+        a[0, 0, 0, 0] = float("nan")  # NaN activations count as 0, as in the library
+        ours, theirs = _projection(a), get_2d_projection(a.numpy())
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+
+
 @pytest.mark.parametrize("name", list(NATIVE))
 def test_native_methods_match_pytorch_grad_cam(setup, name):
     net, bb, batch = setup
