@@ -106,7 +106,7 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
     unit_s, basis = rates.per_unit(probe, device)
 
     def run():
-        before = rates.calibrate(probe, device)  # timed before and after: the load may change during the run
+        before, arch = rates.calibrate(probe, device)  # timed before and after: the load may change during the run
         t0, fresh = time.perf_counter(), True
         for ds, folder in data.items():
             runs = evaluate(list(methods), str(folder), model, out=out / "results" / ds, device=device,
@@ -114,7 +114,8 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
             fresh = fresh and all(r.status == "done" for r in runs)  # a resumed run measures nothing
         if fresh:
             seconds = time.perf_counter() - t0
-            rates.record(device, ref_of(probe), seconds / units, (before + rates.calibrate(probe, device)) / 2)
+            after = rates.calibrate(probe, device)[0]
+            rates.record(device, arch, ref_of(probe), seconds / units, (before + after) / 2)
 
     return Step("evaluate", f"{len(methods)} methods ({', '.join(methods)}) on both sets with {ref_of(model)}: mu on "
                             f"every image, the board's axes on {axes_scope(axes_images, n)} per set",

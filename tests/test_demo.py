@@ -4,9 +4,10 @@ import re
 
 from click.testing import CliRunner
 
+from stackbench import rates
 from stackbench.cli import main
 from stackbench.generate.pipelines import random_pipeline
-from stackbench.rates import REFERENCE
+from stackbench.rates import REFERENCES
 from stackbench.sources import shapes
 
 REPORT_FILES = {"table.md", "mu.png", "report.html", "report.json", "overlays-stack-mix.png", "overlays-stack-gen.png"}
@@ -26,6 +27,20 @@ def _imagefolder(root, classes=("tench", "goldfish", "great white shark"), per_c
     return root
 
 
+def test_a_measured_rate_serves_only_its_architecture(tmp_path, monkeypatch):
+    # A ViT demo's cost per image (other methods, Opti-CAM and ScoreCAM dearer per forward) must not become the VGG
+    # demo's estimate, nor the other way round: each architecture starts from its own shipped measurement.
+    monkeypatch.setenv("STACKBENCH_CACHE", str(tmp_path / "cache"))
+    _, vit_basis = rates.per_unit("minivit-masked@random", "cpu")
+    assert f"with {REFERENCES['vit']['model']}" in vit_basis
+    rates.record("cpu", "vit", "minivit-masked@random", 9.0, 0.01)
+    _, vgg_basis = rates.per_unit("minivgg-masked", "cpu")
+    assert f"with {REFERENCES['vgg']['model']}" in vgg_basis and rates.recorded("cpu", "vgg") is None
+    unit, vit_basis = rates.per_unit("minivit-masked@random", "cpu")
+    assert "with minivit-masked@random, scaled" in vit_basis and unit > 0  # this machine's own measurement
+    assert rates.recorded("cpu", "vit")["unit_s"] == 9.0
+
+
 def test_reproduce_with_stand_ins(tmp_path, monkeypatch):
     monkeypatch.setenv("STACKBENCH_CACHE", str(tmp_path / "cache"))  # a real run records its measured rate there
     from stackbench.methods.opticam import OptiCAM
@@ -42,12 +57,14 @@ def test_reproduce_with_stand_ins(tmp_path, monkeypatch):
     assert len(re.findall(r"^\[\d/3\] ", dry.output, flags=re.M)) == 3 and "estimate" in dry.output
     assert "nothing was run" in dry.output and not (tmp_path / "paper").exists()
     # the evaluation's estimate: a measured rate, scaled by a calibration timed on this machine, both named
-    assert f"evaluate estimate: measured on {REFERENCE['machine']} on {REFERENCE['date']}" in dry.output
+    vgg = REFERENCES["vgg"]
+    assert f"evaluate estimate: measured on {vgg['machine']} on {vgg['date']} with {vgg['model']}" in dry.output
     assert "calibration timed here now" in dry.output and " cores" in dry.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "\x1b[" not in r.stderr and "evaluate stack-mix:" not in r.stderr  # --no-progress: no bars, no lines
-    assert json.loads((tmp_path / "cache" / "rates.json").read_text())  # what it cost here, for the next estimate
+    measured = json.loads((tmp_path / "cache" / "rates.json").read_text())  # what it cost here, for the next estimate
+    assert [k.endswith(" vgg") for k in measured] == [True]
     assert REPORT_FILES <= {p.name for p in (tmp_path / "paper").iterdir()}
     assert _hirescam_row((tmp_path / "paper" / "table.md").read_text())[1:3] == ["0.0 ± 0.0", "0.0 ± 0.0"]
     assert "seeded sample of 1 image per set" in (tmp_path / "paper" / "axes.md").read_text()
