@@ -25,6 +25,28 @@ def _nonzero_head(net):
     return net
 
 
+def test_the_patch_embedding_is_the_convolution_forward_and_backward():
+    # Its backward is two matrix products, not oneDNN's convolution backward: the gradients must be the same.
+    from torch.nn import functional as F
+
+    from stackbench.models.vit import _PatchEmbedding
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((2, 3, 48, 32), (5, 3, 16, 16), (5,)))
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(_PatchEmbedding.apply, (x, w, b))
+    x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, w, b))
+    out = _PatchEmbedding.apply(x32, w32, b32)
+    conv = F.conv2d(x32, w32, b32, stride=16)
+    assert torch.equal(out, conv)  # the forward is nn.Conv2d's, to the bit
+    up = torch.randn(out.shape, generator=g)
+    ours, theirs = (torch.autograd.grad(y, (x32, w32, b32), up) for y in (out, conv))
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    only_x = torch.autograd.grad(_PatchEmbedding.apply(x32, w32.detach(), None), x32, up)[0]  # no weight gradient asked
+    torch.testing.assert_close(only_x, torch.autograd.grad(F.conv2d(x32, w32.detach(), None, stride=16), x32, up)[0])
+
+
 @pytest.mark.parametrize("name,unwalled", [("minivit-masked", "minivit"), ("minivit-pixel", "minivit"),
                                            ("vit-b16-masked", "vit-b16"), ("vit-b16-pixel", "vit-b16")])
 def test_the_dead_band_changes_no_logit_and_the_unwalled_model_does(name, unwalled):
@@ -109,8 +131,8 @@ def test_the_token_grid_is_the_target_layer_without_the_class_token(vit_batch):
             net(batch.x)
     finally:
         h.remove()
-    assert batch.activations.shape == (3, 96, 14, 14)
-    assert torch.equal(batch.activations, seen[0][:, 1:].reshape(3, 14, 14, 96).permute(0, 3, 1, 2))
+    assert batch.activations.shape == (3, 64, 14, 14)
+    assert torch.equal(batch.activations, seen[0][:, 1:].reshape(3, 14, 14, 64).permute(0, 3, 1, 2))
 
 
 def test_attention_methods_put_nothing_on_dead_tokens_under_the_attention_wall(vit_batch):

@@ -36,7 +36,7 @@ def _nonzero(*tensors):
 
 def _torchvision(num_classes=10, **geometry):
     torch.manual_seed(0)
-    geometry = geometry or dict(image_size=224, patch_size=16, num_layers=6, num_heads=3, hidden_dim=96, mlp_dim=384)
+    geometry = geometry or dict(image_size=224, patch_size=16, num_layers=4, num_heads=2, hidden_dim=64, mlp_dim=256)
     net = VisionTransformer(**geometry, num_classes=num_classes).eval()
     _nonzero(net.class_token, net.heads.head.weight, net.heads.head.bias)
     return net
@@ -44,16 +44,16 @@ def _torchvision(num_classes=10, **geometry):
 
 def _transformers(num_labels=10, **extra):
     torch.manual_seed(1)
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=96, num_hidden_layers=6, num_attention_heads=3,
-                       intermediate_size=384, num_labels=num_labels, **extra)
+    config = ViTConfig(image_size=224, patch_size=16, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                       intermediate_size=256, num_labels=num_labels, **extra)
     return ViTForImageClassification(config).eval()
 
 
 def _timm():
     torch.manual_seed(2)
     # a registered name (save_for_hf writes its pretrained_cfg), built at minivit's geometry; no download
-    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10, embed_dim=96, depth=6,
-                             num_heads=3).eval()
+    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10, embed_dim=64, depth=4,
+                             num_heads=2).eval()
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def bad(sources, tmp_path_factory):
     for name, change in (("heads8", {"num_attention_heads": 8}), ("tanh", {"hidden_act": "gelu_new"})):
         config = json.loads((root / name / "config.json").read_text())
         (root / name / "config.json").write_text(json.dumps({**config, **change}))
-    state = dict(_timm().state_dict(), **{"fc_norm.weight": torch.ones(96), "fc_norm.bias": torch.zeros(96)})
+    state = dict(_timm().state_dict(), **{"fc_norm.weight": torch.ones(64), "fc_norm.bias": torch.zeros(64)})
     save_file(state, str(root / "fc_norm.safetensors"))
     headless = {k: v for k, v in _torchvision().state_dict().items() if not k.startswith("heads.")}
     torch.save(headless, root / "headless.pt")
@@ -188,9 +188,9 @@ def bad(sources, tmp_path_factory):
 
 BAD = [
     ("minivit-masked:{root}/vgg.pt", "not a ViT state dict stackbench reads"),
-    ("vit-b16-masked:{tv}", "the checkpoint has width 96, blocks 6, MLP width 384 where vit-b16-masked "
+    ("vit-b16-masked:{tv}", "the checkpoint has width 64, blocks 4, MLP width 256 where vit-b16-masked "
                             "has width 768, blocks 12, MLP width 3072"),
-    ("minivit:{root}/heads8", "the checkpoint has heads 8 where minivit has heads 3"),
+    ("minivit:{root}/heads8", "the checkpoint has heads 8 where minivit has heads 2"),
     ("minivit:{root}/tanh", "config.json sets hidden_act 'gelu_new'"),
     ("minivit:{root}/fc_norm.safetensors", "key 'fc_norm.bias' holds fc_norm (a norm of an average-pooled head)"),
     ("minivit:{root}/headless.pt", "has no classification head"),

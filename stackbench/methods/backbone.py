@@ -116,7 +116,8 @@ class Backbone:
         return x.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
-        return (x01 - self.mean) / self.std
+        # The division in place: the same numbers, one full-size temporary fewer per batch (and per Opti-CAM step).
+        return (x01 - self.mean).div_(self.std)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """Target-layer activations of normalised images (no graph)."""

@@ -116,16 +116,16 @@ PRESETS: dict[str, TrainConfig] = {
                         batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
                         label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224, mixed_precision="bf16",
                         cache_images=True, seed=3, preset="mini"),
-    # The mini-vit track's model (minivit-masked: patch 16, 96 wide, 6 blocks), about the mini VGG's cost per image:
-    # 16,000 shapes seen 3 times, a short warm-up (one-cycle), AdamW with the usual ViT weight decay. Precision auto
-    # (fp32 on a CPU): on a CPU without AVX-512 BF16, bf16 matrix products ran 16x slower than fp32 (measured on
-    # this project's 2-core AVX2 machine). Training leaves the dead tokens out (`WalledViT.live_logits`).
-    # Provisional: on that machine no ViT recipe tried has left chance in a CPU budget (val top-1 9-11% after
-    # 16,000-32,000 images at batch 32 or 64 and lr 1e-4..1e-3; likewise with average pooling instead of the class
-    # token, logit or feature distillation from minivgg-masked, or non-overlapping conv patch embeddings; 3x3
-    # convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step); it did not even fit 4,000
-    # images seen 10 times. Give it more --epochs (or a GPU) until a recipe that learns here replaces it.
-    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=3,
+    # The mini-vit track's model (minivit-masked: patch 16, 64 wide, 4 blocks; 170 training images/s on this project's
+    # 2-core AVX2 machine): 16,000 shapes seen 8 times (about 13 minutes there), a short warm-up (one-cycle), AdamW
+    # with the usual ViT weight decay. Precision auto (fp32 on a CPU): on a CPU without AVX-512 BF16, bf16 matrix
+    # products ran 16x slower than fp32 there. Training leaves the dead tokens out (`WalledViT.live_logits`).
+    # Provisional: on that machine no ViT recipe tried has left chance in a CPU budget (val top-1 8-14% after
+    # 16,000-48,000 images at batch 32 or 64 and lr 1e-4..1e-3, at 64 or 96 wide and patch 16 or 32; likewise with
+    # average pooling instead of the class token, logit or feature distillation from minivgg-masked, non-overlapping
+    # conv patch embeddings or dual patch norm; 3x3 convolutions inside each patch keep the wall exact but cost 3-8x
+    # the whole ViT step); it did not even fit 4,000 images seen 10 times. A GPU, or hours, may find the recipe.
+    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=8,
                             batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
                             warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
                             mixed_precision="auto", cache_images=True, seed=3, preset="mini-vit"),
