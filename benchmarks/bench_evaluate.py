@@ -4,7 +4,8 @@ Reference (the paper's usage): one pytorch-grad-cam object per method, built and
 (targets=None: the top-1 class), for GradCAM, GradCAM++, XGradCAM, AblationCAM, EigenCAM, HiResCAM, ScoreCAM.
 Ours: what `stackbench evaluate` runs per batch for the same methods on the same images and model: the
 Backbone set-up, one shared forward (+ head-only backward) for the gradient CAMs, head-only AblationCAM,
-batched ScoreCAM, and the gradcam-lib post-processing. mu is compared per image.
+batched ScoreCAM, and the gradcam-lib post-processing. Both sides (and the forward that is the unit of a
+forward-equivalent) are given the normalised images: input preparation is timed on neither. mu is compared per image.
 
     python benchmarks/bench_evaluate.py --model minivgg-masked@random --images 8
     python benchmarks/bench_evaluate.py --model vgg16-masked@random --images 2 --slow-images 1
@@ -76,12 +77,12 @@ def ours(net, x, names):
     from stackbench.methods import Batch, backbone_for, get_method
     from stackbench.methods.passes import shared_pass
 
+    xn = normalized(x)  # untimed, as for the reference and the forward unit: input preparation, not a method's cost
     t0 = time.perf_counter()
     bb = backbone_for(net)
     methods = [get_method(n) for n in names]
     for m in methods:
         m.setup(bb)
-    xn = bb.normalize(x)
     need_grads = any("gradients" in m.needs for m in methods)
     logits, t, A, G, extra = shared_pass(bb, xn, "predicted", None, need_grads)
     batch = Batch(x=xn, x01=x, targets=t, logits=logits, index=list(range(len(x))), ids=[str(i) for i in range(len(x))],
@@ -90,11 +91,16 @@ def ours(net, x, names):
     return out, time.perf_counter() - t0
 
 
-def forward_seconds(net, x, repeat: int) -> float:
-    """Seconds of one plain forward of the batch (no graph): the unit of a forward-equivalent."""
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    """The model's input: ImageNet-normalised images (what both sides are given)."""
     from stackbench.methods import Backbone
 
-    xn = (x - torch.tensor(Backbone.MEAN).view(1, 3, 1, 1)) / torch.tensor(Backbone.STD).view(1, 3, 1, 1)
+    return (x - torch.tensor(Backbone.MEAN).view(1, 3, 1, 1)) / torch.tensor(Backbone.STD).view(1, 3, 1, 1)
+
+
+def forward_seconds(net, x, repeat: int) -> float:
+    """Seconds of one plain forward of the batch (no graph): the unit of a forward-equivalent."""
+    xn = normalized(x)
     with torch.no_grad():
         net(xn)
         times = []
@@ -136,16 +142,13 @@ def _args():
 def reference_runs(net, x_fast, x_slow, repeat: int) -> tuple[dict, dict]:
     """(seconds, maps) per method of the paper's usage, each the best of `repeat` runs (one for a slow method
     measured on fewer images), after an untimed warm-up."""
-    from stackbench.methods import Backbone
-
-    mean, std = torch.tensor(Backbone.MEAN).view(1, 3, 1, 1), torch.tensor(Backbone.STD).view(1, 3, 1, 1)
     for name in ("GradCAM", "ScoreCAM"):
-        reference(net, (images(1) - mean) / std, name)
+        reference(net, normalized(images(1)), name)
     ref_t, ref_maps = {}, {}
     for name in [*SIX, "ScoreCAM"]:
         xs = x_slow if name in SLOW else x_fast
-        runs = [reference(net, (xs - mean) / std, name) for _ in range(1 if name in SLOW and len(x_slow) < len(x_fast)
-                                                                      else repeat)]
+        runs = [reference(net, normalized(xs), name) for _ in range(1 if name in SLOW and len(x_slow) < len(x_fast)
+                                                                  else repeat)]
         ref_maps[name], ref_t[name] = runs[0][0], min(r[1] for r in runs)  # the same normalised input
     return ref_t, ref_maps
 
