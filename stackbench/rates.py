@@ -22,9 +22,9 @@ CALIB_IMAGES = 4
 AXES_UNITS = 2.5 / 1.2
 # The shipped measurements, per architecture (a ViT runs other methods, at another cost per forward), used until this
 # machine has its own: the default `stackbench demo` from a fresh clone (100 images per set, axes on 20; 5 min 47 s)
-# and `stackbench demo --model minivit-masked@random` (3 min 41 s), their rates.json entries copied here. Measured on
-# a 2-core machine with nothing else running (the load is the demo's own); the calibration carries another machine's
-# speed and load over.
+# and `stackbench demo --model minivit-masked@random` (221 s by its own clock), their rates.json entries copied
+# here. Measured on a 2-core machine with nothing else running (the load is the demo's own); the calibration
+# carries another machine's speed and load over.
 REFERENCES = {
     "vgg": {"unit_s": 1.174, "calib_s": 0.1201, "machine": "AMD EPYC, 2 cores, idle", "date": "2026-11-28",
             "model": "minivgg-masked"},
@@ -83,8 +83,8 @@ def record(device: str, arch: str, model: str, unit_s: float, calib_s: float) ->
     path = cache_file()
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
-        data[machine_key(device, arch)] = {"unit_s": unit_s, "calib_s": calib_s, "machine": machine(), "model": model,
-                                     "date": time.strftime("%Y-%m-%d")}
+        data[machine_key(device, arch)] = {"unit_s": unit_s, "calib_s": calib_s, "machine": machine(),
+                                           "model": model, "date": time.strftime("%Y-%m-%d")}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, data)
     except (OSError, ValueError, TypeError):

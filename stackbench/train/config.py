@@ -116,16 +116,17 @@ PRESETS: dict[str, TrainConfig] = {
                         batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
                         label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224, mixed_precision="bf16",
                         cache_images=True, seed=3, preset="mini"),
-    # The mini-vit track's model (minivit-masked: patch 16, 64 wide, 4 blocks; 170 training images/s on this project's
-    # 2-core AVX2 machine): 16,000 shapes seen 8 times (about 13 minutes there), a short warm-up (one-cycle), AdamW
-    # with the usual ViT weight decay. Precision auto (fp32 on a CPU): on a CPU without AVX-512 BF16, bf16 matrix
-    # products ran 16x slower than fp32 there. Training leaves the dead tokens out (`WalledViT.live_logits`).
-    # Provisional: on that machine no ViT recipe tried has left chance in a CPU budget (val top-1 8-14% after
-    # 16,000-48,000 images at batch 32 or 64 and lr 1e-4..1e-3, at 64 or 96 wide and patch 16 or 32; likewise with
-    # average pooling instead of the class token, logit or feature distillation from minivgg-masked, non-overlapping
-    # conv patch embeddings or dual patch norm; 3x3 convolutions inside each patch keep the wall exact but cost 3-8x
-    # the whole ViT step); it did not even fit 4,000 images seen 10 times. A GPU, or hours, may find the recipe.
-    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=8,
+    # The mini-vit track's model (minivit-masked: patch 16, 64 wide, 4 blocks): 16,000 shapes seen 6 times, about 14
+    # minutes on this project's 2-core AVX2 machine with generating them (8 epochs took 17.7 minutes there, 117 s an
+    # epoch), a short warm-up (one-cycle), AdamW with the usual ViT weight decay. Precision auto (fp32 on a CPU): on a
+    # CPU without AVX-512 BF16, bf16 matrix products ran 16x slower than fp32 there. Training leaves the dead tokens
+    # out (`WalledViT.live_logits`). Provisional: on that machine no ViT recipe tried comes near the mini VGG. 8 epochs
+    # of this preset (128,000 images) reached 15.7% val top-1, rising slowly from 11%; 16,000-48,000 images at batch
+    # 32 or 64, lr 1e-4..1e-3, 64 or 96 wide, patch 16 or 32 stayed at 8-14%, and so did average pooling instead of
+    # the class token, logit or feature distillation from minivgg-masked, non-overlapping conv patch embeddings and
+    # dual patch norm; 3x3 convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step. A
+    # GPU, or hours, may find the recipe.
+    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=6,
                             batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
                             warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
                             mixed_precision="auto", cache_images=True, seed=3, preset="mini-vit"),
