@@ -121,7 +121,7 @@ PRESETS: dict[str, TrainConfig] = {
     # epoch), a short warm-up (one-cycle), AdamW with the usual ViT weight decay. Precision auto (fp32 on a CPU): on a
     # CPU without AVX-512 BF16, bf16 matrix products ran 16x slower than fp32 there. Training leaves the dead tokens
     # out (`WalledViT.live_logits`). Provisional: on that machine no ViT recipe tried comes near the mini VGG. 8 epochs
-    # of this preset (128,000 images) reached 15.7% val top-1, rising slowly from 11%; 16,000-48,000 images at batch
+    # of this preset (128,000 images) reached 15.7% val top-1, rising slowly from 11%; 16,000-52,000 images at batch
     # 32 or 64, lr 1e-4..1e-3, 64 or 96 wide, patch 16 or 32 stayed at 8-14%, and so did average pooling instead of
     # the class token, logit or feature distillation from minivgg-masked, non-overlapping conv patch embeddings and
     # dual patch norm; 3x3 convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step. A
