@@ -190,6 +190,21 @@ def test_refusals(tmp_path):
         train(None, tmp_path / "ck", resume=True, progress=False)
 
 
+def test_a_run_that_cannot_start_leaves_no_folder_and_names_a_wrong_model_first(tmp_path):
+    new, mine = tmp_path / "new", tmp_path / "mine"
+    with pytest.raises(StackbenchError, match="at least 20 items"):
+        train(TINY.replace(source="shapes:5"), new, progress=False)
+    assert not new.exists()  # the folder this run made, removed: nothing half-made is left behind
+    mine.mkdir()
+    with pytest.raises(StackbenchError, match="at least 20 items"):
+        train(TINY.replace(source="shapes:5"), mine, progress=False)
+    assert mine.is_dir()  # a folder the user had stays
+    # the model is checked before the source (the paper preset's ImageNet is not here): the line names the model
+    r = CliRunner().invoke(main, ["train", "--model", "minivgg-maskd", "--out", str(new)])
+    assert r.exit_code == 2 and "unknown model 'minivgg-maskd'" in r.output and "imagenet" not in r.output
+    assert not new.exists()
+
+
 def test_batch_normalisation_is_bitwise_torchvisions_per_image_pipeline():
     # The trainer augments uint8 images and normalises whole batches (`to_input`); that must be exactly what
     # torchvision's one-image pipeline gives, seeded per (seed, epoch, item), or the shipped model's recipe changed.

@@ -148,16 +148,26 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 
 
+def model_name(cfg: TrainConfig) -> str | None:
+    """The zoo name `cfg.model` starts from (None for ARCH:PATH / ARCH:hf:REPO, another library's weights),
+    checked: an unknown name is one clear line, before any data is read."""
+    from ..models import get_entry
+    from ..refs import model_ref
+
+    if model_ref(cfg.model).scheme == "arch":
+        return None
+    name = cfg.model[: -len("@random")] if cfg.model.endswith("@random") else cfg.model
+    get_entry(name)
+    return name
+
+
 def build_model(cfg: TrainConfig, num_source_classes: int, class_names=None):
     """`cfg.model`: a zoo name (randomly initialised with `cfg.seed`), or ARCH:PATH / ARCH:hf:REPO (another
     library's ViT weights with ARCH's wall, fine-tuned)."""
-    from ..models import create_model, get_entry
-    from ..refs import model_ref
+    from ..models import create_model
 
-    pretrained = model_ref(cfg.model).scheme == "arch"
-    name = cfg.model[: -len("@random")] if cfg.model.endswith("@random") else cfg.model
-    if not pretrained:
-        get_entry(name)  # unknown names: one clear line
+    name = model_name(cfg)
+    pretrained = name is None
     n = cfg.num_classes or num_source_classes
     if n != num_source_classes:
         raise StackbenchError(f"--num-classes {n} does not match the source {cfg.source}, which has "

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ..datafolder import atomic_write_json
 from ..errors import StackbenchError, first_line
 from ..progress import LOG_EVERY_S, Progress, log, quiet_libraries
-from .config import TrainConfig, build_model, lr_factor, make_optimizer
+from .config import TrainConfig, build_model, lr_factor, make_optimizer, model_name
 from .data import (
     EpochSampler,
     SourceDataset,
@@ -111,8 +111,26 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
     every `log_every` steps (every 30 s when None); lines go to the `stackbench` logger.
     """
     out = Path(out_dir)
+    if config is not None and not resume:
+        model_name(config)  # a wrong model name is named before the source is read or the folder made
+    existed = out.exists()
     cfg, resumed = _resume_config(config, out, resume, overwrite)
     accelerator = _accelerator(cfg)
+    try:
+        trainer = _set_up(cfg, out, accelerator, train_source, val_source, progress)
+    except BaseException:
+        if accelerator.is_main_process and not existed:  # a bad source or model: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    if resumed:
+        trainer.resume(resumed)
+    trainer.announce(bool(resumed), progress, log_every)
+    return trainer.fit()
+
+
+def _set_up(cfg: TrainConfig, out: Path, accelerator, train_source, val_source, progress: bool) -> "_Trainer":
+    """The run's sources, model and trainer; nothing is written yet."""
     world = accelerator.num_processes
     if cfg.batch_size % world:
         raise StackbenchError(f"--batch-size {cfg.batch_size} is the global batch; it must be divisible by the "
@@ -122,11 +140,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
     model = build_model(cfg, train_src.num_classes, train_src.class_names)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainer = _Trainer(cfg, out, accelerator, model, _data(cfg, world, train_src, val_src))
-    if resumed:
-        trainer.resume(resumed)
-    trainer.announce(bool(resumed), progress, log_every)
-    return trainer.fit()
+    return _Trainer(cfg, out, accelerator, model, _data(cfg, world, train_src, val_src))
 
 
 def _resume_config(config: TrainConfig | None, out: Path, resume: bool,
