@@ -46,15 +46,19 @@ class Ref:
         return self.text
 
 
-def _split_revision(body: str) -> tuple[str, str | None]:
-    head, _, rev = body.partition("@")
+def _split_revision(body: str, text: str) -> tuple[str, str | None]:
+    """REPO[@REV] -> (REPO, REV or None); an empty REPO or REV is refused here, before anything is fetched."""
+    head, at, rev = body.partition("@")
+    if not head or (at and not rev):
+        raise StackbenchError(f"{text!r}: {'no repository' if not head else 'an empty revision after @'}; write "
+                              "hf:OWNER/REPO or hf:OWNER/REPO@REVISION (a branch, tag or commit)")
     return head, rev or None
 
 
 def model_ref(text: str) -> Ref:
     """A model reference (the checks that need the model code, such as an unknown zoo name, are the loader's)."""
     if text.startswith("hf:"):
-        repo, rev = _split_revision(text[3:])
+        repo, rev = _split_revision(text[3:], text)
         return Ref(text, "hf", repo, rev)
     if text.startswith("paper:"):
         return Ref(text, "paper", text[6:])
@@ -62,7 +66,7 @@ def model_ref(text: str) -> Ref:
     if arch and not Path(text).exists():  # a file or folder of that name is a path, as it always was
         name, where = arch.groups()
         if where.startswith("hf:"):
-            repo, rev = _split_revision(where[3:])
+            repo, rev = _split_revision(where[3:], text)
             return Ref(text, "arch", repo, rev, options={"arch": name, "hub": True})
         return Ref(text, "arch", where, options={"arch": name, "hub": False})
     if text.endswith("@random"):
@@ -75,7 +79,7 @@ def model_ref(text: str) -> Ref:
 
 def dataset_ref(text: str) -> Ref:
     if text.startswith("hf:"):
-        repo, rev = _split_revision(text[3:])
+        repo, rev = _split_revision(text[3:], text)
         return Ref(text, "hf", repo, rev)
     return Ref(text, "path", text)
 

@@ -116,6 +116,9 @@ def test_bad_references_give_one_clear_line(tmp_path):
     assert "does not exist" in _msg(str(tmp_path / "missing" / "folder"))
     assert "no such file" in _msg(f"paper:{tmp_path / 'nothing.pt'}")
     assert "--model '' is empty; give a zoo name" in _msg("")  # was "model folder . has no config.json"
+    for ref, says in (("hf:me/vit@", "an empty revision after @"), ("hf:", "no repository"),
+                      ("hf:@v1", "no repository"), ("minivit-masked:hf:me/vit@", "an empty revision after @")):
+        assert _msg(ref) == f"{ref!r}: {says}; write hf:OWNER/REPO or hf:OWNER/REPO@REVISION (a branch, tag or commit)"
 
     empty = tmp_path / "empty"
     empty.mkdir()
