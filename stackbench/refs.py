@@ -50,8 +50,9 @@ def _split_revision(body: str, text: str) -> tuple[str, str | None]:
     """REPO[@REV] -> (REPO, REV or None); an empty REPO or REV is refused here, before anything is fetched."""
     head, at, rev = body.partition("@")
     if not head or (at and not rev):
+        hf = text[: len(text) - len(body)]  # hf: or ARCH:hf:, as typed
         raise StackbenchError(f"{text!r}: {'no repository' if not head else 'an empty revision after @'}; write "
-                              "hf:OWNER/REPO or hf:OWNER/REPO@REVISION (a branch, tag or commit)")
+                              f"{hf}OWNER/REPO or {hf}OWNER/REPO@REVISION (a branch, tag or commit)")
     return head, rev or None
 
 

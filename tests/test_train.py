@@ -177,7 +177,12 @@ def test_refusals(tmp_path):
     args = ["train", "--model", "minivgg-masked", "--source", "shapes:20", "--out", str(tmp_path)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and r.output.count("\n") == 1
-    assert "error: output folder" in r.output and "--overwrite" in r.output
+    # only what would work: neither --resume nor --overwrite takes a folder of someone else's files
+    assert "holds other files (notes.txt), not a training run; choose another --out" in r.output
+    assert "--resume" not in r.output and "--overwrite" not in r.output
+    r = CliRunner().invoke(main, ["train", "--model", "minivgg-masked", "--source", "shapes:20", "--out",
+                                  str(tmp_path / "notes.txt" / "run")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "cannot be written (NotADirectoryError" in r.output
     with pytest.raises(StackbenchError, match="not a training run"):
         train(TINY, tmp_path, overwrite=True, progress=False)
     with pytest.raises(StackbenchError, match="nothing to resume"):

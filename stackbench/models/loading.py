@@ -178,7 +178,8 @@ def load_paper(path: str, arch: str | None = None) -> torch.nn.Module:
     p = Path(path)
     ref = f"paper:{path}"
     if not p.is_file():
-        raise StackbenchError(f"{ref}: no such file; download params_vgg16_masked.pt from the paper's repository")
+        raise StackbenchError(f"{ref}: no such file; download params_vgg16_masked.pt from the paper's repository "
+                              "and give paper:PATH to it")
     arch = arch or ("vgg16" if "baseline" in p.name else "vgg16-masked")
     with weights_to_come():
         model = create_model(arch)

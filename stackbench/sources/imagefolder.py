@@ -39,10 +39,10 @@ class ImageFolderSource(Source):
 
     def __init__(self, path: str | os.PathLike, split: str | None = None, min_size: int = DEFAULT_MIN_SIZE):
         root = Path(path).expanduser()
-        if split:
+        if split and root.is_dir():
             if not (root / split).is_dir():
-                raise StackbenchError(f"imagefolder:{path} has no '{split}' folder; give --split of an existing "
-                                      "sub-folder (e.g. train, val) or point at the class folders directly")
+                raise StackbenchError(f"imagefolder:{path} has no '{split}' folder; name an existing sub-folder "
+                                      "as the split (e.g. train, val) or point at the class folders directly")
             root = root / split
         if not root.is_dir():
             raise StackbenchError(f"imagefolder:{path} does not exist or is not a folder; give a folder with one "

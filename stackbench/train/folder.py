@@ -46,10 +46,12 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     if not present:
         return
     ours = [p for p in present if p in RUN_FILES]
+    if not overwrite and not ours:  # neither --resume nor --overwrite would take it: say only what will work
+        raise StackbenchError(f"output folder {out} holds other files ({', '.join(present[:4])}), not a training "
+                              "run; choose another --out")
     if not overwrite:
-        what = "another training run" if ours else "other files"
-        raise StackbenchError(f"output folder {out} holds {what} ({', '.join(present[:4])}); pass --resume to "
-                              "continue it, --overwrite to replace it, or choose another --out")
+        raise StackbenchError(f"output folder {out} holds another training run ({', '.join(present[:4])}); pass "
+                              "--resume to continue it, --overwrite to replace it, or choose another --out")
     foreign = [p for p in present if p not in RUN_FILES]
     if foreign:
         raise StackbenchError(f"output folder {out} holds files that are not a training run ({', '.join(foreign[:4])});"

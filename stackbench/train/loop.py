@@ -154,6 +154,11 @@ def _resume_config(config: TrainConfig | None, out: Path, resume: bool,
     state0 = PartialState(cpu=not torch.cuda.is_available())
     if state0.is_main_process:
         prepare_out(out, resume, overwrite)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StackbenchError(f"--out {out} cannot be written ({first_line(e, 80)}); give a folder you can "
+                                  "write to") from None
     state0.wait_for_everyone()
     resumed = read_state(out) if resume else None
     if resumed is not None:
