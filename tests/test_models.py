@@ -115,6 +115,7 @@ def test_bad_references_give_one_clear_line(tmp_path):
     assert "vgg16-masked@random" in _msg("vgg16-masked")  # no published weights: says what to do
     assert "does not exist" in _msg(str(tmp_path / "missing" / "folder"))
     assert "no such file" in _msg(f"paper:{tmp_path / 'nothing.pt'}")
+    assert _msg("paper:").endswith("and give paper:PATH to it")
     assert "--model '' is empty; give a zoo name" in _msg("")  # was "model folder . has no config.json"
     for ref, says in (("hf:me/vit@", "an empty revision after @"), ("hf:", "no repository"),
                       ("hf:@v1", "no repository"), ("minivit-masked:hf:me/vit@", "an empty revision after @")):

@@ -183,8 +183,11 @@ def test_imagefolder_lists_classes_files_and_non_images(bad_folder):
 def test_imagefolder_split_and_missing_paths(tmp_path, bad_folder):
     with pytest.raises(StackbenchError, match="does not exist"):
         open_source(f"imagefolder:{tmp_path}/nope")
-    with pytest.raises(StackbenchError, match="has no 'val' folder"):
+    with pytest.raises(StackbenchError, match="does not exist"):  # a missing path is named before any split
+        open_source(f"imagefolder:{tmp_path}/nope", split="train")
+    with pytest.raises(StackbenchError, match="has no 'val' folder") as e:
         open_source(f"imagefolder:{bad_folder}", split="val")
+    assert "--split" not in str(e.value)  # generate's flag; train's are --train-split / --val-split
     (tmp_path / "empty").mkdir()
     with pytest.raises(StackbenchError, match="no class folders"):
         open_source(f"imagefolder:{tmp_path}/empty")
