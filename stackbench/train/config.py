@@ -154,9 +154,10 @@ def model_name(cfg: TrainConfig) -> str | None:
     from ..models import get_entry
     from ..refs import model_ref
 
-    if model_ref(cfg.model).scheme == "arch":
+    ref = model_ref(cfg.model)
+    if ref.scheme == "arch":
         return None
-    name = cfg.model[: -len("@random")] if cfg.model.endswith("@random") else cfg.model
+    name = ref.body if ref.scheme == "random" else cfg.model
     get_entry(name)
     return name
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..datafolder import atomic_write_json
+from ..datafolder import atomic_write_json, writable_folder
 from ..errors import StackbenchError, first_line
 from ..progress import LOG_EVERY_S, Progress, log, quiet_libraries
 from .config import TrainConfig, build_model, lr_factor, make_optimizer, model_name
@@ -154,18 +154,13 @@ def _resume_config(config: TrainConfig | None, out: Path, resume: bool,
     state0 = PartialState(cpu=not torch.cuda.is_available())
     if state0.is_main_process:
         prepare_out(out, resume, overwrite)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StackbenchError(f"--out {out} cannot be written ({first_line(e, 80)}); give a folder you can "
-                                  "write to") from None
+        writable_folder(out)  # made here, once, before the other processes go on
     state0.wait_for_everyone()
     resumed = read_state(out) if resume else None
     if resumed is not None:
         config = _resumed_config(config, resumed, out)
     if config is None:
         raise StackbenchError("train() needs a config (or resume=True with a checkpoint)")
-    out.mkdir(parents=True, exist_ok=True)
     return config, resumed
 
 
