@@ -260,6 +260,7 @@ class StackGenBuilder:
 
     @staticmethod
     def _render_shapes(c: int, seed: int, layout) -> tuple[Image.Image, list]:
+        from ..sources.exact import uniform
         from ..sources.shapes import draw_object, finish, render_background
 
         rng = np.random.default_rng(seed)
@@ -267,8 +268,8 @@ class StackGenBuilder:
         boxes = []
         for k, box in enumerate((layout.top_box, layout.bottom_box)):
             x0, y0, x1, y1 = box
-            side = min(y1 - y0, x1 - x0) * rng.uniform(0.8, 1.0)
-            cx = rng.uniform(x0 + side / 2, x1 - side / 2)
+            side = min(y1 - y0, x1 - x0) * uniform(rng, 0.8, 1.0)
+            cx = uniform(rng, x0 + side / 2, x1 - side / 2)
             cy = (y0 + y1) / 2
             hidden = k == 1
             # The hidden object is drawn on a copy and only its band is kept: its drop shadow must not show above

@@ -12,7 +12,10 @@ scene renderer:
     item(seed, index, split) -> (image, label, id)   a pure function of its arguments
 
 Every random draw comes from a Generator seeded by (seed, split, index): items never share a stream, so any
-subset, order or process count renders the same pixels.
+subset, order or process count renders the same pixels. And any CPU (shapes/3): every float on the way to a pixel
+is an IEEE operation (`exact`: no numpy transcendental, no BLAS, no libm), and Pillow, which draws and resamples,
+runs the same instructions on every x86-64 CPU (no run-time dispatch). tests/test_cpu.py renders items under each
+numpy, torch and OpenCV kernel level the machine has and compares their digests.
 """
 from __future__ import annotations
 
@@ -25,8 +28,11 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..constants import SHAPES_CLASSES
 from ..errors import StackbenchError, close_matches
 from .base import Source, SourceItem
+from .exact import PI, cos, exp, gauss, sin, uniform
 
-VERSION = "shapes/2"  # bump when rendering changes: it is part of the source fingerprint
+VERSION = "shapes/3"  # bump when rendering changes: it is part of the source fingerprint
+# shapes/3: the same pixels on every CPU (see the module's docstring); the sensor noise and background blotches are
+# sums of uniform bytes instead of numpy's normal draws.
 # shapes/2: object colours keep a minimum contrast with the background under them, and less clutter (the
 # outline is always visible, so the mini model learns it in a 15-minute CPU budget).
 CLASSES = SHAPES_CLASSES
@@ -37,21 +43,20 @@ _SS = 2  # mask supersampling: smooth edges at a small cost
 
 
 def _circle(n=48, r=1.0, cx=0.0, cy=0.0):
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+    t = [2 * PI * i / n for i in range(n)]
+    return np.array([[cx + r * cos(a), cy + r * sin(a)] for a in t])
 
 
 def _star(points=5, inner=0.42):
-    t = np.arange(2 * points) * np.pi / points - np.pi / 2
-    r = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
-    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    t = [i * PI / points - PI / 2 for i in range(2 * points)]
+    return np.array([[(1.0 if i % 2 == 0 else inner) * f(a) for f in (cos, sin)] for i, a in enumerate(t)])
 
 
 def _heart(n=64):
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    x = 16 * np.sin(t) ** 3
-    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-    return np.stack([x, y], 1) / 17.0
+    def point(a):
+        s = sin(a)
+        return [16 * s * s * s, -(13 * cos(a) - 5 * cos(2 * a) - 2 * cos(3 * a) - cos(4 * a))]
+    return np.array([point(2 * PI * i / n) for i in range(n)]) / 17.0
 
 
 _a = 0.3  # half-width of the cross' arms
@@ -96,8 +101,9 @@ def _colour_apart(rng, avoid: np.ndarray | None) -> np.ndarray:
     best, best_d = None, -1.0
     for _ in range(16):
         c = _colour(rng)
-        d = float(np.linalg.norm(c - avoid))
-        if d >= MIN_CONTRAST:
+        e = [float(v) - float(w) for v, w in zip(c, avoid, strict=True)]
+        d = e[0] * e[0] + e[1] * e[1] + e[2] * e[2]  # squared, summed in this order: no BLAS norm
+        if d >= MIN_CONTRAST * MIN_CONTRAST:
             return c
         if d > best_d:
             best, best_d = c, d
@@ -106,8 +112,8 @@ def _colour_apart(rng, avoid: np.ndarray | None) -> np.ndarray:
 
 def _ramp(h: int, w: int, rng) -> np.ndarray:
     """A linear ramp in [0, 1] across the area at a random angle, shape (h, w, 1)."""
-    a = rng.uniform(0, 2 * np.pi)
-    ca, sa = np.float32(np.cos(a)), np.float32(np.sin(a))
+    a = uniform(rng, 0, 2 * PI)
+    ca, sa = np.float32(cos(a)), np.float32(sin(a))
     r = np.arange(w, dtype=np.float32)[None, :] * ca + np.arange(h, dtype=np.float32)[:, None] * sa
     r -= r.min()
     return (r / max(float(r.max()), 1.0))[..., None]
@@ -124,20 +130,22 @@ def _texture(h: int, w: int, rng, avoid: np.ndarray | None = None) -> np.ndarray
         out = c1 + (c2 - c1) * _ramp(h, w, rng)
     else:
         x, y = np.arange(w, dtype=np.float32)[None, :], np.arange(h, dtype=np.float32)[:, None]
-        period = rng.uniform(6, 18)
-        if kind == 2:
-            a = rng.uniform(0, np.pi)
-            sel = np.sin((x * np.cos(a) + y * np.sin(a)) * (2 * np.pi / period)) > 0
+        period = np.float32(uniform(rng, 6, 18))
+        if kind == 2:  # stripes: the positive half of each period (a sine's sign, without the sine)
+            a = uniform(rng, 0, PI)
+            phase = (x * np.float32(cos(a)) + y * np.float32(sin(a))) / period
+            sel = phase - np.floor(phase) < 0.5
         elif kind == 3:
-            sel = ((x // period + y // period) % 2) == 0
+            sel = ((np.floor(x / period) + np.floor(y / period)) % 2) == 0
         elif kind == 4:
-            dx, dy = x % period - period / 2, y % period - period / 2
-            sel = dx * dx + dy * dy < (period * rng.uniform(0.2, 0.4)) ** 2
+            dx, dy = x - np.floor(x / period) * period - period / 2, y - np.floor(y / period) * period - period / 2
+            r = float(period) * uniform(rng, 0.2, 0.4)
+            sel = dx * dx + dy * dy < r * r
         else:
             low = rng.random((4, 4)).astype(np.float32)
             sel = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)) > 127
         out = np.where(sel[..., None], c1, c2).astype(np.float32)
-    light = 1.0 + rng.uniform(0.1, 0.35) * (_ramp(h, w, rng) - 0.5)
+    light = 1.0 + uniform(rng, 0.1, 0.35) * (_ramp(h, w, rng) - 0.5)
     return out * light
 
 
@@ -147,29 +155,29 @@ def render_background(size: int | tuple[int, int], rng: np.random.Generator) -> 
     w, h = (size, size) if isinstance(size, int) else size
     c1, c2 = _colour(rng), _colour(rng)
     base = c1 + (c2 - c1) * _ramp(h, w, rng)
-    blot = rng.normal(0, rng.uniform(10, 35), (5, 5, 3)).astype(np.float32)
+    blot = gauss(rng, (5, 5, 3)) * np.float32(uniform(rng, 10, 35))
     blot_img = Image.fromarray(np.clip(blot + 128, 0, 255).astype(np.uint8), "RGB").resize((w, h), Image.BICUBIC)
     base = base + (np.asarray(blot_img, dtype=np.float32) - 128)
     canvas = Image.fromarray(np.clip(base, 0, 255, out=base).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(3, 10))):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        x, y = uniform(rng, 0, w), uniform(rng, 0, h)
         kind = rng.integers(0, 4)
         if kind == 0:  # a line or twig
-            ang, length = rng.uniform(0, 2 * np.pi), rng.uniform(15, 90)
-            draw.line([(x, y), (x + length * np.cos(ang), y + length * np.sin(ang))], fill=col,
+            ang, length = uniform(rng, 0, 2 * PI), uniform(rng, 15, 90)
+            draw.line([(x, y), (x + length * cos(ang), y + length * sin(ang))], fill=col,
                       width=int(rng.integers(1, 5)))
         else:
-            r = rng.uniform(3, 14)
-            bbox = [x - r, y - r * rng.uniform(0.5, 1.5), x + r, y + r * rng.uniform(0.5, 1.5)]
+            r = uniform(rng, 3, 14)
+            bbox = [x - r, y - r * uniform(rng, 0.5, 1.5), x + r, y + r * uniform(rng, 0.5, 1.5)]
             bbox = [bbox[0], min(bbox[1], bbox[3]), bbox[2], max(bbox[1], bbox[3])]
             if kind == 1:
                 draw.ellipse(bbox, fill=col)
             elif kind == 2:
                 draw.rectangle(bbox, outline=col, width=int(rng.integers(1, 3)))
             else:
-                draw.arc(bbox, rng.uniform(0, 360), rng.uniform(0, 360), fill=col, width=2)
+                draw.arc(bbox, uniform(rng, 0, 360), uniform(rng, 0, 360), fill=col, width=2)
     return canvas
 
 
@@ -187,10 +195,14 @@ def _class_index(cls: int | str) -> int:
 def object_mask(cls: int | str, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     """An anti-aliased 'L' mask of one object of the class in a random pose, filling a (w, h) box."""
     w, h = size
-    angle = rng.uniform(0, 2 * np.pi)
-    aspect = np.exp(rng.uniform(-0.22, 0.22))
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    parts = [((poly * [aspect, 1 / aspect]) @ rot.T, fill) for poly, fill in SHAPES[CLASSES[_class_index(cls)]]]
+    angle = uniform(rng, 0, 2 * PI)
+    aspect = exp(uniform(rng, -0.22, 0.22))
+    c, s = cos(angle), sin(angle)
+
+    def posed(poly):  # scaled by the aspect, then rotated; element-wise (a matrix product would go through BLAS)
+        x, y = poly[:, 0] * aspect, poly[:, 1] * (1 / aspect)
+        return np.stack([x * c - y * s, x * s + y * c], 1)
+    parts = [(posed(poly), fill) for poly, fill in SHAPES[CLASSES[_class_index(cls)]]]
     solid = np.concatenate([p for p, f in parts if f])
     lo, hi = solid.min(0), solid.max(0)
     scale = min((w * _SS - 2) / (hi[0] - lo[0]), (h * _SS - 2) / (hi[1] - lo[1]))  # fit, keep proportions
@@ -211,7 +223,8 @@ def draw_object(canvas: Image.Image, cls: int | str, box: Sequence[int], rng: np
     w, h = max(x1 - x0, 4), max(y1 - y0, 4)
     mask = object_mask(cls, (w, h), rng)
     region = canvas.crop((x0, y0, x0 + w, y0 + h))
-    avoid = np.asarray(region, dtype=np.float32).reshape(-1, 3).mean(0)  # before the shadow darkens it
+    px = np.asarray(region).reshape(-1, 3)
+    avoid = px.sum(0, dtype=np.int64) / len(px)  # the mean colour, before the shadow darkens it (an exact sum)
     if rng.random() < 0.5:  # drop shadow: grounds the object like a photo
         dx, dy = (int(v) for v in rng.integers(2, 9, 2) * rng.choice([-1, 1], 2))
         shadow = mask.filter(ImageFilter.BoxBlur(3)).point(lambda v: v * 45 // 100)
@@ -232,17 +245,17 @@ def _noise_tile() -> np.ndarray:
     cheaper than drawing 150k normals per image and just as deterministic."""
     global _NOISE
     if _NOISE is None:
-        _NOISE = np.random.default_rng(20250101).standard_normal((512, 512, 3), dtype=np.float32)
+        _NOISE = gauss(np.random.default_rng(20250101), (512, 512, 3))
     return _NOISE
 
 
 def finish(canvas: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Sensor noise over the whole image (object and background alike): the last step of a scene."""
-    sigma = np.float32(rng.uniform(0, 7))
+    sigma = np.float32(uniform(rng, 0, 7))
     w, h = canvas.size
     tile = _noise_tile()
     if h > tile.shape[0] or w > tile.shape[1]:
-        noise = rng.standard_normal((h, w, 3), dtype=np.float32)
+        noise = gauss(rng, (h, w, 3))
     else:
         oy, ox = (int(v) for v in rng.integers(0, [tile.shape[0] - h + 1, tile.shape[1] - w + 1]))
         noise = tile[oy:oy + h, ox:ox + w]
@@ -262,10 +275,10 @@ def _drawn(seed: int, index: int, split: str, size: int) -> tuple[Image.Image, i
     rng = rng_for(seed, index, split)
     label = int(index) % len(CLASSES)
     canvas = render_background(size, rng)
-    side = rng.uniform(0.35, 0.62) * size
+    side = uniform(rng, 0.35, 0.62) * size
     # Object-centred like a photo (ImageNet-style), with a jitter that keeps the box inside the frame.
-    cx = size / 2 + rng.uniform(-1, 1) * min(0.14 * size, size / 2 - side / 2)
-    cy = 0.46 * size + rng.uniform(-1, 1) * min(0.12 * size, 0.46 * size - side / 2)
+    cx = size / 2 + uniform(rng, -1, 1) * min(0.14 * size, size / 2 - side / 2)
+    cy = 0.46 * size + uniform(rng, -1, 1) * min(0.12 * size, 0.46 * size - side / 2)
     mask = Image.new("L", canvas.size)
     draw_object(canvas, label, (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), rng, into=mask)
     return finish(canvas, rng), label, mask
