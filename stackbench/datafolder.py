@@ -215,6 +215,18 @@ def table_digest(tables) -> str:
     return h.hexdigest()
 
 
+def item_pixels(folder: str | Path) -> list[tuple[str, str]]:
+    """(id, first 16 hex of its image's pixel digest) for every row in order: where two folders of one recipe part
+    (a track pins them, so a mismatch names the first item that differs)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for shard in list_shards(folder):
+        for row in pq.read_table(shard, columns=["id", "image"]).to_pylist():
+            out.append((row["id"], _cell(row["image"]).split(":", 1)[1][:16]))
+    return out
+
+
 def read_generation(folder: str | Path) -> dict:
     p = Path(folder) / GENERATION
     if not p.is_file():

@@ -258,3 +258,54 @@ def test_committed_mini_board_verifies(tmp_path):
     # verify reproduced.
     assert not any(v.failed for v in lb.verify("mini", store=ROOT / "leaderboard", rerun=False))
     assert "reproduced" in (ROOT / "leaderboard" / "README.md").read_text()
+
+
+def _mini_track(**changes) -> lb.Track:
+    """The committed mini track with its stack-mix pin changed as given."""
+    import copy
+
+    t = copy.deepcopy(lb.load_tracks(ROOT / "leaderboard")["mini"])
+    t.datasets = {"stack-mix": {**t.datasets["stack-mix"], **changes}}
+    return t
+
+
+def test_a_regenerated_dataset_off_its_pin_names_the_item_and_the_remedy(tmp_path):
+    real = lb.load_tracks(ROOT / "leaderboard")["mini"].datasets["stack-mix"]
+    pixels = list(real["item_pixels"])
+    pixels[28] = "0" * 16
+    t = _mini_track(fingerprint="f" * 64, item_pixels=pixels)
+    with pytest.raises(StackbenchError) as e:
+        t.dataset_folder("stack-mix", cache=tmp_path)
+    msg = str(e.value)
+    assert "item stack-mix-0-000028 is the first whose pixels differ; 1 of 100 items differ" in msg
+    assert "has the library versions the pin was made with" in msg and "check your library versions" not in msg
+    assert "--dataset stack-mix=PATH or hf:REPO@REV" in msg and "\n" not in msg
+    t = _mini_track(fingerprint="f" * 64, versions={**real["versions"], "numpy": "1.0.0"})
+    with pytest.raises(StackbenchError, match=r"this machine's numpy \S+ \(the pin's: 1.0.0\) may render other"):
+        t.dataset_folder("stack-mix", cache=tmp_path)
+
+
+def test_the_pinned_data_can_be_given_instead_of_regenerated(tmp_path, data):
+    t = _mini_track()
+    folder = t.dataset_folder("stack-mix", cache=tmp_path / "cache")
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert t.dataset_folder("stack-mix", cache=tmp_path / "nothing", given=str(copy)) == copy
+    assert not (tmp_path / "nothing").exists()  # given data is not regenerated
+    with pytest.raises(StackbenchError, match=r"--dataset stack-mix=\S+/mix: fingerprint \w+, the track pins \w+ "
+                                              r"\(8 items, the pin has 100\); give a copy of the track's own data"):
+        t.dataset_folder("stack-mix", given=str(data / "mix"))
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--dataset", "stack-mix"], "write NAME=REF"),
+    (["--dataset", "stack-mx=somewhere"], "track mini has no dataset 'stack-mx' (did you mean stack-mix"),
+    (["--dataset", "stack-mix=/no/such/folder"], "/no/such/folder"),
+])
+def test_submit_refuses_a_wrong_dataset_override_in_one_line(tmp_path, args, said):
+    r = CliRunner().invoke(main, ["submit", "--method", "GradCAM", "--store", str(tmp_path / "b"), "--no-progress",
+                                  *args])
+    assert r.exit_code != 0 and said in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "b").exists()  # nothing left behind
+    r = CliRunner().invoke(main, ["leaderboard", "verify", "--store", str(ROOT / "leaderboard"), "--dataset",
+                                  "stack-mix=x"])
+    assert r.exit_code != 0 and "--dataset needs --track" in r.output

@@ -76,6 +76,25 @@ def num_proc_option(help: str, default: int | None = 1):
     return count_option("--num-proc", default=default, help=help)
 
 
+class _NameRef(click.ParamType):
+    """NAME=REF (a repeatable option's one value) -> (name, ref)."""
+
+    name = "NAME=REF"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, eq, ref = str(value).partition("=")
+        if not eq or not name or not ref:
+            self.fail(f"{value!r}: write NAME=REF, e.g. stack-mix=path/to/folder or stack-mix=hf:REPO@REV", param, ctx)
+        return name, ref
+
+
+def dataset_override_option(help: str = "use this copy of the track's dataset NAME (a folder or hf:REPO@REV) instead "
+                            "of regenerating it; used only when its fingerprint is the track's pin (repeatable)"):
+    return click.option("--dataset", "datasets", multiple=True, type=_NameRef(), metavar="NAME=REF", help=help)
+
+
 no_progress_option = click.option("--no-progress", is_flag=True, help="no progress bars")
 dry_run_option = click.option("--dry-run", is_flag=True, help="print the steps with estimated costs and stop")
 json_option = click.option("--json", "as_json", is_flag=True,

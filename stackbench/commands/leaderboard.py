@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from .common import METHOD_HELP, device_option, echo_json, format_table, json_option, no_progress_option, option
+from .common import (
+    METHOD_HELP,
+    dataset_override_option,
+    device_option,
+    echo_json,
+    format_table,
+    json_option,
+    no_progress_option,
+    option,
+)
 
 store_option = option("--store", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
                       help="the leaderboard store (a folder with tracks.json)  [default: ./leaderboard]")
@@ -24,10 +33,11 @@ def track_option(help: str, default: str | None = None):
 @option("--url", default=None, metavar="URL", help="http(s) link to the method's paper or code")
 @option("--description", default=None, help="one line about the method (shown on the board)")
 @click.option("--replace", is_flag=True, help="overwrite a row of the same name")
+@dataset_override_option()
 @device_option()
 @no_progress_option
 @store_option
-def submit(method, track, name, author, url, description, replace, device, no_progress, store):
+def submit(method, track, name, author, url, description, replace, datasets, device, no_progress, store):
     """Run the track's official evaluation of a method on both datasets and add it to the store (a plugin file is
     copied into the store's methods/ folder, so anyone can re-run it)."""
     from .. import leaderboard as lb
@@ -35,7 +45,7 @@ def submit(method, track, name, author, url, description, replace, device, no_pr
     store = lb.resolve_store(store)
     new_board = not (store / "tracks.json").is_file()
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
-                      store=store, device=device, progress=not no_progress)
+                      store=store, device=device, progress=not no_progress, datasets=dict(datasets))
     for p in paths:
         click.echo(f"wrote {p} (+ {p.with_suffix('.parquet').name})")
     code = sorted((store / lb.METHODS_DIR / lb.stem_for(name or paths[0].stem)).glob("*"))
@@ -68,17 +78,18 @@ def leaderboard():
 @option("--skip", multiple=True, metavar="NAME", help="do not re-run these rows (repeatable; e.g. costly methods)")
 @click.option("--allow-not-rerun", is_flag=True, help="exit 0 even when rows could not be re-run (they are still "
               "listed)")
+@dataset_override_option()
 @device_option()
 @no_progress_option
 @store_option
-def verify(track, method, no_rerun, skip, allow_not_rerun, device, no_progress, store):
+def verify(track, method, no_rerun, skip, allow_not_rerun, datasets, device, no_progress, store):
     """Re-run every stored row. Each row is reproduced (every metric within the tolerance), FAILED (the field and
     both values) or not re-run (the reason). Exit 1 when a row failed or was not re-run (see --allow-not-rerun)."""
     from .. import leaderboard as lb
 
     label = {lb.REPRODUCED: "reproduced", lb.FAILED: "FAILED", lb.NOT_RERUN: "not re-run"}
     verdicts = lb.verify(track, method, store=store, rerun=not no_rerun, device=device, skip=tuple(skip),
-                         progress=not no_progress)
+                         progress=not no_progress, datasets=dict(datasets))
     width = max(len(v) for v in label.values())
     for v in verdicts:
         click.echo(f"{label[v.status]:<{width}}  {v.row}: {v.message}")

@@ -32,7 +32,7 @@ from .store import (
     row_key,
     stored_rows,
 )
-from .tracks import Track, load_tracks
+from .tracks import Track, given_datasets, load_tracks
 
 REL_TOL = 1e-6            # stored aggregates must be what their own per-image rows give, to round-off
 # A re-run reproduces a number when it agrees to within this (on mu in [0, 1]: 0.01 on the board's x100 scale).
@@ -237,12 +237,14 @@ def method_for(record: dict, store: Path):
     return get_method(f"{path}:{attr}", **m["config"])
 
 
-def rerun_row(record: dict, t: Track, inst, device: str, progress: bool) -> list[str]:
-    """Re-run one row; the differences from the record (empty when it reproduces)."""
+def rerun_row(record: dict, t: Track, inst, device: str, progress: bool, datasets: dict | None = None) -> list[str]:
+    """Re-run one row; the differences from the record (empty when it reproduces). `datasets`: the pinned data
+    given by the user ({name: folder or hf:REPO@REV}) instead of regenerating it."""
     from ..evaluate import evaluate
 
     with tempfile.TemporaryDirectory(prefix="stackbench-verify-") as tmp:
-        folder = t.dataset_folder(record["dataset"]["name"], progress=progress)
+        name = record["dataset"]["name"]
+        folder = t.dataset_folder(name, progress=progress, given=(datasets or {}).get(name))
         (run,) = evaluate([inst], str(folder), t.model, target=record["target"],
                           postprocess=record["postprocess"]["name"], batch_size=t.batch_size, device=device,
                           out=tmp, seed=record["seeds"]["run"], progress=progress, figure=False)
@@ -264,7 +266,7 @@ def rerun_row(record: dict, t: Track, inst, device: str, progress: bool) -> list
 
 
 def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, progress: bool,
-               skip: tuple[str, ...]) -> Verdict:
+               skip: tuple[str, ...], datasets: dict | None = None) -> Verdict:
     row = row_key(store, path)
     try:
         record, t = check_stored_row(store, path, tracks)
@@ -275,7 +277,7 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
         if record["schema"] != SCHEMA:
             return Verdict(row, NOT_RERUN, f"record, rows and pins check; schema 1 ({record['schema']}): resubmit "
                                            "it with this stackbench to measure the board's axes")
-        bad = rerun_row(record, t, method_for(record, store), device, progress)
+        bad = rerun_row(record, t, method_for(record, store), device, progress, datasets)
     except _NotRerun as e:
         return Verdict(row, NOT_RERUN, f"record, rows and pins check; {e}")
     except StackbenchError as e:
@@ -292,18 +294,26 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
 
 
 def verify(track: str | None = None, method: str | None = None, store: Path | None = None, rerun: bool = True,
-           device: str = "auto", progress: bool = True, skip: tuple[str, ...] = ()) -> list[Verdict]:
+           device: str = "auto", progress: bool = True, skip: tuple[str, ...] = (),
+           datasets: dict[str, str] | None = None) -> list[Verdict]:
     """Check every stored row (of a track / method): record, rows, pins; then re-run it. Each row gets one
     verdict (see Verdict), said as it comes with `progress` (a bar on a terminal, a line per row elsewhere).
-    With rerun, the reproduced rows are recorded in the store's verified.json, which the board shows."""
+    With rerun, the reproduced rows are recorded in the store's verified.json, which the board shows. `datasets`
+    ({name: folder or hf:REPO@REV}, with `track`) re-runs on the pinned data given instead of regenerating it."""
     store = resolve_store(store)
     tracks = load_tracks(store)
+    if datasets:
+        if track is None:
+            raise StackbenchError("--dataset needs --track: a dataset belongs to one track")
+        if track not in tracks:
+            raise StackbenchError(f"unknown track {track!r}; tracks: {', '.join(tracks)}")
+        datasets = given_datasets(tracks[track], datasets)
     out = []
     paths = stored_rows(store, track, method)
     bar = Progress(len(paths), "verify", unit="row", enabled=progress and bool(paths), every=0.0)
     with watching_ctrl_c(), bar, quiet_libraries(progress):
         for path in paths:
-            v = verify_row(store, path, tracks, rerun, device, progress and rerun, tuple(skip))
+            v = verify_row(store, path, tracks, rerun, device, progress and rerun, tuple(skip), datasets)
             out.append(v)
             bar.update(1, postfix=f"{v.row}: {v.status}")
     if rerun:

@@ -13,7 +13,7 @@ from ..progress import log, quiet_libraries
 from ..records import safe_url
 from .checks import check_record
 from .store import METHODS_DIR, file_source, init_store, locked, resolve_store, row_path, stem_for
-from .tracks import Track, get_track, load_tracks
+from .tracks import Track, get_track, given_datasets, load_tracks
 
 # ------------------------------------------------------------------------------------------------ submit
 
@@ -38,9 +38,12 @@ def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
 
 def submit(method: str, track: str | Track = "mini", *, name: str | None = None, author: str | None = None,
            url: str | None = None, description: str | None = None, replace: bool = False, store: Path | None = None,
-           device: str = "auto", progress: bool = True, method_config: dict | None = None) -> list[Path]:
+           device: str = "auto", progress: bool = True, method_config: dict | None = None,
+           datasets: dict[str, str] | None = None) -> list[Path]:
     """Run the track's official evaluation of `method` on each of its datasets and write the records into the
-    store, with the method's code when it is a plugin file (methods/<name>/). Returns the written record paths."""
+    store, with the method's code when it is a plugin file (methods/<name>/). `datasets` ({name: folder or
+    hf:REPO@REV}) gives the pinned data instead of regenerating it (used only when its fingerprint is the pin).
+    Returns the written record paths."""
     from ..evaluate import resolve_methods
     from ..refs import pick_device
 
@@ -56,7 +59,7 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     created = store is not None and init_store(store)
     try:
         return _submit(m, method, track, name, author, url, description, replace, resolve_store(store), device,
-                       progress, created)
+                       progress, created, datasets)
     except BaseException:
         if created:  # a board this submission started: leave nothing of it behind
             _undo_new_store(Path(store), existed)
@@ -83,12 +86,13 @@ def _check_writable(store: Path) -> None:
 
 
 def _submit(m, method, track, name, author, url, description, replace, store: Path, device, progress,
-            created: bool) -> list[Path]:
+            created: bool, datasets: dict | None) -> list[Path]:
     from ..evaluate import evaluate
 
     if created:
         log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
     t = get_track(track, store)
+    given = given_datasets(t, datasets)
     _check_writable(store)
     code = _code_to_store(m, store, name)
     paths = {ds: row_path(store, t.name, ds, t.model, name) for ds in t.datasets}
@@ -97,10 +101,12 @@ def _submit(m, method, track, name, author, url, description, replace, store: Pa
         raise StackbenchError(f"{name} is already on the {t.name} board ({taken[0]}); pass --replace to overwrite it")
     staged = {}
     with tempfile.TemporaryDirectory(prefix="stackbench-submit-") as tmp, quiet_libraries(progress):
+        # every dataset made or checked before any is evaluated: a wrong one is said before minutes of work
+        folders = {ds: t.dataset_folder(ds, progress=progress, given=given.get(ds)) for ds in t.datasets}
         for i, ds in enumerate(t.datasets, 1):
             if progress:
                 log.info(f"submit {name} to track {t.name}: dataset {ds} ({i}/{len(t.datasets)})")
-            folder = t.dataset_folder(ds, progress=progress)
+            folder = folders[ds]
             (run,) = evaluate([m], str(folder), t.model, target=t.target, postprocess=t.postprocess,
                               batch_size=t.batch_size, device=device, out=Path(tmp) / ds, seed=t.seed,
                               progress=progress, figure=False)

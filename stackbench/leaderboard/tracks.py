@@ -29,15 +29,24 @@ class Track:
     description: str = ""
     extra: dict = field(default_factory=dict)
 
-    def dataset_folder(self, name: str, cache: Path | None = None, progress: bool = False) -> Path:
-        """The track's dataset folder: given, or regenerated deterministically from its preset (once, cached),
-        and checked against the pinned fingerprint."""
+    def dataset_folder(self, name: str, cache: Path | None = None, progress: bool = False,
+                       given: str | None = None) -> Path:
+        """The track's dataset folder: `given` (a folder or hf:REPO@REV holding the pinned data), the track's own
+        path, or regenerated deterministically from its preset (once, cached); checked against the pin."""
         spec = self.datasets[name]
+        pin = spec.get("fingerprint")
+        if given is not None:
+            from ..datafolder import resolve
+
+            folder, _ = resolve(given)
+            if pin and fingerprint(folder) != pin:
+                raise StackbenchError(f"--dataset {name}={given}: {self._mismatch(name, folder)}; give a copy of the "
+                                      "track's own data")
+            return folder
         if "path" in spec:
             folder = Path(spec["path"])
         else:
             folder = (cache or cache_dir()) / self.name / f"{name}-{spec['preset']}"
-            pin = spec.get("fingerprint")
             generation = folder / "generation.json"
             complete = generation.is_file() and json.loads(generation.read_text()).get("status") == "complete"
             if complete and pin and fingerprint(folder) != pin:
@@ -46,14 +55,56 @@ class Track:
                 complete = False
             if not complete:  # missing, or a killed build (resumed)
                 _generate(name, spec["preset"], folder, progress)
-        pin = spec.get("fingerprint")
         if pin and fingerprint(folder) != pin:
-            raise StackbenchError(f"track {self.name}: dataset {name} at {folder} has fingerprint "
-                                  f"{fingerprint(folder)[:12]}, the track pins {pin[:12]}; " + (
-                                      "it was just regenerated from its preset: check your library versions against "
-                                      "the board's (generation.json lists them)" if "path" not in spec else
-                                      "give the track's own dataset"))
+            if "path" in spec:
+                raise StackbenchError(f"track {self.name}: dataset {name} at {folder}: {self._mismatch(name, folder)};"
+                                      " give the track's own dataset")
+            raise StackbenchError(f"track {self.name}: dataset {name}, regenerated from its preset into {folder}, is "
+                                  f"not the pinned data: {self._mismatch(name, folder)}; {_versions_note(spec)}. Use "
+                                  f"the pinned data itself: --dataset {name}=PATH or hf:REPO@REV (a copy whose "
+                                  f"fingerprint is {pin[:12]})")
         return folder
+
+    def _mismatch(self, name: str, folder: Path) -> str:
+        """What differs between a folder and the pin: the first item whose pixels differ and how many do."""
+        from ..datafolder import item_pixels
+
+        spec = self.datasets[name]
+        head = f"fingerprint {fingerprint(folder)[:12]}, the track pins {spec['fingerprint'][:12]}"
+        pinned = spec.get("item_pixels")
+        if not pinned:
+            return head
+        got = item_pixels(folder)
+        if len(got) != len(pinned):
+            return f"{head} ({len(got)} items, the pin has {len(pinned)})"
+        bad = [i for (i, px), want in zip(got, pinned, strict=True) if px != want]
+        if not bad:
+            return f"{head} (every item's pixels are the pinned ones: another column differs)"
+        return f"{head}: item {bad[0]} is the first whose pixels differ; {len(bad)} of {len(got)} items differ"
+
+
+def _versions_note(spec: dict) -> str:
+    """Whether this machine has the library versions the pinned data was made with."""
+    from ..versions import versions
+
+    made = spec.get("versions") or {}
+    here = versions(*[k for k in made if k not in ("stackbench", "python")], python=False)
+    other = [f"{k} {here[k]} (the pin's: {v})" for k, v in made.items() if k in here and here[k] != v]
+    if other:
+        return "this machine's " + ", ".join(other) + " may render other pixels"
+    return ("this machine has the library versions the pin was made with" + (f" ({', '.join(made)})" if made else "")
+            + ", so the difference is a CPU dependence stackbench does not know of: please report it")
+
+
+def pin(folder: Path) -> dict:
+    """What a track pins of a dataset folder: its fingerprint, each item's pixel digest (so a mismatch names the
+    item) and the library versions that rendered it."""
+    from ..datafolder import item_pixels, read_generation
+
+    made = read_generation(folder).get("versions") or {}
+    keep = ("numpy", "pillow", "pyarrow", "datasets", "torch")
+    return {"fingerprint": fingerprint(folder), "item_pixels": [px for _, px in item_pixels(folder)],
+            "versions": {k: made[k] for k in keep if k in made}}
 
 
 def cache_dir() -> Path:
@@ -87,6 +138,18 @@ def _renamed(spec: dict) -> dict:
     if "model_sha256" in spec and "model_fingerprint" not in spec:
         spec["model_fingerprint"] = spec.pop("model_sha256")
     return spec
+
+
+def given_datasets(t: Track, datasets: dict | None) -> dict[str, str]:
+    """`--dataset NAME=REF` overrides, checked against the track's dataset names before any work."""
+    datasets = dict(datasets or {})
+    for name, ref in datasets.items():
+        if name not in t.datasets:
+            raise StackbenchError(f"--dataset {name}={ref}: track {t.name} has no dataset {name!r}"
+                                  f"{close_matches(name, t.datasets)}; its datasets: {', '.join(t.datasets)}")
+        if not isinstance(ref, str) or not ref:
+            raise StackbenchError(f"--dataset {name}=: give a folder or hf:REPO@REV after the '='")
+    return datasets
 
 
 def get_track(track: str | Track, store: Path | None = None) -> Track:
