@@ -132,6 +132,11 @@ class Metric:
     axis: bool = False           # a board axis beyond mu (schema 2): measured on the images that got the axes
     description: str = ""
     per_image: Callable | None = field(default=None, repr=False, compare=False)  # (maps, dead_from) -> (N,)
+    # A re-run (another CPU's kernels, thread count) reproduces the mean and std when within this, absolutely; a
+    # method whose maps move with round-off declares how far (`SaliencyMethod.rerun_spread`), which loosens it up
+    # to rerun_atol_max. Measured with scripts/kernel_spread.py (the README's table).
+    rerun_atol: float = 1e-4
+    rerun_atol_max: float = 0.05
 
     @property
     def better(self) -> str:
@@ -169,9 +174,10 @@ METRICS = {m.name: m for m in (
     Metric("mu_hidden", "mu hidden x100", "mu behind a hidden wall", "lower", **_X100, axis=True,
            description="mu with the model and image re-oriented so that the wall sits on another side, unknown to "
                        "the method"),
-    Metric("deletion_auc", "deletion AUC", "deletion AUC", "lower", axis=True,
+    Metric("deletion_auc", "deletion AUC", "deletion AUC", "lower", axis=True, rerun_atol=1e-3,
            description="AUC of the target probability as the seen pixels are deleted from most to least salient"),
-    Metric("rand_corr", "rand. corr", "randomisation correlation", None, axis=True,
+    Metric("rand_corr", "rand. corr", "randomisation correlation", None, axis=True, rerun_atol=1e-3,
+           rerun_atol_max=0.1,
            description="Spearman correlation of the map with the map on a re-initialised model over the cells the "
                        "head reads; at or above a threshold the method is model-insensitive"),
 )}
@@ -251,6 +257,22 @@ def aggregate(values, resamples: int = 1000, seed: int = 0, empty=None) -> dict:
 def mu_cell(agg: dict | None) -> str:
     """A mu aggregate as "mean ± std" x100 (report and leaderboard tables); "-" when it has no mean."""
     return METRICS["mu"].cell(agg)
+
+
+RERUN_SIGMAS = 4.0  # a mean of n images moves by about spread / sqrt(n) between CPUs: allow this many times that
+
+
+def rerun_tolerances(spread: dict | None = None, n: int = 100) -> dict[str, float]:
+    """{metric: absolute tolerance} a re-run of a row of n images meets: each metric's own `rerun_atol`, or, for a
+    method whose maps move with round-off, RERUN_SIGMAS times its per-image spread between CPU kernel sets
+    (`SaliencyMethod.rerun_spread`) over sqrt(n); never above the metric's `rerun_atol_max`."""
+    spread = spread if isinstance(spread, dict) else {}  # a plugin's class variable: anything at all
+
+    def declared(name: str) -> float:
+        v = spread.get(name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+        return RERUN_SIGMAS * float(v) / max(int(n), 1) ** 0.5 if ok else 0.0
+    return {name: min(max(m.rerun_atol, declared(name)), m.rerun_atol_max) for name, m in METRICS.items()}
 
 
 def images_phrase(k: int) -> str:

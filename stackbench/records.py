@@ -255,6 +255,7 @@ class Record(TypedDict):
     axes: NotRequired[Annotated[AxesInfo, SINCE_2]]
     flags: NotRequired[Annotated[Flags, SINCE_2]]
     maps: NotRequired[Annotated[MapsInfo, SINCE_2]]
+    tolerances: NotRequired[dict[str, float]]  # {metric: absolute tolerance a re-run must meet} (`rerun_tolerances`)
     items: Items
     rows: RowsInfo
     accuracy: NotRequired[Accuracy]      # optional: the records made before it was measured still validate
@@ -506,7 +507,7 @@ def base_record(dataset: DatasetInfo, model: ModelInfo, *, band: Band, target: s
 
 def method_record(base: BaseRecord, method: MethodInfo, rows: list[dict], *, metrics: Metrics, flags: Flags,
                   ids: list[str], shas: list[str], skipped: list[Skipped], rows_file: str, rows_sha256: str,
-                  classes: dict | None, seconds: float) -> Record:
+                  classes: dict | None, seconds: float, tolerances: dict[str, float] | None = None) -> Record:
     """One method's finished record: `base` with the method, its metrics (`aggregate_rows`) and flags, and what
     pins its rows (the images scored, their maps, the Parquet file)."""
     n = len(rows)
@@ -516,6 +517,7 @@ def method_record(base: BaseRecord, method: MethodInfo, rows: list[dict], *, met
         "metrics": metrics,
         "flags": flags,
         "maps": {"digest": maps_digest(rows)},
+        **({"tolerances": tolerances} if tolerances else {}),
         "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
         "rows": {"file": rows_file, "sha256": rows_sha256, "columns": list(rows[0])},
         **({"accuracy": acc} if (acc := accuracy(rows, classes)) else {}),

@@ -86,3 +86,53 @@ def test_uniform_is_numpys_draw_and_gauss_is_standard():
 def test_an_unknown_level_is_refused(level):
     with pytest.raises(ValueError, match="unknown kernel level"):
         cpu.kernel_env(level)
+
+
+VERIFY = r"""
+import json, sys
+from stackbench import leaderboard as lb
+verdicts = lb.verify("small", store=sys.argv[1], device="cpu", progress=False)
+print(json.dumps({v.row: [v.status, v.message] for v in verdicts}))
+"""
+
+
+def test_rows_reproduce_one_kernel_level_down(tmp_path):
+    """GradCAM and Opti-CAM rows (Opti-CAM's 50 optimisation steps amplify round-off) made here re-run under the
+    next lower kernel level (numpy, torch, oneDNN, MKL, OpenCV switched down) and are `reproduced`: every metric
+    within the tolerance its record states."""
+    from stackbench import leaderboard as lb
+    from stackbench.generate.build import build_dataset
+
+    store = tmp_path / "board"
+    store.mkdir()
+    datasets = {}
+    for kind in ("stack-mix", "stack-gen"):
+        folder = build_dataset(kind, tmp_path / kind, preset="mini", **({"per_class": 1} if kind == "stack-mix"
+                                                                          else {"num_images": 6}))
+        datasets[kind] = {"path": str(folder)}
+    (store / "tracks.json").write_text(json.dumps({"tracks": {"small": {
+        "description": "the mini track's model on a few images", "model": "minivgg-masked", "datasets": datasets,
+        "batch_size": 8}}}))
+    for method in ("GradCAM", "Opti-CAM"):
+        lb.submit(method, "small", store=store, progress=False, device="cpu")
+    level = cpu.lower_levels()[0]
+    got = _run(VERIFY, level, str(store))
+    assert len(got) == 4 and all(status == "reproduced" for status, _ in got.values()), (level, got)
+    opti = next(msg for row, (_, msg) in got.items() if row.endswith("Opti-CAM") and "/stack-mix/" in row)
+    assert "mu 0.025" in opti, opti  # 4 x its measured spread 0.02 over sqrt(10 images)
+    record = json.loads(next(store.glob("results/small/stack-mix/*/Opti-CAM.json")).read_text())
+    assert record["tolerances"]["mu"] == 4 * 0.02 / math.sqrt(10) and cpu.machine_level() in record["env"]["cpu"]
+
+
+def test_tolerances_follow_the_measured_spread_and_a_plugin_cannot_loosen_them_past_the_cap():
+    from stackbench.methods import get_method_class
+    from stackbench.metrics import METRICS, rerun_tolerances
+
+    plain = rerun_tolerances(get_method_class("GradCAM").rerun_spread, 100)
+    assert plain == {k: m.rerun_atol for k, m in METRICS.items()}
+    opti = rerun_tolerances(get_method_class("Opti-CAM").rerun_spread, 100)
+    assert opti["mu"] == 4 * 0.02 / 10 and opti["leak_rate"] == plain["leak_rate"]
+    assert rerun_tolerances(get_method_class("Opti-CAM").rerun_spread, 4)["mu"] == 4 * 0.02 / 2  # fewer images
+    greedy = rerun_tolerances({"mu": 1e9, "deletion_auc": float("inf"), "rand_corr": "all", "dead_mass": True}, 1)
+    assert greedy["mu"] == METRICS["mu"].rerun_atol_max and greedy["deletion_auc"] == plain["deletion_auc"]
+    assert greedy["rand_corr"] == plain["rand_corr"] and greedy["dead_mass"] == plain["dead_mass"]

@@ -218,9 +218,6 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
 # Rows of the committed board that CI re-runs (GradCAM: the model's gradients, on both sets, about 12 s each on 2
 # cores with every axis); every other row is still checked for schema, rows hash, aggregates and pins, and is re-run
 # by `stackbench leaderboard verify --track mini` (the controls and GradCAM were, for verified.json).
-CHEAP = ("GradCAM",)
-
-
 def test_a_stale_track_cache_is_rebuilt_not_resumed(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -242,20 +239,14 @@ def test_a_stale_track_cache_is_rebuilt_not_resumed(tmp_path):
     assert fingerprint(track.dataset_folder("stack-mix", cache=tmp_path)) == pin
 
 
-def test_committed_mini_board_verifies(tmp_path):
+def test_committed_mini_board_verifies():
     from stackbench.methods import get_method_class, list_methods
 
-    board = shutil.copytree(ROOT / "leaderboard", tmp_path / "leaderboard")  # verify records its verdicts
-    rows = lb.stored_rows(board, "mini")
+    rows = lb.stored_rows(ROOT / "leaderboard", "mini")
     on_vgg = {n for n in list_methods() if "vgg" in get_method_class(n).architectures}
     assert {p.stem for p in rows} == on_vgg, "every built-in method that runs on a VGG is on the mini board"
-    costly = tuple(sorted({p.stem for p in rows} - set(CHEAP)))
-    verdicts = lb.verify("mini", store=board, device="cpu", skip=costly)
-    assert verdicts and not any(v.failed for v in verdicts), [v.message for v in verdicts if v.failed]
-    assert sum(v.passed for v in verdicts) == 2 * len(CHEAP)
-    assert {v.status for v in verdicts if not v.passed} == {lb.NOT_RERUN}
     # The committed board was built from records that all pass the static checks, and marks the rows its last
-    # verify reproduced.
+    # verify reproduced. (tests/test_workflow.py re-runs its GradCAM rows as the board's pull-request check does.)
     assert not any(v.failed for v in lb.verify("mini", store=ROOT / "leaderboard", rerun=False))
     assert "reproduced" in (ROOT / "leaderboard" / "README.md").read_text()
 

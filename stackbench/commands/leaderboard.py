@@ -102,7 +102,7 @@ def verify(track, method, no_rerun, skip, allow_not_rerun, datasets, device, no_
                    f"{count[lb.FAILED]} failed")
         sys.exit(1 if count[lb.FAILED] else 0)
     click.echo(f"{count[lb.REPRODUCED]} reproduced, {count[lb.FAILED]} failed, {count[lb.NOT_RERUN]} not re-run "
-               f"(reproduced: every metric within {lb.RERUN_ATOL:g}, the same images)")
+               "(reproduced: every metric within its tolerance, the same flags, the same images)")
     sys.exit(1 if count[lb.FAILED] or (count[lb.NOT_RERUN] and not allow_not_rerun) else 0)
 
 

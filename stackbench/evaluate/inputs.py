@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 
+from .. import cpu
 from .. import metrics as M
 from .. import records as R
 from ..axes import Axes
@@ -108,6 +109,7 @@ def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, 
     from ..models import weights_fingerprint
 
     env = {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
+           "cpu": cpu.describe(),
            "dtype": str(next(net.parameters()).dtype).replace("torch.", "")}
     band = {"axis": "rows", "first": setting.band_from, "last": setting.size[0] - 1}
     return R.base_record(R.dataset_info(info, out), R.model_info(net, weights_fingerprint(net), out), band=band,

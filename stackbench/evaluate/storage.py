@@ -12,6 +12,7 @@ import numpy as np
 
 from ..datafolder import atomic_write_bytes, atomic_write_json
 from ..errors import StackbenchError
+from ..metrics import rerun_tolerances
 from ..records import aggregate_rows, identity, method_record, read_record, sampled_mu, validate_record
 from .loop import GRID_ITEMS, decode_image
 from .state import MethodRun, Setting
@@ -77,7 +78,8 @@ def write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Sett
     flags = setting.axes.flags(metrics, sampled_mu(r.rows) if setting.chosen is not None else None)
     record = method_record(base, r.method.describe(), r.rows, metrics=metrics, flags=flags, ids=ids, shas=shas,
                            skipped=skipped, rows_file=f"{stem}.parquet", rows_sha256=hashlib.sha256(data).hexdigest(),
-                           classes=setting.classes, seconds=r.seconds)
+                           classes=setting.classes, seconds=r.seconds,
+                           tolerances=rerun_tolerances(getattr(r.method, "rerun_spread", None), len(r.rows)))
     validate_record(record, where=f"result record of {r.name}")
     atomic_write_json(r.record_path, record)  # last: a record on disk means the rows beside it are complete
     return record

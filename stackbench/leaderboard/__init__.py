@@ -22,7 +22,6 @@ from .checks import (
                      REL_TOL,
                      REPRODUCED,
                      RERUN_ATOL,
-                     RERUN_ATOL_OF,
                      Verdict,
                      check_record,
                      check_stored_row,
@@ -69,7 +68,7 @@ from .submission import submit
 from .tracks import Track, cache_dir, get_track, load_tracks
 
 __all__ = ["DATASETS", "FAILED", "METHODS_DIR", "NAME_RE", "NOT_RERUN", "REL_TOL", "RENDERED", "REPRODUCED",
-           "RERUN_ATOL", "RERUN_ATOL_OF", "SECTIONS", "Track", "VERIFIED", "Verdict", "board", "board_intro",
+           "RERUN_ATOL", "SECTIONS", "Track", "VERIFIED", "Verdict", "board", "board_intro",
            "build", "cache_dir", "check_record", "check_stored_row", "default_store", "get_track", "init_store",
            "load_tracks", "method_for", "read_reported", "read_verified", "record_verdicts", "render_axes_chart",
            "render_chart", "render_html", "render_markdown", "reported", "reported_table", "reproduced", "rerun_row",
