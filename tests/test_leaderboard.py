@@ -283,7 +283,7 @@ def test_the_pinned_data_can_be_given_instead_of_regenerated(tmp_path, data):
     assert t.dataset_folder("stack-mix", cache=tmp_path / "nothing", given=str(copy)) == copy
     assert not (tmp_path / "nothing").exists()  # given data is not regenerated
     with pytest.raises(StackbenchError, match=r"--dataset stack-mix=\S+/mix: fingerprint \w+, the track pins \w+ "
-                                              r"\(8 items, the pin has 100\); give a copy of the track's own data"):
+                                              r"\(8 items, the pin has 100\); give a copy of the track's stack-mix"):
         t.dataset_folder("stack-mix", given=str(data / "mix"))
 
 
@@ -300,3 +300,23 @@ def test_submit_refuses_a_wrong_dataset_override_in_one_line(tmp_path, args, sai
     r = CliRunner().invoke(main, ["leaderboard", "verify", "--store", str(ROOT / "leaderboard"), "--dataset",
                                   "stack-mix=x"])
     assert r.exit_code != 0 and "--dataset needs --track" in r.output
+
+
+def test_verify_checks_every_given_dataset_before_any_row(tmp_path):
+    """A bad --dataset is said first, in one line, even with --no-rerun; and a dataset given twice is refused."""
+    (tmp_path / "empty").mkdir()
+    for args, said in [(["stack-mix=" + str(tmp_path / "nope")], "no such folder"),
+                       (["stack-gen=" + str(tmp_path / "empty")], "not a dataset folder (no data/*.parquet)"),
+                       (["stack-mix=hf:some/repo@"], "an empty revision"),
+                       (["stack-mix=a", "stack-mix=b"], "--dataset stack-mix is given twice")]:
+        cmd = ["leaderboard", "verify", "--store", str(ROOT / "leaderboard"), "--track", "mini", "--no-rerun"]
+        r = CliRunner().invoke(main, cmd + [x for a in args for x in ("--dataset", a)])
+        assert r.exit_code == 2 and said in r.output and r.output.count("\n") == 1, r.output
+        assert "FAILED" not in r.output and "stack-gen" in r.output or "stack-gen" not in args[0]
+
+
+def test_a_failed_submit_removes_the_folders_it_made(tmp_path):
+    r = CliRunner().invoke(main, ["submit", "--method", "GradCAM", "--store", str(tmp_path / "a" / "b" / "board"),
+                                  "--dataset", "stack-gen=" + str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "--dataset stack-gen=" in r.output and "no such folder" in r.output
+    assert "a new board" not in r.output and list(tmp_path.iterdir()) == []

@@ -45,7 +45,7 @@ def submit(method, track, name, author, url, description, replace, datasets, dev
     store = lb.resolve_store(store)
     new_board = not (store / "tracks.json").is_file()
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
-                      store=store, device=device, progress=not no_progress, datasets=dict(datasets))
+                      store=store, device=device, progress=not no_progress, datasets=list(datasets))
     for p in paths:
         click.echo(f"wrote {p} (+ {p.with_suffix('.parquet').name})")
     code = sorted((store / lb.METHODS_DIR / lb.stem_for(name or paths[0].stem)).glob("*"))
@@ -89,7 +89,7 @@ def verify(track, method, no_rerun, skip, allow_not_rerun, datasets, device, no_
 
     label = {lb.REPRODUCED: "reproduced", lb.FAILED: "FAILED", lb.NOT_RERUN: "not re-run"}
     verdicts = lb.verify(track, method, store=store, rerun=not no_rerun, device=device, skip=tuple(skip),
-                         progress=not no_progress, datasets=dict(datasets))
+                         progress=not no_progress, datasets=list(datasets))
     width = max(len(v) for v in label.values())
     for v in verdicts:
         click.echo(f"{label[v.status]:<{width}}  {v.row}: {v.message}")

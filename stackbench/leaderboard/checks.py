@@ -32,7 +32,7 @@ from .store import (
     row_key,
     stored_rows,
 )
-from .tracks import Track, given_datasets, load_tracks
+from .tracks import Track, get_track, given_datasets, load_tracks
 
 REL_TOL = 1e-6            # stored aggregates must be what their own per-image rows give, to round-off
 # A re-run reproduces a metric's mean and std within its tolerance (`metrics.rerun_tolerances`: each metric's own,
@@ -306,7 +306,7 @@ def tolerance_phrase(tol: dict[str, float]) -> str:
 
 def verify(track: str | None = None, method: str | None = None, store: Path | None = None, rerun: bool = True,
            device: str = "auto", progress: bool = True, skip: tuple[str, ...] = (),
-           datasets: dict[str, str] | None = None) -> list[Verdict]:
+           datasets: dict[str, str] | list[tuple[str, str]] | None = None) -> list[Verdict]:
     """Check every stored row (of a track / method): record, rows, pins; then re-run it. Each row gets one
     verdict (see Verdict), said as it comes with `progress` (a bar on a terminal, a line per row elsewhere).
     With rerun, the reproduced rows are recorded in the store's verified.json, which the board shows. `datasets`
@@ -316,9 +316,7 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
     if datasets:
         if track is None:
             raise StackbenchError("--dataset needs --track: a dataset belongs to one track")
-        if track not in tracks:
-            raise StackbenchError(f"unknown track {track!r}; tracks: {', '.join(tracks)}")
-        datasets = given_datasets(tracks[track], datasets)
+        datasets = given_datasets(get_track(track, store), datasets)
     out = []
     paths = stored_rows(store, track, method)
     bar = Progress(len(paths), "verify", unit="row", enabled=progress and bool(paths), every=0.0)

@@ -39,7 +39,7 @@ def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
 def submit(method: str, track: str | Track = "mini", *, name: str | None = None, author: str | None = None,
            url: str | None = None, description: str | None = None, replace: bool = False, store: Path | None = None,
            device: str = "auto", progress: bool = True, method_config: dict | None = None,
-           datasets: dict[str, str] | None = None) -> list[Path]:
+           datasets: dict[str, str] | list[tuple[str, str]] | None = None) -> list[Path]:
     """Run the track's official evaluation of `method` on each of its datasets and write the records into the
     store, with the method's code when it is a plugin file (methods/<name>/). `datasets` ({name: folder or
     hf:REPO@REV}) gives the pinned data instead of regenerating it (used only when its fingerprint is the pin).
@@ -55,24 +55,33 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     stem_for(name)
     url = safe_url(url)
     pick_device(device)  # before anything is said or made
-    existed = store is None or Path(store).exists()
+    made = _missing_folders(store)
     created = store is not None and init_store(store)
     try:
         return _submit(m, method, track, name, author, url, description, replace, resolve_store(store), device,
                        progress, created, datasets)
     except BaseException:
         if created:  # a board this submission started: leave nothing of it behind
-            _undo_new_store(Path(store), existed)
+            _undo_new_store(Path(store), made)
         raise
 
 
-def _undo_new_store(store: Path, existed: bool) -> None:
+def _missing_folders(store) -> list[Path]:
+    """The folders a new store at `store` will make (itself and missing parents), innermost first."""
+    out, p = [], Path(store).absolute() if store is not None else None
+    while p is not None and not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _undo_new_store(store: Path, made: list[Path]) -> None:
     for part in ("tracks.json", "reported", "results", METHODS_DIR, ".lock"):
         p = store / part
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if not existed:
+    for folder in made:  # only what this submission created, and only while empty
         with contextlib.suppress(OSError):
-            store.rmdir()
+            folder.rmdir()
 
 
 def _check_writable(store: Path) -> None:
@@ -89,11 +98,11 @@ def _submit(m, method, track, name, author, url, description, replace, store: Pa
             created: bool, datasets: dict | None) -> list[Path]:
     from ..evaluate import evaluate
 
-    if created:
-        log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
     t = get_track(track, store)
     given = given_datasets(t, datasets)
     _check_writable(store)
+    if created:
+        log.info("%s: a new board with stackbench's tracks (%s)", store, ", ".join(load_tracks(store)))
     code = _code_to_store(m, store, name)
     paths = {ds: row_path(store, t.name, ds, t.model, name) for ds in t.datasets}
     taken = [p for p in paths.values() if p.exists()]

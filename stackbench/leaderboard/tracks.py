@@ -36,13 +36,7 @@ class Track:
         spec = self.datasets[name]
         pin = spec.get("fingerprint")
         if given is not None:
-            from ..datafolder import resolve
-
-            folder, _ = resolve(given)
-            if pin and fingerprint(folder) != pin:
-                raise StackbenchError(f"--dataset {name}={given}: {self._mismatch(name, folder)}; give a copy of the "
-                                      "track's own data")
-            return folder
+            return self.given_folder(name, given)
         if "path" in spec:
             folder = Path(spec["path"])
         else:
@@ -63,6 +57,28 @@ class Track:
                                   f"not the pinned data: {self._mismatch(name, folder)}; {_versions_note(spec)}. Use "
                                   f"the pinned data itself: --dataset {name}=PATH or hf:REPO@REV (a copy whose "
                                   f"fingerprint is {pin[:12]})")
+        return folder
+
+    def given_folder(self, name: str, ref: str) -> Path:
+        """A user's copy of dataset `name` (a folder or hf:REPO@REV), checked: a dataset folder whose fingerprint is
+        the pin. Every refusal is one line that starts with the option as given."""
+        from ..datafolder import list_shards, resolve
+
+        what, fix = f"--dataset {name}={ref}", f"give a copy of the track's {name} data (its folder or hf:REPO@REV)"
+        try:
+            local = not ref.startswith("hf:")
+            if local and not Path(ref).is_dir():
+                raise StackbenchError("is a file" if Path(ref).exists() else "no such folder")
+            folder, _ = resolve(ref)
+            if not list_shards(folder):
+                raise StackbenchError("not a dataset folder (no data/*.parquet)")
+            pin = self.datasets[name].get("fingerprint")
+            if pin and fingerprint(folder) != pin:
+                raise StackbenchError(self._mismatch(name, folder))
+        except OSError as e:
+            raise StackbenchError(f"{what:.200}: cannot be read ({first_line(e, 60)}); {fix}") from None
+        except StackbenchError as e:
+            raise StackbenchError(f"{what:.200}: {str(e).splitlines()[0][:300]}; {fix}") from None
         return folder
 
     def _mismatch(self, name: str, folder: Path) -> str:
@@ -140,16 +156,21 @@ def _renamed(spec: dict) -> dict:
     return spec
 
 
-def given_datasets(t: Track, datasets: dict | None) -> dict[str, str]:
-    """`--dataset NAME=REF` overrides, checked against the track's dataset names before any work."""
-    datasets = dict(datasets or {})
-    for name, ref in datasets.items():
+def given_datasets(t: Track, datasets) -> dict[str, str]:
+    """`--dataset NAME=REF` overrides ({name: ref} or (name, ref) pairs), checked before any work: names of the
+    track's datasets, each once, each a dataset folder whose fingerprint is the pin. -> {name: local folder}."""
+    pairs = list(datasets.items() if isinstance(datasets, dict) else datasets or ())
+    seen: set[str] = set()
+    for name, ref in pairs:  # every name first: a wrong one is said before any folder is read
         if name not in t.datasets:
-            raise StackbenchError(f"--dataset {name}={ref}: track {t.name} has no dataset {name!r}"
+            raise StackbenchError(f"--dataset {name:.80}={ref:.80}: track {t.name} has no dataset {name[:80]!r}"
                                   f"{close_matches(name, t.datasets)}; its datasets: {', '.join(t.datasets)}")
         if not isinstance(ref, str) or not ref:
             raise StackbenchError(f"--dataset {name}=: give a folder or hf:REPO@REV after the '='")
-    return datasets
+        if name in seen:
+            raise StackbenchError(f"--dataset {name} is given twice; give each dataset once")
+        seen.add(name)
+    return {name: str(t.given_folder(name, ref)) for name, ref in pairs}
 
 
 def get_track(track: str | Track, store: Path | None = None) -> Track:
