@@ -150,6 +150,10 @@ class EigenGradCAM(TargetLayerCAM):
     """EigenCAM of gradient x activation."""
 
     reference = "pytorch_grad_cam.EigenGradCAM"
+    # On the re-initialised model of the randomisation check, gradient x activation can have two near-equal
+    # singular values: which one leads, and so the map's correlation, moves with the CPU's kernels on a few images
+    # (per-image RMS 0.022 between AVX-512 and AVX2 kernels, scripts/kernel_spread.py).
+    rerun_spread = {"rand_corr": 0.03}
 
     def cam(self, A, G, batch):
         return _projection(G * A)
