@@ -17,11 +17,12 @@ FLOORS = {
     "engines": ("evaluate", "train", "training", "generate", "theory"),
     "parts": ("methods", "models", "sources", "datafolder", "figures", "theory_figures", "present", "cards", "axes",
               "standings", "hub", "hub.fetch"),
-    "ground": ("", "wall", "metrics", "records", "refs", "errors", "constants", "versions", "progress", "resources"),
+    "ground": ("", "wall", "metrics", "records", "refs", "errors", "constants", "versions", "progress", "resources",
+               "cpu"),
 }
 RANK = {floor: i for i, floor in enumerate(reversed(FLOORS))}  # ground 0 ... commands 4
 # Ground modules that import nothing of the package at all.
-STANDALONE = ("metrics", "wall", "constants")
+STANDALONE = ("metrics", "wall", "constants", "cpu")
 
 
 def module_names() -> dict[str, Path]:

@@ -29,9 +29,11 @@ class OptiCAM(TargetLayerCAM):
     defaults = {"lr": 0.1, "steps": 50, "loss": "max-logit", "init": 0.5, "early_stop": True,
                 "normalise": "(S - min) / (max - min + 1e-8)"}
     # Adam turns round-off in tiny gradients into whole steps, and the early stop is a comparison of two losses: the
-    # same image through the same weights on another CPU's kernels ends elsewhere (per-image RMS between kernel sets,
-    # scripts/kernel_spread.py; the README's table). A re-run's tolerance follows from it (metrics.rerun_tolerances).
-    rerun_spread = {"mu": 0.025, "dead_mass": 0.015, "mu_hidden": 0.025, "deletion_auc": 0.04, "rand_corr": 0.15}
+    # same image through the same weights on another CPU's kernels ends elsewhere. Per-image RMS differences measured
+    # with scripts/kernel_spread.py (AVX-512 against AVX2 and baseline kernels; the README's table): mu 0.027, dead
+    # mass 0.014, mu hidden 0.017, deletion AUC 0.031, rand. corr 0.10; these are those, rounded up. A re-run's
+    # tolerance follows from them (metrics.rerun_tolerances): at 100 images, 4 x spread / 10.
+    rerun_spread = {"mu": 0.03, "dead_mass": 0.015, "mu_hidden": 0.02, "deletion_auc": 0.035, "rand_corr": 0.12}
 
     def __init__(self, model=None, **config):
         super().__init__(model, **config)
