@@ -72,7 +72,7 @@ def test_shapes_scenes_put_one_object_behind_the_wall(tmp_path, monkeypatch):
                                                           "crescent", "heart", "arrow", "lightning"}
     # no diffusion columns (nor empty verifier scores) on scenes no diffusion model made
     assert ds.column_names == ["id", "image", "label", "class_name", "wall_row", "seed", "top_box", "bottom_box",
-                               "generator"] and set(ds["generator"]) == {"shapes/2"}
+                               "generator"] and set(ds["generator"]) == {"shapes/3"}
     # each box is the exact bounds of its object's pixels; the hidden one lies wholly behind the wall
     assert len(drawn) == 20
     for row, top, bottom in zip(ds, drawn[0::2], drawn[1::2], strict=True):
