@@ -181,8 +181,10 @@ def test_every_option_has_help_and_shows_its_default():
 KIND = {"REF": {"--model", "--method", "--dataset", "--sd-model", "--verify-model"},
         "DIR": {"--out", "--store"}, "SRC": {"--source", "--val-source", "--imagenet", "--train-source"},
         "PATH": {"--image"}, "SEED": {"--seed"}, "DEVICE": {"--device"}, "NAME": {"--preset"}, "REV": {"--revision"}}
-# Where an option's name says one kind but the value is another: verify filters rows by their submission name.
-NOT_A_REF = {("leaderboard verify", "--method"): "NAME"}
+# Where an option's name says one kind but the value is another: verify filters rows by their submission name;
+# submit and verify take a track's dataset by name (`--dataset stack-mix=REF`).
+NOT_A_REF = {("leaderboard verify", "--method"): "NAME", ("submit", "--dataset"): "NAME=REF",
+             ("leaderboard verify", "--dataset"): "NAME=REF"}
 
 
 def test_one_metavar_for_one_kind_of_value():

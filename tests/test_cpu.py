@@ -135,7 +135,7 @@ def test_tolerances_follow_the_measured_spread_and_a_plugin_cannot_loosen_them_p
     spread = get_method_class("Opti-CAM").rerun_spread
     opti = rerun_tolerances(spread, 100)
     assert opti["mu"] == 4 * spread["mu"] / 10 and opti["leak_rate"] == plain["leak_rate"]
-    assert rerun_tolerances(spread, 4)["mu"] == 4 * spread["mu"] / 2  # fewer images: a mean moves more
+    assert rerun_tolerances(spread, 9)["mu"] == 4 * spread["mu"] / 3  # fewer images: a mean moves more
     greedy = rerun_tolerances({"mu": 1e9, "deletion_auc": float("inf"), "rand_corr": "all", "dead_mass": True}, 1)
     assert greedy["mu"] == METRICS["mu"].rerun_atol_max and greedy["deletion_auc"] == plain["deletion_auc"]
     assert greedy["rand_corr"] == plain["rand_corr"] and greedy["dead_mass"] == plain["dead_mass"]
