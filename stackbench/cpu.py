@@ -34,9 +34,13 @@ def _numpy_rank(target: str) -> int:
     return 1 if t in ("X86_V3", "AVX2", "FMA3", "AVX", "F16C") else 0
 
 
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def machine_level() -> str:
     """This CPU's level: avx512, avx2 or baseline on x86-64 (as numpy sees it); native elsewhere."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not _x86():
         return "native"
     _, have = _numpy_features()
     if have.get("AVX512F") and have.get("AVX512_SKX", have.get("X86_V4")):
@@ -60,10 +64,10 @@ def kernel_env(level: str) -> dict[str, str]:
     if level not in LEVELS:
         raise ValueError(f"unknown kernel level {level!r}; expected native or one of {', '.join(LEVELS)}")
     targets, _ = _numpy_features()
-    cap = LEVELS.index(level)  # 0 avx512, 1 avx2, 2 baseline
-    off = [t for t in targets if 2 - _numpy_rank(t) < cap or level == "baseline"]
+    keep = {"avx512": 2, "avx2": 1, "baseline": -1}[level]  # the highest numpy rank left on (baseline: none)
+    off = [t for t in targets if _numpy_rank(t) > keep]
     env = {"NPY_DISABLE_CPU_FEATURES": " ".join(off)} if off else {}
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if _x86():
         env.update(ATEN_CPU_CAPABILITY=_TORCH[level], ONEDNN_MAX_CPU_ISA=_ONEDNN[level],
                    MKL_ENABLE_INSTRUCTIONS=_MKL[level], OPENCV_CPU_DISABLE=_OPENCV.get(level, ""))
     return env
