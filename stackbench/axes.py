@@ -11,20 +11,20 @@
   reads: `rand_corr`.
 
 `Axes` holds the parameters (recorded in every result) and turns aggregates into the row's flags; `Views`
-holds the backbones a method runs on and one set-up instance of the method per view.
+holds the harness's own backbones of every view and, per view, the model a method's worker is handed.
 """
 from __future__ import annotations
 
 import copy
+import secrets
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from . import metrics as M
-from .errors import StackbenchError, foreign_failure
+from .errors import StackbenchError
 from .methods import Backbone, backbone_for
-from .methods.base import check_architecture
 from .wall import MOVING
 
 
@@ -117,9 +117,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 class Views:
-    """The backbones of one evaluation: "canonical" (the model as it is), each hidden orientation, "random". All are
-    built at once, before any method is set up (a method's hooks on the model must not be copied). A hidden model
-    copy carries no `wall` attribute (the backbone keeps it private), so a method cannot read where the wall went."""
+    """The views of one evaluation: "canonical" (the model as it is), each hidden orientation, "random". The
+    harness's backbones (its shared passes, deletion) are never handed to a method: a method's worker gets a copy
+    of `handed(view)` (no wall attribute, `stackbench.isolation.handed`) under an opaque `token(view)`, so neither
+    the model nor the call names the orientation."""
 
     def __init__(self, net: torch.nn.Module, seed: int, orientations=MOVING):
         from .models.variants import orient
@@ -136,47 +137,24 @@ class Views:
             del model.wall
             self._bb[g] = backbone_for(model, wall=wall)
 
+        self._tokens = {v: secrets.token_hex(4) for v in self._bb}
+        self._handed: dict = {}
+
     def backbone(self, view: str) -> Backbone:
         return self._bb[view]
 
+    def token(self, view: str) -> str:
+        return self._tokens[view]
 
-class Instances:
-    """One instance of a method per view, each set up once with that view's backbone (a method keeps state from
-    `setup`, e.g. hooks on the model). Copies are made before any setup."""
+    def handed(self, view: str):
+        """The model a method is handed on `view`, packed (`isolation.handed.Handed`): the reference its worker's
+        copy must still equal."""
+        if view not in self._handed:
+            from .isolation.handed import Handed, handed
 
-    def __init__(self, method, views: Views, seed: int):
-        self.views, self.seed = views, seed
-        self.template = _fresh(method)
-        self.live: dict[str, object] = {}
-        self.first = method
-
-    def get(self, view: str):
-        if view not in self.live:
-            inst = self.first if view == "canonical" else _fresh(self.template)
-            self.live[view] = inst  # before setup: a failed setup is still torn down
-            check_architecture(inst, self.views.backbone(view).model)
-            inst.setup(self.views.backbone(view), seed=self.seed)
-        return self.live[view]
-
-    def teardown(self) -> str | None:
-        """Tear every instance down; the first failure's text (SystemExit included), else None."""
-        failure = None
-        for inst in self.live.values():
-            try:
-                inst.teardown()
-            except BaseException as e:
-                reason = foreign_failure(e)
-                if reason is None:
-                    raise
-                failure = failure or reason
-        return failure
-
-
-def _fresh(method):
-    try:
-        return copy.deepcopy(method)
-    except Exception:  # noqa: BLE001 - an object that cannot be copied is re-created from its config
-        return type(method)(**method.config)
+            bb = self._bb[view]
+            self._handed[view] = Handed(handed(bb.model), crop=bb.live_lines != bb._wall.input_size[0])
+        return self._handed[view]
 
 
 def _target_probs(backbone: Backbone, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

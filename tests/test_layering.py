@@ -15,8 +15,8 @@ FLOORS = {
     "commands": ("cli", "__main__", "commands", "api"),
     "jobs": ("demo", "leaderboard", "hub.upload", "report", "rates"),
     "engines": ("evaluate", "train", "training", "generate", "theory"),
-    "parts": ("methods", "models", "sources", "datafolder", "figures", "theory_figures", "present", "cards", "axes",
-              "standings", "hub", "hub.fetch"),
+    "parts": ("methods", "isolation", "models", "sources", "datafolder", "figures", "theory_figures", "present",
+              "cards", "axes", "standings", "hub", "hub.fetch"),
     "ground": ("", "wall", "metrics", "records", "refs", "errors", "constants", "versions", "progress", "resources",
                "cpu"),
 }

@@ -2,9 +2,13 @@
 end the process, and boards built from records that do not check."""
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -124,15 +128,23 @@ def test_evaluate_reports_an_exiting_method_and_finishes_the_others(data, tmp_pa
 
 
 def test_a_real_ctrl_c_still_stops_the_run(data, tmp_path):
-    plugin = tmp_path / "ctrl_c.py"
-    plugin.write_text("import os, signal, time\nfrom stackbench.methods import SaliencyMethod\n"
-                      "class Stop(SaliencyMethod):\n    name = 'Stop'\n"
-                      "    def explain(self, batch):\n        os.kill(os.getpid(), signal.SIGINT)\n"
-                      "        time.sleep(5)\n        return batch.x[:, 0]\n")
+    # Ctrl-C reaches the harness (its workers ignore it): the run stops at once, writes nothing, leaves no worker
+    import threading
+
+    plugin = tmp_path / "slow.py"
+    plugin.write_text("import time\nfrom stackbench.methods import SaliencyMethod\n"
+                      "class Slow(SaliencyMethod):\n    name = 'Slow'\n"
+                      "    def explain(self, batch):\n        time.sleep(60)\n")
+    timer = threading.Timer(4, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        evaluate([f"{plugin}:Stop", "HiResCAM"], str(data / "mix"), "minivgg-masked@random", out=tmp_path / "o",
+        evaluate([f"{plugin}:Slow", "HiResCAM"], str(data / "mix"), "minivgg-masked@random", out=tmp_path / "o",
                  progress=False, figure=False)
+    timer.cancel()
+    assert time.monotonic() - t0 < 30
     assert not list((tmp_path / "o").glob("*.json"))
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("stackbench-method")]
 
 
 def test_a_registered_plugin_is_rerun_from_its_stored_copy_from_anywhere(store, tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ from pathlib import Path
 from ..axes import Axes, Views, orientations_for
 from ..datafolder import writable_folder
 from ..errors import watching_ctrl_c
+from ..isolation import Limits
+from ..isolation.session import start_server
 from ..methods.base import check_architecture
 from ..progress import log, quiet_libraries
 from ..records import aggregate_rows
@@ -51,29 +53,33 @@ __all__ = ["SUMMARY_HEADERS", "TARGET_RULES", "MethodRun", "Setting", "accuracy_
 def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", postprocess: str = "gradcam-lib",
              batch_size: int = 8, limit: int | None = None, device: str = "auto", save_maps: bool = False,
              out: str | Path = "results", seed: int = 0, progress: bool = True, method_config: dict | None = None,
-             figure: bool = True, allow_incomplete: bool = False, axes: Axes | None = None) -> list[MethodRun]:
-    """Run `methods` (specs or SaliencyMethod instances) and write one record + Parquet per method.
+             figure: bool = True, allow_incomplete: bool = False, axes: Axes | None = None,
+             limits: Limits | None = None) -> list[MethodRun]:
+    """Run `methods` (specs, classes or SaliencyMethod instances) and write one record + Parquet per method. Each
+    method explains in a worker process of its own, within `limits` (default: 600 s per image, no memory limit);
+    the scores are computed here, on model copies no method sees.
     Returns a MethodRun per method (status done / skipped / failed). Everything is checked before any work:
     the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
     weights, the dataset's wall; with target="label", the dataset's classes are the model's). `progress`: one bar
     per pass on a terminal, plain lines on the `stackbench` logger elsewhere; False shows nothing (and silences
     the bars of datasets and huggingface_hub)."""
-    check_args(target, postprocess, batch_size, limit, seed, axes, method_config)
-    methods = instances(methods, method_config)
+    check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits)
+    start_server()  # the methods' workers fork from it; it imports while the inputs load
+    methods = instances(methods, method_config, limits)
     dev = pick_device(device)
     with quiet_libraries(progress):
         return _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
-                         seed, progress, figure, allow_incomplete, axes)
+                         seed, progress, figure, allow_incomplete, axes, limits)
 
 
 def _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out, seed, progress,
-              figure, allow_incomplete, axes) -> list[MethodRun]:
+              figure, allow_incomplete, axes, limits) -> list[MethodRun]:
     ds, info, net, band_from = open_inputs(dataset, model, dev, seed, target, allow_incomplete)
     for m in methods:  # a method that cannot run on this architecture is a wrong input, not a failed run
         check_architecture(m, net)
     out = writable_folder(out)  # created only once every input checks
     ds = scored_items(ds, limit)
-    setting = make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes)
+    setting = make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes, limits)
     views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
     base = base_record(out, info, net, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in methods]

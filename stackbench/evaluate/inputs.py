@@ -13,14 +13,15 @@ from .. import records as R
 from ..axes import Axes
 from ..datafolder import open_dataset
 from ..errors import StackbenchError
-from ..methods import SaliencyMethod, get_method, list_methods
+from ..isolation import Limits, MethodHandle, method_handle
+from ..methods import SaliencyMethod, list_methods
 from ..versions import versions
 from .state import Setting
 
 TARGET_RULES = ("predicted", "label")
 
 
-def check_args(target, postprocess, batch_size, limit, seed, axes, method_config) -> None:
+def check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits=None) -> None:
     """The plain arguments, in the order their errors are reported."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise StackbenchError(f"--seed {seed!r}: must be a whole number from 0 to 2**63 - 1")
@@ -36,16 +37,20 @@ def check_args(target, postprocess, batch_size, limit, seed, axes, method_config
         raise StackbenchError(f"axes {axes!r:.40}: give a stackbench.axes.Axes (e.g. Axes(sample=20)) or None")
     if method_config is not None and not isinstance(method_config, dict):
         raise StackbenchError(f"method_config {method_config!r:.40}: a dict of method name -> options")
+    if limits is not None and not isinstance(limits, Limits):
+        raise StackbenchError(f"limits {limits!r:.40}: give a stackbench.isolation.Limits (e.g. Limits(seconds_per_"
+                              "image=30, memory_mb=4096)) or None")
 
 
-def resolve_methods(specs, **config) -> list[SaliencyMethod]:
-    """Method specs (names, plugins, entry points, 'all') -> instances, all resolved before any work."""
+def resolve_methods(specs, limits: Limits | None = None, **config) -> list[MethodHandle]:
+    """Method specs (names, plugins, entry points, 'all') -> handles, all resolved before any work (a plugin is
+    imported in a worker process only)."""
     names: list[str] = []
     for s in specs:
         names.extend(list_methods() if s == "all" else [s])
     seen, out = set(), []
     for s in dict.fromkeys(names):
-        m = get_method(s, **config.get(s, {}))
+        m = method_handle(s, limits, **config.get(s, {}))
         if m.name in seen:
             continue
         seen.add(m.name)
@@ -55,13 +60,13 @@ def resolve_methods(specs, **config) -> list[SaliencyMethod]:
     return out
 
 
-def instances(methods, method_config) -> list[SaliencyMethod]:
-    """`evaluate`'s methods (one or a list of specs, classes or instances) -> instances."""
-    if isinstance(methods, (str, SaliencyMethod)) or inspect.isclass(methods):
+def instances(methods, method_config, limits: Limits | None = None) -> list[MethodHandle]:
+    """`evaluate`'s methods (one or a list of specs, classes, instances or handles) -> handles."""
+    if isinstance(methods, (str, SaliencyMethod, MethodHandle)) or inspect.isclass(methods):
         methods = [methods]
-    given = [m for m in methods if isinstance(m, SaliencyMethod)]
-    specs = [m for m in methods if not isinstance(m, SaliencyMethod)]
-    return given + resolve_methods(specs, **(method_config or {})) if specs or not given else given
+    given = [method_handle(m) for m in methods if isinstance(m, (SaliencyMethod, MethodHandle))]
+    specs = [m for m in methods if not isinstance(m, (SaliencyMethod, MethodHandle))]
+    return given + resolve_methods(specs, limits, **(method_config or {})) if specs or not given else given
 
 
 def open_inputs(dataset, model, dev, seed, target, allow_incomplete):
@@ -97,11 +102,11 @@ def scored_items(ds, limit):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-def make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes) -> Setting:
+def make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes, limits=None) -> Setting:
     axes = (axes or Axes()).fitted(len(ds))
     return Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed),
                    name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net),
-                   band_from=band_from)
+                   band_from=band_from, limits=limits or Limits())
 
 
 def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> R.BaseRecord:
@@ -109,7 +114,7 @@ def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, 
     from ..models import weights_fingerprint
 
     env = {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
-           "cpu": cpu.describe(),
+           "cpu": cpu.describe(), "isolation": f"worker process; {setting.limits}",
            "dtype": str(next(net.parameters()).dtype).replace("torch.", "")}
     band = {"axis": "rows", "first": setting.band_from, "last": setting.size[0] - 1}
     return R.base_record(R.dataset_info(info, out), R.model_info(net, weights_fingerprint(net), out), band=band,

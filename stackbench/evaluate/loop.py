@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from ..axes import Instances, Views, deletion_ends, deletion_probs, orientation_for
+from ..axes import Views, deletion_ends, deletion_probs, orientation_for
 from ..datafolder import pixel_sha256
 from ..errors import first_line, foreign_failure
-from ..methods.passes import MethodFailure, make_batch, scored_maps
+from ..isolation.session import Session, SetupFailure, WorkerFailure
+from ..methods.passes import MethodFailure, make_batch, score_output
 from ..progress import Progress, rate
 from ..records import AXES_METRICS
 from ..wall import apply, inverse
@@ -76,9 +77,30 @@ def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
 
 def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, batch_size, progress):
     """The batches: every view's shared pass, then every live method. Returns (skipped, ids, image shas)."""
-    for r in todo:
-        r.views = Instances(r.method, views, setting.seed)
-        _attempt(r, "setup", [], lambda r=r: r.views.get("canonical"))
+    try:
+        for r in todo:
+            _attempt(r, "setup", [], lambda r=r: _start(r, views, setting))
+        return _run(todo, ds, views, setting, batch_size, progress)
+    finally:
+        for r in todo:
+            if r.session is not None:
+                r.session.close()
+
+
+def _start(r: MethodRun, views: Views, st: Setting) -> None:
+    """The method's worker, set up on the model as it is."""
+    r.session = Session(r.name, r.method.payload, st.limits)
+    _hand(r, views, "canonical", st.seed)
+
+
+def _hand(r: MethodRun, views: Views, view: str, seed: int) -> None:
+    """The view's model handed to the method's worker (once) and the method set up on it."""
+    token = views.token(view)
+    if token not in r.session.models:
+        r.session.view(token, views.handed(view), seed)
+
+
+def _run(todo: list[MethodRun], ds, views: Views, setting: Setting, batch_size, progress):
     bar = Progress(len(ds), f"evaluate {setting.name}", enabled=progress)  # one bar: the methods share each pass
     skipped: list[dict] = []
     all_ids, all_shas = [], []
@@ -93,16 +115,23 @@ def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, batch
             bar.update(len(ids), postfix=_rates(todo, len(all_ids)))
     finally:
         bar.close()
-        _teardown(todo)
+    _teardown(todo)  # after a Ctrl-C or an error, the workers are stopped instead (run_batches)
     return skipped, all_ids, all_shas
 
 
 def _teardown(todo: list[MethodRun]) -> None:
-    """Every method's views torn down; a teardown that raises fails a method that had not failed yet."""
+    """Every method torn down in its worker, its models checked a last time; a teardown that raises fails a method
+    that had not failed yet."""
     for r in todo:
-        reason = r.views.teardown() if r.views is not None else None
-        if reason and r.status == "pending":
-            r.status, r.error = "failed", f"method {r.name}: teardown raised {reason}"
+        if r.session is None or r.status != "pending":
+            continue
+        try:
+            reason = r.session.teardown()
+            reason = reason and f"method {r.name}: teardown raised {reason}"
+        except (WorkerFailure, SetupFailure) as e:
+            reason = f"method {r.name} {e} at teardown"
+        if reason:
+            r.status, r.error = "failed", reason
 
 
 def _rates(runs, n: int) -> str:
@@ -117,22 +146,34 @@ def _attempt(r: MethodRun, what: str, ids, call):
     if r.status != "pending":
         return None
     t0 = time.perf_counter()
+    where = "" if what in ("main", "setup") else f" in the {what} pass"
     try:
         return call()
     except MethodFailure as f:
-        item = ids[int(f.item)] if f.item else (ids[0] if ids else "-")
-        where = "" if what == "main" else f" in the {what} pass"
-        r.status, r.error = "failed", f"method {r.name} {f.reason}{where} (first offending item: {item!r})"
+        item = ids[int(f.item)] if f.item and f.item.isdigit() and int(f.item) < len(ids) else (ids[0] if ids else "-")
+        r.error = f"method {r.name} {f.reason}{where} (first offending item: {item!r})"
+    except SetupFailure as e:
+        phase = "setup" if what in ("setup", "main") else f"setup for the {what} pass"
+        r.error = f"method {r.name}: {phase} {e}"
+    except WorkerFailure as e:
+        r.error = f"method {r.name} {e}{where}"
     except BaseException as e:
         reason = foreign_failure(e)
         if reason is None:
             raise
-        phase = "setup" if what in ("setup", "main") else f"setup for the {what} pass"
-        r.status, r.error = "failed", f"method {r.name}: {phase} raised {reason}"
+        r.error = f"method {r.name}: {what} failed: {reason}"
     finally:
         r.seconds += time.perf_counter() - t0
-    r.rows, r.maps, r.grid_maps = [], [], []
+    r.status, r.rows, r.maps, r.grid_maps = "failed", [], [], []
     return None
+
+
+def _maps(r: MethodRun, views: Views, view: str, batch, st: Setting):
+    """The method's maps of `batch` on `view`, from its worker, checked and post-processed as the metric scores
+    them: (maps, empty)."""
+    _hand(r, views, view, st.seed)
+    out = r.session.explain(views.token(view), batch.message())
+    return score_output(out, len(batch.ids), st.shapes, st.postprocess, st.size)
 
 
 def _need_grads(runs) -> bool:
@@ -147,7 +188,7 @@ def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
     ends = deletion_ends(canon, batch.x[on], batch.targets[on], st.seen) if on else None
     got = {}
     for r in live:
-        got[r.name] = _attempt(r, "main", ids, lambda r=r: _scores(r, canon, batch, st, idx, on, ends))
+        got[r.name] = _attempt(r, "main", ids, lambda r=r: _scores(r, views, canon, batch, st, idx, on, ends))
     orientation = [orientation_for(st.seed, i) if j in on else None for j, i in enumerate(idx)]
     if on:
         _hidden(live, views, st, got, batch, x01, orientation)
@@ -158,11 +199,11 @@ def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
             _add_rows(r, got[r.name], batch, labels, predicted, orientation, st.save_maps)
 
 
-def _scores(r: MethodRun, canon, batch, st: Setting, idx, on: list[int], ends) -> dict:
+def _scores(r: MethodRun, views: Views, canon, batch, st: Setting, idx, on: list[int], ends) -> dict:
     """A method's maps on the model as it is, scored: mu and friends, and deletion on the images `on`; the other
     axes' columns are filled in by their own passes."""
     n = len(idx)
-    maps, empty = scored_maps(r.views.get("canonical"), batch, st.shapes, st.postprocess, st.size)
+    maps, empty = _maps(r, views, "canonical", batch, st)
     v = {"maps": maps, "empty": empty, **M.per_image(maps, st.band_from),
          "hidden_empty": np.zeros(n, bool), **{k: np.full(n, np.nan) for k in AXES_METRICS}}
     if on:
@@ -182,9 +223,7 @@ def _hidden(live, views: Views, st: Setting, got: dict, batch, x01, orientation)
         sub = make_batch(views.backbone(g), apply(x01[pos], g), st.target, None, [batch.index[j] for j in pos],
                          [batch.ids[j] for j in pos], st.seed, _need_grads(runs), st.clock, targets=batch.targets[pos])
         for r in runs:
-            def hidden(r=r, g=g, sub=sub):
-                return scored_maps(r.views.get(g), sub, st.shapes, st.postprocess, st.size)
-            res = _attempt(r, f"hidden-wall ({g})", sub.ids, hidden)
+            res = _attempt(r, f"hidden-wall ({g})", sub.ids, lambda r=r, g=g, sub=sub: _maps(r, views, g, sub, st))
             if res is not None:
                 got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), st.band_from)
                 got[r.name]["hidden_empty"][pos] = res[1]
@@ -198,8 +237,7 @@ def _randomisation(live, views: Views, st: Setting, got: dict, batch, x01, on: l
     sub = make_batch(views.backbone("random"), x01[on], st.target, None, [batch.index[j] for j in on],
                      [batch.ids[j] for j in on], st.seed, _need_grads(runs), st.clock, targets=batch.targets[on])
     for r in runs:
-        res = _attempt(r, "randomisation", sub.ids, lambda r=r: scored_maps(r.views.get("random"), sub, st.shapes,
-                                                                             st.postprocess, st.size))
+        res = _attempt(r, "randomisation", sub.ids, lambda r=r: _maps(r, views, "random", sub, st))
         if res is not None:
             got[r.name]["rand_corr"][on] = M.rank_correlation(got[r.name]["maps"][on], res[0], st.read_cells)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..axes import Axes, Instances
-from ..methods import SaliencyMethod
+from ..axes import Axes
+from ..isolation import Limits, MethodHandle, Session
 
 
 @dataclass
 class MethodRun:
-    method: SaliencyMethod
+    method: MethodHandle
     spec: str
     status: str = "pending"           # pending | skipped (finished earlier) | done | failed
     error: str | None = None
@@ -25,7 +25,7 @@ class MethodRun:
     seconds: float = 0.0
     record: dict | None = None
     record_path: Path | None = None
-    views: Instances | None = None    # one set-up instance per view of the model
+    session: Session | None = None    # the method's worker process
 
     @property
     def name(self) -> str:
@@ -47,6 +47,7 @@ class Setting:
     name: str = "dataset"              # how progress names the dataset
     classes: dict | None = None        # `label_space`: do the dataset's labels name the model's classes?
     band_from: int = 170               # the dataset's band, where mu is scored (inside the model's dead zone)
+    limits: Limits = field(default_factory=Limits)  # what a method's worker may spend
 
     @property
     def size(self) -> tuple[int, int]:

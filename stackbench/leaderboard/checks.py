@@ -189,13 +189,14 @@ def check_stored_row(store: Path, path: Path, tracks: dict) -> tuple[dict, Track
 
 
 def method_for(record: dict, store: Path):
-    """The method instance that re-runs a stored row: a built-in, the plugin file copied into the store (its
-    sha256 checked), or an installed package at the recorded version. _NotRerun says what is missing;
-    StackbenchError means the row is wrong."""
+    """The method that re-runs a stored row (a handle: a plugin is imported in a worker only): a built-in, the
+    plugin file copied into the store (its sha256 checked), or an installed package at the recorded version.
+    _NotRerun says what is missing; StackbenchError means the row is wrong."""
     from importlib.metadata import PackageNotFoundError, version
 
     from .. import __version__
-    from ..methods import get_method, list_methods
+    from ..isolation import method_handle as get_method
+    from ..methods import list_methods
 
     m = record["method"]
     if m["source"] == "stackbench":
@@ -245,7 +246,8 @@ def rerun_row(record: dict, t: Track, inst, device: str, progress: bool, dataset
         folder = t.dataset_folder(name, progress=progress, given=(datasets or {}).get(name))
         (run,) = evaluate([inst], str(folder), t.model, target=record["target"],
                           postprocess=record["postprocess"]["name"], batch_size=t.batch_size, device=device,
-                          out=tmp, seed=record["seeds"]["run"], progress=progress, figure=False)
+                          out=tmp, seed=record["seeds"]["run"], progress=progress, figure=False,
+                          limits=t.method_limits)
         if run.status != "done":
             return [f"the re-run failed: {run.error}"]
         again = run.record

@@ -47,7 +47,7 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     from ..evaluate import resolve_methods
     from ..refs import pick_device
 
-    m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]
+    m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]  # imported in a worker
     if m.source.split(":")[0] in ("__main__", "builtins"):
         raise StackbenchError(f"method {m.name} is defined in a notebook or script ({m.source}): nobody else could "
                               "re-run its row; put it in a file and submit path/file.py:NAME")
@@ -118,7 +118,7 @@ def _submit(m, method, track, name, author, url, description, replace, store: Pa
             folder = folders[ds]
             (run,) = evaluate([m], str(folder), t.model, target=t.target, postprocess=t.postprocess,
                               batch_size=t.batch_size, device=device, out=Path(tmp) / ds, seed=t.seed,
-                              progress=progress, figure=False)
+                              progress=progress, figure=False, limits=t.method_limits)
             if run.status != "done":
                 raise StackbenchError(f"{name} failed on {t.name}/{ds}: {run.error}; nothing was written")
             record = dict(run.record)

@@ -26,8 +26,16 @@ class Track:
     postprocess: str = "gradcam-lib"
     seed: int = 0
     batch_size: int = 8
+    limits: dict = field(default_factory=dict)  # a method's time and memory (stackbench.isolation.Limits)
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def method_limits(self):
+        """What a method may spend on this track's rows (a method past it fails its row)."""
+        from ..isolation import Limits
+
+        return Limits.from_dict(self.limits)
 
     def dataset_folder(self, name: str, cache: Path | None = None, progress: bool = False,
                        given: str | None = None) -> Path:

@@ -29,6 +29,14 @@ class Batch:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    def message(self) -> dict:
+        """The batch as a method's worker gets it: its tensors by name, and the rest (the worker rebuilds `x` from
+        `x01` and holds its own backbone)."""
+        ts = {"x01": self.x01, "targets": self.targets, "logits": self.logits, "activations": self.activations,
+              "gradients": self.gradients, **{f"extra.{k}": v for k, v in self.extra.items()}}
+        return {"tensors": {k: v.detach() for k, v in ts.items() if v is not None}, "index": list(self.index),
+                "ids": list(self.ids), "seed": self.seed}
+
     def copy(self) -> "Batch":
         """The same batch with its own tensors: what one method changes in place, the next one does not see."""
         own = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -64,7 +72,8 @@ class Backbone:
     `logits(x)` uses the wall: no logit depends on the input lines behind it, so only the lines the live feature
     lines can see are computed (`crop`: 176 of 224 for the paper's geometry, the first multiple of the network
     stride past the wall); the dead feature lines are padded with zeros, which the walled head ignores. Checked
-    against the full forward at construction; turned off (full forward) if it ever disagrees.
+    against the full forward at construction (unless `check_crop` is False: a method's worker is told whether the
+    harness's backbone of the same weights passed); turned off (full forward) if it ever disagrees.
 
     The wall may lie on any side (a hidden wall, `stackbench.models.variants.orient`); a backbone does not expose
     it publicly (a determined method could still dig it out of `_wall` or the weights). `wall` overrides the
@@ -74,7 +83,8 @@ class Backbone:
     MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
     arch = "vgg"
 
-    def __init__(self, model: nn.Module, channels_last: bool = True, live_crop: bool = True, wall=None):
+    def __init__(self, model: nn.Module, channels_last: bool = True, live_crop: bool = True, wall=None,
+                 check_crop: bool = True):
         if not (hasattr(model, "target_layer") and hasattr(model, "head") and isinstance(model, nn.Sequential)
                 and list(model.children())[-3] is model.target_layer):
             raise StackbenchError("the model must be a stackbench walled model (nn.Sequential ending in target layer, "
@@ -98,7 +108,7 @@ class Backbone:
         w = self._wall
         self._axis, self._live = w.live_slice(w.input_size[0] // w.grid[0])
         self._full = slice(0, w.input_size[0])
-        if not live_crop or (self._live == self._full) or not self._crop_is_exact():
+        if not live_crop or (self._live == self._full) or (check_crop and not self._crop_is_exact()):
             self._live = self._full
 
     @property

@@ -49,18 +49,23 @@ def make_batch(backbone: Backbone, x01: torch.Tensor, rule: str, labels, index, 
                  activations=A, gradients=G, seed=seed, extra=extra)
 
 
-def check_maps(out, n: int, shapes=()) -> np.ndarray:
-    """A method's output -> float32 numpy (n, h, w), or MethodFailure naming the first offending item. `shapes`:
-    the (h, w) a map may have (the target layer's grid, the input size); anything else is not stretched to fit."""
+def as_array(out) -> np.ndarray:
+    """A method's output as a numpy array: a floating-point tensor (as float32) or array; MethodFailure else."""
     if isinstance(out, torch.Tensor):
         if not (out.is_floating_point()):
             raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
-        out = out.detach().float().cpu().numpy()
-    elif isinstance(out, np.ndarray):
+        return out.detach().float().cpu().numpy()
+    if isinstance(out, np.ndarray):
         if not np.issubdtype(out.dtype, np.floating):
             raise MethodFailure(f"returned dtype {out.dtype}, expected a floating-point map", "")
-    else:
-        raise MethodFailure(f"returned a {type(out).__name__}, expected a tensor or array (N, h, w)", "")
+        return out if out.dtype.name in ("float16", "float32", "float64") else out.astype(np.float64)
+    raise MethodFailure(f"returned a {type(out).__name__}, expected a tensor or array (N, h, w)", "")
+
+
+def check_maps(out, n: int, shapes=()) -> np.ndarray:
+    """A method's output -> float32 numpy (n, h, w), or MethodFailure naming the first offending item. `shapes`:
+    the (h, w) a map may have (the target layer's grid, the input size); anything else is not stretched to fit."""
+    out = as_array(out)
     if out.ndim != 3 or out.shape[0] != n or min(out.shape[1:]) < 1:
         raise MethodFailure(f"returned shape {tuple(out.shape)}, expected ({n}, h, w)", "")
     if shapes and tuple(out.shape[1:]) not in [tuple(s) for s in shapes]:
@@ -87,8 +92,12 @@ def scored_maps(method, batch: Batch, shapes, postprocess: str, size) -> tuple[n
         if reason is None:  # the user's Ctrl-C
             raise
         raise MethodFailure(f"raised {reason}", "0") from None
-    maps = check_maps(out, len(batch.ids), shapes)
-    return M.fill_empty(M.postprocess(maps, postprocess, size))
+    return score_output(out, len(batch.ids), shapes, postprocess, size)
+
+
+def score_output(out, n: int, shapes, postprocess: str, size) -> tuple[np.ndarray, np.ndarray]:
+    """A method's output for n images, checked and post-processed as the metric scores it: (maps, empty)."""
+    return M.fill_empty(M.postprocess(check_maps(out, n, shapes), postprocess, size))
 
 
 def as_images(images, size: tuple[int, int]) -> torch.Tensor:

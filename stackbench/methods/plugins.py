@@ -64,11 +64,12 @@ def _exec_file(path: Path, digest: str, spec: str):
     return module
 
 
-def _package_of(module) -> dict | None:
-    """{name, version} of the installed distribution that provides `module`, or None."""
+def package_of_module(name: str) -> dict | None:
+    """{name, version} of the installed distribution that provides module `name` (read from the metadata, nothing
+    imported), or None."""
     from importlib.metadata import packages_distributions, version
 
-    top = module.__name__.partition(".")[0]
+    top = name.partition(".")[0]
     for dist in packages_distributions().get(top, []):
         try:
             return {"name": dist, "version": version(dist)}
@@ -95,7 +96,7 @@ def load_plugin(spec: str):
         code = {"file": path.name, "sha256": digest}
     else:
         module = _guarded_import(lambda: importlib.import_module(where), f"method plugin {spec!r}: module {where!r}")
-        package = _package_of(module)
+        package = package_of_module(module.__name__)
         file = getattr(module, "__file__", None)
         if package is None and file and Path(file).is_file():  # a module of no distribution: hash its file
             code = {"file": Path(file).name, "sha256": file_sha256(Path(file))}

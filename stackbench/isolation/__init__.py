@@ -1,0 +1,9 @@
+"""Methods run apart from the measurement: each method explains in a worker process of its own (`session`,
+`worker`), handed a copy of the model with no wall attribute (`handed`), checked after every call, within time and
+memory limits (`limits`); the harness knows a method only by what it says of itself (`handle`) and reads its
+replies without unpickling them (`wire`)."""
+from .handle import MethodHandle, from_instance, method_handle
+from .limits import Limits
+from .session import Session, SetupFailure, WorkerFailure
+
+__all__ = ["Limits", "MethodHandle", "Session", "SetupFailure", "WorkerFailure", "from_instance", "method_handle"]

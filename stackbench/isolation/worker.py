@@ -1,0 +1,169 @@
+"""The worker process: where a method's code runs, and nothing of the measurement does.
+
+It starts from a clean forkserver (torch and stackbench imported, no harness state), shuts its own network door,
+caps its memory, makes the method (a built-in or plugin spec, or a class sent by value), and then answers the
+harness: set up on a view of the model it is handed, explain a batch, tear down. Replies go back as JSON plus
+raw array bytes (`wire`); a failure is a reply, never the end of the harness.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import torch
+
+from ..errors import StackbenchError, foreign_failure
+from ..methods import get_method_class
+from ..methods.backbone import Batch, backbone_for
+from ..methods.passes import MethodFailure, as_array
+from . import wire
+from .handed import fill, wall_of
+
+NO_NETWORK = "no network for saliency methods (a board re-run is offline)"
+
+
+def _audit(event: str, args) -> None:
+    # Audit hooks cannot be removed from Python: every socket but the harness's own Unix ones fails at once.
+    if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX) \
+            or (event in ("socket.sendto", "socket.sendmsg") and args[0].family != socket.AF_UNIX):
+        raise PermissionError(NO_NETWORK)
+
+
+def _seal(memory_mb: int | None) -> None:
+    """Network off, hub libraries offline, Ctrl-C left to the harness, memory capped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    sys.addaudithook(_audit)
+    if memory_mb is not None:
+        try:
+            import resource
+
+            used = _vm_data()
+            cap = used + int(memory_mb) * 2**20
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+        except (ImportError, OSError, ValueError):  # not Linux: the harness's watch alone (see session)
+            pass
+
+
+def _vm_data() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmData")
+
+
+def _method_class(payload):
+    kind, what, _config = payload
+    if kind == "class":
+        import cloudpickle
+
+        return cloudpickle.loads(what)
+    return get_method_class(what)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):  # SIGINT is ignored here: the method raised it itself
+        return "KeyboardInterrupt raised by the method itself (not by Ctrl-C)"
+    return foreign_failure(e)
+
+
+def _failure(e: BaseException, where: str, item: str = "0") -> dict:
+    if isinstance(e, MethodFailure):
+        return {"kind": "failed", "where": where, "reason": e.reason, "item": e.item}
+    reason = _reason(e)
+    memory = isinstance(e, MemoryError) or "allocate" in str(e)
+    return {"kind": "failed", "where": where, "reason": f"raised {reason}", "item": item, "memory": memory}
+
+
+def describe(cls, config: dict) -> dict:
+    inst = cls(**config)
+    return {"kind": "info", "name": inst.name, "needs": sorted(inst.needs), "architectures": list(inst.architectures),
+            "rerun_spread": {k: float(v) for k, v in dict(inst.rerun_spread or {}).items()},
+            "describe": inst.describe()}
+
+
+class Server:
+    """The worker's side of one method: its instances (one per view), their backbones, the batches."""
+
+    def __init__(self, payload):
+        self.cls, self.config = _method_class(payload), payload[2]
+        self.views: dict[str, tuple] = {}
+        self.inbox = None
+
+    def view(self, token: str, skeleton, buffer, layout, seed: int, crop: bool) -> dict:
+        model = fill(skeleton, buffer, layout)
+        bb = backbone_for(model, wall=wall_of(model), live_crop=crop, check_crop=False)
+        inst = self.cls(**self.config)
+        self.views[token] = (bb, inst)  # before setup: a failed set-up is still torn down
+        inst.setup(bb, seed=seed)
+        return {"kind": "ok"}
+
+    def explain(self, token: str, m: dict):
+        bb, inst = self.views[token]
+        ts = {key: wire.view(self.inbox, offset, dtype, shape).clone().to(bb.device)
+              for key, offset, dtype, shape in m["layout"]}
+        x01 = ts["x01"]
+        batch = Batch(x=bb.normalize(x01), x01=x01, targets=ts["targets"], logits=ts["logits"], index=m["index"],
+                      ids=m["ids"], backbone=bb, activations=ts.get("activations"), gradients=ts.get("gradients"),
+                      seed=m["seed"], extra={k[6:]: v for k, v in ts.items() if k.startswith("extra.")})
+        return {"kind": "maps"}, as_array(inst.explain(batch))
+
+    def teardown(self) -> dict:
+        failure = None
+        for _bb, inst in self.views.values():
+            try:
+                inst.teardown()
+            except BaseException as e:  # noqa: BLE001 - reported, the others still torn down
+                failure = failure or _reason(e)
+        return {"kind": "ok", "failure": failure}
+
+
+def main(conn, start: dict) -> None:
+    """The worker's life: seal, make the method, answer until told to close (or the harness goes away)."""
+    os.environ.clear()  # the harness's environment now, not the forkserver's when it started
+    os.environ.update(start["env"])
+    _seal(start["memory_mb"])
+    torch.set_num_threads(start["threads"])
+    os.chdir(start["cwd"])
+    try:
+        server = Server(start["payload"])
+        reply = describe(server.cls, server.config) if start["describe"] else {"kind": "ok"}
+    except StackbenchError as e:
+        reply = {"kind": "error", "reason": str(e)}
+    except BaseException as e:  # noqa: BLE001
+        reply = _failure(e, "load")
+    conn.send_bytes(wire.encode(reply))
+    if reply["kind"] != "ok":
+        return
+    _serve(conn, server)
+
+
+def _serve(conn, server: Server) -> None:
+    while True:
+        try:
+            op, *args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if op == "close":
+            return
+        if op == "inbox":
+            server.inbox = args[0]
+            continue
+        array = None
+        try:
+            if op == "view":
+                reply = server.view(*args)
+            elif op == "explain":
+                reply, array = server.explain(*args)
+            else:
+                reply = server.teardown()
+        except BaseException as e:  # noqa: BLE001 - the method's failure is a reply
+            reply, array = _failure(e, op), None
+        try:
+            data = wire.encode(reply, array)
+        except (ValueError, TypeError) as e:  # a describe() or reason JSON cannot hold
+            data = wire.encode({"kind": "failed", "where": op, "reason": f"its reply could not be sent: {e}"})
+        conn.send_bytes(data)

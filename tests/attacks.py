@@ -1,0 +1,148 @@
+"""Hostile saliency methods, each a plugin a submitter could send (tests/test_isolation.py runs them as
+`tests/attacks.py:NAME`). Every one of them changed the numbers of the board, or stopped it, when methods ran in
+the scoring process."""
+import gc
+import os
+import signal
+import socket
+import time
+
+import numpy as np
+import torch
+
+from stackbench.methods import SaliencyMethod
+from stackbench.methods.gradient import GradCAM, HiResCAM
+
+
+class HiResCAM15(HiResCAM):
+    """The honest twin of DeletionTamper: HiResCAM's maps raised to 1.5."""
+
+    name = "HiResCAM15"
+
+    def explain(self, batch):
+        return torch.as_tensor(super().explain(batch)).clamp(min=0) ** 1.5
+
+
+class DeletionTamper(HiResCAM15):
+    """Shrinks the logits the deletion curve is read from (it ranked #1 on the mini board)."""
+
+    name = "DeletionTamper"
+
+    def explain(self, batch):
+        orig = batch.backbone.logits
+        batch.backbone.logits = lambda x: orig(x) * 0.25
+        return super().explain(batch)
+
+
+class ScaleDense(GradCAM):
+    """Scales the first dense layer's weights in place."""
+
+    name = "ScaleDense"
+
+    def explain(self, batch):
+        dense = next(m for m in batch.backbone.model.modules() if isinstance(m, torch.nn.Linear))
+        with torch.no_grad():
+            dense.weight.mul_(3.0)
+        return super().explain(batch)
+
+
+class ClearMask(GradCAM):
+    """Clears the wall's mask: any boolean buffer of the model it is handed (the walled layer's, a ViT's dead
+    tokens)."""
+
+    name = "ClearMask"
+    architectures = ("vgg", "vit")
+
+    def explain(self, batch):
+        for b in batch.backbone.model.buffers():
+            if b is not None and b.dtype == torch.bool:
+                b.zero_()
+        return super().explain(batch)
+
+
+class PatchMu(GradCAM):
+    """Makes every map score mu = 0."""
+
+    name = "PatchMu"
+
+    def explain(self, batch):
+        import stackbench.metrics as M
+
+        M.mu = lambda maps, band_from=170: np.zeros(len(maps))
+        return super().explain(batch)
+
+
+class ReplaceOther(HiResCAM):
+    """Turns every other method's GradCAM into a constant map (and scores as HiResCAM)."""
+
+    name = "ReplaceOther"
+
+    def explain(self, batch):
+        GradCAM.explain = lambda self, b: torch.ones(len(b.ids), 14, 14)
+        return super().explain(batch)
+
+
+class Sleeper(SaliencyMethod):
+    name = "Sleeper"
+
+    def explain(self, batch):
+        while True:
+            time.sleep(1)
+
+
+class Hog(SaliencyMethod):
+    """Allocates 256 MB at a time, touching every page, up to 3 GB; first lifts its own memory cap if it can."""
+
+    name = "Hog"
+
+    def explain(self, batch):
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ImportError, OSError, ValueError):
+            pass
+        keep = []
+        for _ in range(12):
+            keep.append(torch.ones(256 * 2**20, dtype=torch.uint8))
+            time.sleep(0.1)
+        return torch.ones(len(batch.ids), 14, 14)
+
+
+class Phone(SaliencyMethod):
+    """Reaches for the network (an address that never answers, so it would hang without the door shut)."""
+
+    name = "Phone"
+
+    def explain(self, batch):
+        socket.create_connection(("10.255.255.1", 9), timeout=60)
+        return torch.ones(len(batch.ids), 14, 14)
+
+
+class Crash(SaliencyMethod):
+    name = "Crash"
+
+    def explain(self, batch):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class Forge(SaliencyMethod):
+    """Writes a pickle that would run a command into the connection to whoever scores it."""
+
+    name = "Forge"
+
+    def explain(self, batch):
+        from multiprocessing.connection import Connection
+
+        marker = os.environ.get("STACKBENCH_FORGE_MARKER", "/tmp/stackbench-forged")
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        import pickle
+
+        for obj in gc.get_objects():
+            if isinstance(obj, Connection) and not obj.closed:
+                obj.send_bytes(pickle.dumps(Evil()))
+        return torch.ones(len(batch.ids), 14, 14)

@@ -1,0 +1,165 @@
+"""Methods run apart from the measurement (stackbench.isolation), tested as a hostile submitter would attack it:
+every attack in tests/attacks.py once changed the board's numbers or stopped the run. Now each either fails its
+own row with one line, or, where it only changed its own worker's objects, is measured as the honest method it
+imitates; the honest rows of the same run never move."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from test_evaluate import make_folder
+
+from stackbench.axes import Views
+from stackbench.errors import StackbenchError
+from stackbench.evaluate import evaluate
+from stackbench.isolation import Limits, method_handle, wire
+from stackbench.isolation.handed import handed, wall_of
+from stackbench.models import load_model
+from stackbench.models.variants import orient
+from stackbench.wall import MOVING
+
+ATTACKS = str(Path(__file__).with_name("attacks.py"))
+MODEL = "minivgg-masked@random"
+
+
+def spec(name):
+    return f"{ATTACKS}:{name}"
+
+
+def rows(run):
+    return pq.read_table(run.record_path.with_suffix(".parquet")).to_pandas().drop(columns=["map_sha256"])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("mix"), n=4)
+
+
+@pytest.fixture(scope="module")
+def honest(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("honest")
+    return {r.name: r for r in evaluate(["GradCAM", "HiResCAM", spec("HiResCAM15")], folder, MODEL, out=out,
+                                        progress=False, batch_size=2, figure=False)}
+
+
+@pytest.fixture(scope="module")
+def attacked(folder, tmp_path_factory):
+    """Every attack and two honest methods in one run, 3 s per image, 512 MB."""
+    out = tmp_path_factory.mktemp("attacked")
+    marker = out / "forged"
+    os.environ["STACKBENCH_FORGE_MARKER"] = str(marker)
+    names = ["DeletionTamper", "ScaleDense", "ClearMask", "PatchMu", "ReplaceOther", "Sleeper", "Hog", "Phone",
+             "Crash", "Forge"]
+    runs = evaluate([spec(n) for n in names] + ["GradCAM", "HiResCAM"], folder, MODEL, out=out, progress=False,
+                    batch_size=2, figure=False, limits=Limits(seconds_per_image=3, memory_mb=512))
+    return {r.name: r for r in runs}, marker
+
+
+def test_honest_rows_in_an_attacked_run_are_the_rows_of_a_clean_run(attacked, honest):
+    runs, _ = attacked
+    for name in ("GradCAM", "HiResCAM"):
+        assert runs[name].status == "done", runs[name].error
+        a = pq.read_table(runs[name].record_path.with_suffix(".parquet")).to_pandas()
+        b = pq.read_table(honest[name].record_path.with_suffix(".parquet")).to_pandas()
+        assert a.equals(b)  # map hashes included: the same bytes
+
+
+def test_patching_the_harness_from_explain_changes_only_the_worker(attacked, honest):
+    runs, _ = attacked
+    # the deletion tamper ranked #1 on the mini board; now its row is that of its honest twin, bit for bit
+    assert runs["DeletionTamper"].status == "done"
+    assert rows(runs["DeletionTamper"]).equals(rows(honest["HiResCAM15"]))
+    # metrics.mu patched to 0 in its own process: its mu is GradCAM's
+    assert runs["PatchMu"].record["metrics"]["mu"]["mean"] == honest["GradCAM"].record["metrics"]["mu"]["mean"] > 0
+    # another method's explain replaced: only its own worker's GradCAM class changed
+    assert rows(runs["ReplaceOther"]).equals(rows(honest["HiResCAM"]))
+
+
+def test_a_method_that_changes_the_model_it_was_given_fails_its_row(attacked):
+    runs, _ = attacked
+    r = runs["ScaleDense"]
+    assert r.status == "failed" and "changed the model it was given" in r.error and "weight" in r.error
+    assert r.record is None and not (Path(r.record_path or "x.json")).exists()
+    # the VGG it is handed has no mask buffer to clear (the wall is zero weights): nothing to attack
+    assert runs["ClearMask"].status == "done"
+
+
+def test_limits_and_crashes_fail_one_row_each_with_one_line(attacked):
+    runs, marker = attacked
+    errors = {n: runs[n].error for n in ("Sleeper", "Hog", "Phone", "Crash", "Forge")}
+    assert all(runs[n].status == "failed" for n in errors), errors
+    assert "took over 6 s for 2 image(s), the limit (3 s per image); its worker was stopped" in errors["Sleeper"]
+    assert "memory" in errors["Hog"] and "512 MB" in errors["Hog"]
+    assert "no network for saliency methods" in errors["Phone"]
+    assert "ended its worker process (SIGSEGV)" in errors["Crash"]
+    assert "unreadable reply" in errors["Forge"] and not marker.exists()  # the pickle was never loaded
+    assert all("\n" not in e and "Traceback" not in e for e in errors.values())
+
+
+def test_a_vit_whose_dead_tokens_are_cleared_fails_its_row(folder, tmp_path):
+    (r,) = evaluate([spec("ClearMask")], folder, "minivit-masked@random", out=tmp_path, progress=False,
+                    batch_size=2, figure=False, limits=Limits(seconds_per_image=30))
+    assert r.status == "failed" and "changed the model it was given (dead_tokens)" in r.error
+
+
+@pytest.mark.parametrize("g", ["identity", *MOVING])
+def test_the_handed_model_names_no_wall_and_computes_the_same(g):
+    net = orient(load_model(MODEL), g) if g != "identity" else load_model(MODEL)
+    h = handed(net)
+    assert not hasattr(h, "wall") and not any(b.dtype == torch.bool for b in h.buffers())
+    # its backbone finds the crop from the zero weights alone: the same lines as the wall says
+    assert wall_of(h).live_slice(16) == net.wall.live_slice(16)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(h.eval()(x), net.eval()(x))
+    assert torch.equal(next(h.parameters()), next(net.parameters()))  # shared, not copied
+
+
+def test_views_hand_out_opaque_tokens():
+    views = Views(load_model(MODEL), 0, MOVING)
+    tokens = {views.token(v) for v in ("canonical", "random", *MOVING)}
+    assert len(tokens) == 8 and not tokens & {"canonical", "random", *MOVING}
+
+
+def test_a_plugin_is_imported_only_in_a_worker(tmp_path):
+    marker = tmp_path / "imported"
+    plugin = tmp_path / "loud.py"
+    plugin.write_text(f"import os\nopen({str(marker)!r} + str(os.getpid()), 'w').close()\n"
+                      "from stackbench.methods.gradient import GradCAM\n"
+                      "class Loud(GradCAM):\n    name = 'Loud'\n")
+    h = method_handle(f"{plugin}:Loud")
+    assert h.name == "Loud" and h.needs == {"activations", "gradients"}
+    assert h.info["code"]["file"] == "loud.py" and len(h.info["code"]["sha256"]) == 64
+    made = list(tmp_path.glob("imported*"))
+    assert made and all(p.name != f"imported{os.getpid()}" for p in made)  # ran, but not here
+    with pytest.raises(StackbenchError, match="unknown option"):
+        method_handle(f"{plugin}:Loud", sigma=3)
+    with pytest.raises(StackbenchError, match="failed to import"):
+        (tmp_path / "broken.py").write_text("raise SystemExit(3)\n")
+        method_handle(f"{tmp_path / 'broken.py'}:X")
+
+
+def test_replies_are_read_without_unpickling():
+    import pickle
+
+    with pytest.raises(wire.BadReply):
+        wire.decode(pickle.dumps({"kind": "maps"}))
+    h, a = wire.decode(wire.encode({"kind": "maps"}, np.ones((2, 3, 3), np.float64)))
+    assert a.dtype == np.float64 and a.shape == (2, 3, 3) and a.flags.writeable
+    bad = wire.encode({"kind": "maps"}, np.ones((2, 3, 3), np.float32))[:-4]
+    with pytest.raises(wire.BadReply, match="do not match"):
+        wire.decode(bad)
+    with pytest.raises(wire.BadReply):
+        wire.decode(wire.encode({"kind": "maps", "dtype": "object", "shape": [1]}))
+
+
+def test_limits_are_checked_and_recorded(folder, tmp_path):
+    with pytest.raises(StackbenchError, match="seconds_per_image"):
+        Limits(seconds_per_image=-1)
+    with pytest.raises(StackbenchError, match="limits"):
+        evaluate(["GradCAM"], folder, MODEL, out=tmp_path, progress=False, limits={"seconds_per_image": 3})
+    (r,) = evaluate(["GradCAM"], folder, MODEL, out=tmp_path, progress=False, figure=False,
+                    limits=Limits(seconds_per_image=30, memory_mb=2048))
+    assert r.record["env"]["isolation"] == "worker process; 30 s per image, 2048 MB"
