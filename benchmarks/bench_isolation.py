@@ -33,11 +33,8 @@ class InProcess:
         self.server, self.models = Server(payload), {}
 
     def view(self, token, handed, seed):
-        import copy
-
         self.models[token] = handed
-        self.server.view(token, copy.deepcopy(handed.skeleton), handed.numbers.clone(), handed.layout, seed,
-                         handed.crop)
+        self.server.view(token, handed.skeleton, handed.numbers.clone(), handed.layout, seed, handed.crop)
 
     def explain(self, token, message):
         ts = message["tensors"]

@@ -22,8 +22,7 @@ from pathlib import Path
 from ..axes import Axes, Views, orientations_for
 from ..datafolder import writable_folder
 from ..errors import watching_ctrl_c
-from ..isolation import Limits
-from ..isolation.session import start_server
+from ..isolation import Limits, imports_of, start_server
 from ..methods.base import check_architecture
 from ..progress import log, quiet_libraries
 from ..records import aggregate_rows
@@ -64,7 +63,7 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     per pass on a terminal, plain lines on the `stackbench` logger elsewhere; False shows nothing (and silences
     the bars of datasets and huggingface_hub)."""
     check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits)
-    start_server()  # the methods' workers fork from it; it imports while the inputs load
+    start_server(imports_of(methods if isinstance(methods, (list, tuple)) else [methods]))  # imports meanwhile
     methods = instances(methods, method_config, limits)
     dev = pick_device(device)
     with quiet_libraries(progress):

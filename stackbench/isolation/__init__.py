@@ -2,8 +2,9 @@
 `worker`), handed a copy of the model with no wall attribute (`handed`), checked after every call, within time and
 memory limits (`limits`); the harness knows a method only by what it says of itself (`handle`) and reads its
 replies without unpickling them (`wire`)."""
-from .handle import MethodHandle, from_instance, method_handle
+from .handle import MethodHandle, from_instance, imports_of, method_handle
 from .limits import Limits
-from .session import Session, SetupFailure, WorkerFailure
+from .session import Session, SetupFailure, WorkerFailure, start_server
 
-__all__ = ["Limits", "MethodHandle", "Session", "SetupFailure", "WorkerFailure", "from_instance", "method_handle"]
+__all__ = ["Limits", "MethodHandle", "Session", "SetupFailure", "WorkerFailure", "from_instance", "imports_of",
+           "method_handle", "start_server"]

@@ -84,11 +84,13 @@ class Handed:
     harness's own backbone of these weights computes only the lines the head reads (checked there, not again)."""
 
     def __init__(self, model: nn.Module, crop: bool = True):
+        from multiprocessing.reduction import ForkingPickler
+
         self.crop = crop
         from .wire import layout_of, put
 
         ts = tensors(model)
-        self.skeleton = skeleton(model)
+        self.skeleton = bytes(ForkingPickler.dumps(skeleton(model)))  # pickled once, for every worker
         self.layout, nbytes = layout_of(ts)
         # the harness's own (no worker maps it); the padding zeroed, as the buffers are compared whole
         self.numbers = torch.zeros(max(nbytes, 64), dtype=torch.uint8, device=next(iter(ts.values())).device)
@@ -120,8 +122,9 @@ def _conv_specs(model: nn.Module) -> list[tuple[int, int, int]]:
 
 @torch.no_grad()
 def wall_of(model: nn.Module) -> Wall:
-    """The wall a handed VGG's weights imply: the band of feature cells whose dense-layer columns are all zero
-    (the geometry its backbone crops by; a model with no such band is unwalled). For a ViT, its input geometry."""
+    """The wall a handed VGG's weights imply: the band of feature lines, at one side, whose dense-layer columns are
+    all zero (the geometry its backbone crops by; a model with no such band is unwalled). For a ViT, its input
+    geometry."""
     size = tuple(model.input_size)
     if getattr(model, "arch", None) == "vit":
         return Wall(grid=tuple(model.grid), masked_rows=0, input_size=size, dead_from=size[0])
@@ -129,13 +132,15 @@ def wall_of(model: nn.Module) -> Wall:
     plain = wall_for(specs, size, 0)
     h, w = plain.grid
     dense = next(m for m in model.modules() if isinstance(m, nn.Linear))
-    zero = dense.weight.abs().amax(0).view(-1, h, w).amax(0) == 0
-    if not zero.any():
+    zero = (dense.weight.abs().amax(0).view(-1, h, w).amax(0) == 0).cpu()
+    rows, cols = zero.all(1).tolist(), zero.all(0).tolist()
+    ends = [rows[::-1], rows, cols[::-1], cols]  # dead lines from the bottom, top, right, left
+    k = max((line.index(False) if False in line else len(line)) for line in ends)
+    if not k:
         return plain
-    for rows in range(h, 0, -1):
-        base = wall_for(specs, size, rows)
-        for g in ORIENTATIONS:
-            wall = base.oriented(g) if g != "identity" else base
-            if torch.equal(wall.feature_mask().to(zero.device) == 0, zero):
-                return wall
+    base = wall_for(specs, size, k)
+    for g in ORIENTATIONS:
+        wall = base.oriented(g) if g != "identity" else base
+        if torch.equal(wall.feature_mask() == 0, zero):
+            return wall
     return plain

@@ -28,6 +28,7 @@ class MethodHandle:
     architectures: tuple
     rerun_spread: dict
     info: dict                  # the record's `method` (SaliencyMethod.describe)
+    imports: tuple = ()         # what its worker imports (SaliencyMethod.imports)
 
     @property
     def config(self) -> dict:
@@ -49,9 +50,25 @@ class MethodHandle:
         return copy.deepcopy(self.info)
 
 
+def imports_of(methods) -> tuple[str, ...]:
+    """The modules the workers of `methods` (specs, classes, instances, handles; 'all') will import: what the
+    built-ins declare (`SaliencyMethod.imports`); a plugin's are its own business."""
+    from ..methods import list_methods
+
+    out: list[str] = []
+    for m in methods:
+        if isinstance(m, str):
+            classes = [registered(n) for n in list_methods()] if m == "all" else [registered(m)]
+        else:
+            classes = [type(m) if isinstance(m, SaliencyMethod) else m]
+        for c in classes:
+            out += getattr(c, "imports", ()) or ()
+    return tuple(dict.fromkeys(out))
+
+
 def _handle(payload, inst) -> MethodHandle:
     return MethodHandle(payload, inst.name, frozenset(inst.needs), tuple(inst.architectures),
-                        dict(inst.rerun_spread or {}), inst.describe())
+                        dict(inst.rerun_spread or {}), inst.describe(), tuple(inst.imports or ()))
 
 
 def from_instance(inst: SaliencyMethod) -> MethodHandle:
@@ -59,8 +76,9 @@ def from_instance(inst: SaliencyMethod) -> MethodHandle:
     cls, config = type(inst), dict(inst.config)
     if is_builtin(cls):
         return _handle(("spec", cls.name, config), inst)
-    if method_ref(cls.source, recorded=True).scheme in ("file", "entry-point"):
-        return _handle(("spec", cls.source, config), inst)
+    ref = method_ref(cls.source, recorded=True)
+    if ref.scheme in ("file", "entry-point"):  # loaded from a spec: the worker loads it the same way
+        return _handle(("spec", ref.body if ref.scheme == "entry-point" else cls.source, config), inst)
     import cloudpickle
 
     try:

@@ -22,8 +22,8 @@ class Limits:
 
     @property
     def setup_seconds(self) -> float | None:
-        # Importing a plugin and setting it up on each view of the model: ten images' worth, at least 20 s.
-        return None if self.seconds_per_image is None else max(20.0, 10 * self.seconds_per_image)
+        # Importing a plugin, setting it up on a view of the model: ten images' worth, from 20 s to 10 minutes.
+        return None if self.seconds_per_image is None else min(600.0, max(20.0, 10 * self.seconds_per_image))
 
     def call_seconds(self, images: int) -> float | None:
         return None if self.seconds_per_image is None else self.seconds_per_image * max(1, images)

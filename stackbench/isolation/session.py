@@ -22,10 +22,11 @@ from . import wire
 from .handed import Handed
 from .limits import Limits
 from .worker import main as worker_main
+from .worker import proc_status
 
 POLL = 0.05  # seconds between looks at a busy worker (alive? over its memory?)
 WORKER_ENV = {"GOMP_SPINCOUNT": "20000"}
-PRELOAD = ["stackbench.isolation.worker", "pytorch_grad_cam", "captum.attr", "sklearn.decomposition"]
+PRELOAD = ["stackbench.isolation.worker"]
 _CONTEXT = None
 
 
@@ -37,14 +38,19 @@ class SetupFailure(Exception):
     """The method's set-up (or its import) raised; one line."""
 
 
-def start_server() -> None:
-    """Start the forkserver now (it imports in the background while the harness loads its inputs)."""
+def start_server(modules=()) -> None:
+    """Start the forkserver now, importing stackbench and `modules` (`imports_of` the methods to come) once for
+    every worker, in the background while the harness loads its inputs. The first call decides for the process;
+    a later worker imports whatever else it needs itself."""
     ctx = context()
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
 
-        with _bare_main(), _worker_env():
-            forkserver.ensure_running()
+    if forkserver._forkserver._forkserver_pid is None:  # not running yet: the preload can still change
+        ctx.set_forkserver_preload([*PRELOAD, *dict.fromkeys(modules)])
+    with _bare_main(), _worker_env():
+        forkserver.ensure_running()
 
 
 def context():
@@ -52,7 +58,6 @@ def context():
     if _CONTEXT is None:
         if "forkserver" in mp.get_all_start_methods():
             _CONTEXT = mp.get_context("forkserver")
-            # Imported once, in the server, for every worker: the libraries the built-ins wrap take seconds each.
             _CONTEXT.set_forkserver_preload(PRELOAD)
         else:
             _CONTEXT = mp.get_context("spawn")
@@ -92,13 +97,9 @@ def _bare_main():
 
 def _rss_anon(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return proc_status("RssAnon", pid)
+    except (OSError, ValueError):  # not Linux, or the worker is gone
+        return None
 
 
 class Session:
@@ -114,10 +115,11 @@ class Session:
                  "cwd": os.getcwd(), "env": dict(os.environ), "describe": describe}
         self.process = ctx.Process(target=worker_main, args=(child, start), daemon=True,
                                    name=f"stackbench-method-{name}")
+        start_server()  # when no job started it earlier
         with _bare_main(), _worker_env():
             self.process.start()
         child.close()
-        self.models: dict[str, tuple] = {}  # view token -> (the worker's numbers, their layout, the reference)
+        self.models: dict[str, tuple] = {}  # view token -> (the worker's numbers, the reference Handed)
         self._inbox = None
         self._anon0 = None
         try:

@@ -8,6 +8,7 @@ raw array bytes (`wire`); a failure is a reply, never the end of the harness.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -40,19 +41,19 @@ def _seal(memory_mb: int | None) -> None:
         try:
             import resource
 
-            used = _vm_data()
-            cap = used + int(memory_mb) * 2**20
+            cap = proc_status("VmData") + int(memory_mb) * 2**20
             resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
         except (ImportError, OSError, ValueError):  # not Linux: the harness's watch alone (see session)
             pass
 
 
-def _vm_data() -> int:
-    with open("/proc/self/status") as f:
+def proc_status(key: str, pid: int | str = "self") -> int:
+    """A byte count from Linux's /proc/PID/status (VmData, RssAnon); OSError where there is none."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmData:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmData")
+    raise OSError(f"no {key} in /proc/{pid}/status")
 
 
 def _method_class(payload):
@@ -93,8 +94,8 @@ class Server:
         self.views: dict[str, tuple] = {}
         self.inbox = None
 
-    def view(self, token: str, skeleton, buffer, layout, seed: int, crop: bool) -> dict:
-        model = fill(skeleton, buffer, layout)
+    def view(self, token: str, skeleton: bytes, buffer, layout, seed: int, crop: bool) -> dict:
+        model = fill(pickle.loads(skeleton), buffer, layout)  # the harness's own pickle of a module skeleton
         bb = backbone_for(model, wall=wall_of(model), live_crop=crop, check_crop=False)
         inst = self.cls(**self.config)
         self.views[token] = (bb, inst)  # before setup: a failed set-up is still torn down
@@ -136,7 +137,7 @@ def main(conn, start: dict) -> None:
     except BaseException as e:  # noqa: BLE001
         reply = _failure(e, "load")
     conn.send_bytes(wire.encode(reply))
-    if reply["kind"] != "ok":
+    if reply["kind"] != "ok":  # described (the harness closes it), or it failed to load
         return
     _serve(conn, server)
 

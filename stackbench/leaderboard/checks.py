@@ -236,9 +236,11 @@ def method_for(record: dict, store: Path):
     return get_method(f"{path}:{attr}", **m["config"])
 
 
-def rerun_row(record: dict, t: Track, inst, device: str, progress: bool, datasets: dict | None = None) -> list[str]:
+def rerun_row(record: dict, t: Track, inst, device: str, progress: bool, datasets: dict | None = None,
+              same: dict | None = None) -> list[str]:
     """Re-run one row; the differences from the record (empty when it reproduces). `datasets`: the pinned data
-    given by the user ({name: folder or hf:REPO@REV}) instead of regenerating it."""
+    given by the user ({name: folder or hf:REPO@REV}) instead of regenerating it. `same["maps"]` is set to whether
+    the re-run's maps are the stored ones byte for byte (their digest)."""
     from ..evaluate import evaluate
 
     with tempfile.TemporaryDirectory(prefix="stackbench-verify-") as tmp:
@@ -263,6 +265,8 @@ def rerun_row(record: dict, t: Track, inst, device: str, progress: bool, dataset
             bad.append(f"accuracy.top1: stored {old_acc}, recomputed {new_acc}")
         if record["items"]["digest"] != again["items"]["digest"]:
             bad.append("items.digest differs (other images were scored)")
+        if same is not None:
+            same["maps"] = (record.get("maps") or {}).get("digest") == again["maps"]["digest"]
     return bad
 
 
@@ -279,7 +283,8 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
             return Verdict(row, NOT_RERUN, f"record, rows and pins check; schema 1 ({record['schema']}): resubmit "
                                            "it with this stackbench to measure the board's axes")
         inst = method_for(record, store)
-        bad = rerun_row(record, t, inst, device, progress, datasets)
+        same: dict = {}
+        bad = rerun_row(record, t, inst, device, progress, datasets, same)
     except _NotRerun as e:
         return Verdict(row, NOT_RERUN, f"record, rows and pins check; {e}")
     except StackbenchError as e:
@@ -291,9 +296,21 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
         return Verdict(row, FAILED, reason)
     if bad:
         return Verdict(row, FAILED, "; ".join(bad))
+    maps = "the same map bytes" if same.get("maps") else "maps not the same bytes"
     return Verdict(row, REPRODUCED, "re-run here: every metric within its tolerance "
                                     f"({tolerance_phrase(tolerances(inst, record['items']['n']))}), the same flags, "
-                                    "the same images")
+                                    f"the same images, {maps}")
+
+
+def _method_names(paths) -> list[str]:
+    """The method names the stored rows record (a row that does not say is checked, and said, by verify_row)."""
+    names = []
+    for p in paths:
+        try:
+            names.append(str(json.loads(Path(p).read_text())["method"]["name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return [n for n in names if n]
 
 
 def tolerances(inst, n: int) -> dict[str, float]:
@@ -321,6 +338,10 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
         datasets = given_datasets(get_track(track, store), datasets)
     out = []
     paths = stored_rows(store, track, method)
+    if rerun and paths:
+        from ..isolation import imports_of, start_server
+
+        start_server(imports_of(_method_names(paths)))  # the re-runs' forkserver imports while the data is made
     bar = Progress(len(paths), "verify", unit="row", enabled=progress and bool(paths), every=0.0)
     with watching_ctrl_c(), bar, quiet_libraries(progress):
         for path in paths:

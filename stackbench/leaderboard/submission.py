@@ -45,8 +45,10 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     hf:REPO@REV}) gives the pinned data instead of regenerating it (used only when its fingerprint is the pin).
     Returns the written record paths."""
     from ..evaluate import resolve_methods
+    from ..isolation import imports_of, start_server
     from ..refs import pick_device
 
+    start_server(imports_of([method]))
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]  # imported in a worker
     if m.source.split(":")[0] in ("__main__", "builtins"):
         raise StackbenchError(f"method {m.name} is defined in a notebook or script ({m.source}): nobody else could "

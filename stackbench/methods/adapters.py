@@ -31,6 +31,7 @@ class LibraryCAM(SaliencyMethod):
     cam_class = None
     needs = frozenset({"forwards", "input_gradients"})
     family = "pytorch-grad-cam"
+    imports = ("pytorch_grad_cam", "sklearn.decomposition")  # KPCA-CAM's kernel PCA is sklearn's
     finer_targets = False
 
     def setup(self, backbone: Backbone, seed: int = 0) -> None:
@@ -139,6 +140,7 @@ class CaptumMethod(SaliencyMethod):
 
     needs = frozenset({"input_gradients"})
     family = "captum"
+    imports = ("captum.attr",)
 
     def setup(self, backbone: Backbone, seed: int = 0) -> None:
         self.backbone = backbone

@@ -98,10 +98,7 @@ class Backbone:
         # The model's own layers (standard layout) give the target-layer activations: bitwise what a hook on
         # the model sees, which keeps ill-conditioned weights (AblationCAM's relative score drops) identical.
         self.target_features = nn.Sequential(*list(model.children())[:-2])
-        self.features = fold_batch_norm(copy.deepcopy(self.target_features).eval())
-        self.features.requires_grad_(False)
-        if channels_last:
-            self.features = self.features.to(memory_format=torch.channels_last)
+        self._features = None  # built on first use: the gradient CAMs never need it
         self.head = model.head.eval()
         self.mean = torch.tensor(self.MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(self.STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
@@ -110,6 +107,14 @@ class Backbone:
         self._full = slice(0, w.input_size[0])
         if not live_crop or (self._live == self._full) or (check_crop and not self._crop_is_exact()):
             self._live = self._full
+
+    @property
+    def features(self) -> nn.Sequential:
+        """The conv layers for `logits`: a channels_last copy, batch norm folded in, parameters frozen."""
+        if self._features is None:
+            f = fold_batch_norm(copy.deepcopy(self.target_features).eval()).requires_grad_(False)
+            self._features = f.to(memory_format=torch.channels_last) if self.memory_format == torch.channels_last else f
+        return self._features
 
     @property
     def live_lines(self) -> int:

@@ -43,6 +43,8 @@ class SaliencyMethod:
     code: ClassVar[dict | None] = None            # a plugin file's {file, sha256}: the exact code that ran
     package: ClassVar[dict | None] = None         # an installed plugin's distribution {name, version}
     architectures: ClassVar[tuple] = ARCHITECTURES  # the walled model kinds it runs on (a model's `arch`)
+    # modules its code imports when it runs: the worker processes' forkserver imports them once for them all
+    imports: ClassVar[tuple] = ()
     # {metric: per-image spread (RMS) between CPU kernel sets} where this method's maps move with round-off (an
     # optimisation's many steps); it loosens the re-run tolerance (metrics.rerun_tolerances). Measured with
     # scripts/kernel_spread.py; empty: the metrics' own tolerances hold.

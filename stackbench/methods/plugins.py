@@ -106,14 +106,18 @@ def load_plugin(spec: str):
     return as_method_class(getattr(module, attr), spec, attr, code=code, package=package)
 
 
+def _basecam():
+    from pytorch_grad_cam.base_cam import BaseCAM  # here: 4 s of imports, only for a class that is not ours
+
+    return BaseCAM
+
+
 def as_method_class(obj, source: str, default_name: str, code: dict | None = None, package: dict | None = None):
     """Accept a SaliencyMethod subclass or a pytorch-grad-cam BaseCAM subclass; refuse anything else."""
-    from pytorch_grad_cam.base_cam import BaseCAM
-
     if inspect.isclass(obj) and issubclass(obj, SaliencyMethod):
         cls = type(obj.__name__, (obj,), {"name": obj.name or default_name, "source": source,
                                           "__module__": obj.__module__})
-    elif inspect.isclass(obj) and issubclass(obj, BaseCAM):
+    elif inspect.isclass(obj) and issubclass(obj, _basecam()):
         cls = from_basecam(obj, source=source, name=default_name)
     else:
         raise StackbenchError(f"method plugin {source}: {obj!r} is neither a stackbench.methods.SaliencyMethod "
