@@ -47,7 +47,7 @@ def start_server(modules=()) -> None:
         return
     from multiprocessing import forkserver
 
-    if forkserver._forkserver._forkserver_pid is None:  # not running yet: the preload can still change
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is None:  # not running: the preload can change
         ctx.set_forkserver_preload([*PRELOAD, *dict.fromkeys(modules)])
     with _bare_main(), _worker_env():
         forkserver.ensure_running()
