@@ -119,6 +119,18 @@ class Phone(SaliencyMethod):
         return torch.ones(len(batch.ids), 14, 14)
 
 
+class Spawner(SaliencyMethod):
+    """Starts a process that would outlive the row (and could reach the network)."""
+
+    name = "Spawner"
+
+    def explain(self, batch):
+        import subprocess
+
+        subprocess.Popen(["sleep", "600"])
+        return torch.ones(len(batch.ids), 14, 14)
+
+
 class Crash(SaliencyMethod):
     name = "Crash"
 

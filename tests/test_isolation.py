@@ -51,7 +51,7 @@ def attacked(folder, tmp_path_factory):
     marker = out / "forged"
     os.environ["STACKBENCH_FORGE_MARKER"] = str(marker)
     names = ["DeletionTamper", "ScaleDense", "ClearMask", "PatchMu", "ReplaceOther", "Sleeper", "Hog", "Phone",
-             "Crash", "Forge"]
+             "Spawner", "Crash", "Forge"]
     runs = evaluate([spec(n) for n in names] + ["GradCAM", "HiResCAM"], folder, MODEL, out=out, progress=False,
                     batch_size=2, figure=False, limits=Limits(seconds_per_image=3, memory_mb=512))
     return {r.name: r for r in runs}, marker
@@ -88,11 +88,12 @@ def test_a_method_that_changes_the_model_it_was_given_fails_its_row(attacked):
 
 def test_limits_and_crashes_fail_one_row_each_with_one_line(attacked):
     runs, marker = attacked
-    errors = {n: runs[n].error for n in ("Sleeper", "Hog", "Phone", "Crash", "Forge")}
+    errors = {n: runs[n].error for n in ("Sleeper", "Hog", "Phone", "Spawner", "Crash", "Forge")}
     assert all(runs[n].status == "failed" for n in errors), errors
     assert "took over 6 s for 2 image(s), the limit (3 s per image); its worker was stopped" in errors["Sleeper"]
     assert "memory" in errors["Hog"] and "512 MB" in errors["Hog"]
     assert "no network for saliency methods" in errors["Phone"]
+    assert "no new processes for saliency methods" in errors["Spawner"]
     assert "ended its worker process (SIGSEGV)" in errors["Crash"]
     assert "unreadable reply" in errors["Forge"] and not marker.exists()  # the pickle was never loaded
     assert all("\n" not in e and "Traceback" not in e for e in errors.values())
@@ -117,6 +118,16 @@ def test_the_handed_model_names_no_wall_and_computes_the_same(g):
     assert torch.equal(next(h.parameters()), next(net.parameters()))  # shared, not copied
 
 
+def test_the_worker_backbone_keeps_the_crop_but_no_wall():
+    from stackbench.isolation.worker import Server
+
+    views = Views(load_model(MODEL), 0, ["rot90"])
+    server, h = Server(("spec", "GradCAM", {})), views.handed("rot90")
+    server.view("t", h.skeleton, h.numbers.clone(), h.layout, 0, h.crop)
+    bb = server.views["t"][0]
+    assert bb._wall.dead_height == 0 and bb.live_lines == views.backbone("rot90").live_lines < 224
+
+
 def test_views_hand_out_opaque_tokens():
     views = Views(load_model(MODEL), 0, MOVING)
     tokens = {views.token(v) for v in ("canonical", "random", *MOVING)}
@@ -139,6 +150,9 @@ def test_a_plugin_is_imported_only_in_a_worker(tmp_path):
     with pytest.raises(StackbenchError, match="failed to import"):
         (tmp_path / "broken.py").write_text("raise SystemExit(3)\n")
         method_handle(f"{tmp_path / 'broken.py'}:X")
+    (tmp_path / "gone.py").write_text("import os\nos._exit(0)\n")
+    with pytest.raises(StackbenchError, match=r"gone.py:X' failed to import: it ended its worker process"):
+        method_handle(f"{tmp_path / 'gone.py'}:X")
 
 
 def test_replies_are_read_without_unpickling():

@@ -112,10 +112,13 @@ def method_handle(spec, limits: Limits | None = None, **config) -> MethodHandle:
 
 
 def _described(spec: str, ref, eps: dict, limits: Limits, config: dict) -> MethodHandle:
-    from .session import Session
+    from .session import Session, SetupFailure, WorkerFailure
 
     payload = ("spec", spec, config)
-    session = Session(spec, payload, limits, describe=True)
+    try:
+        session = Session(spec, payload, limits, describe=True)
+    except (SetupFailure, WorkerFailure) as e:  # its import raised, ended its worker or hung
+        raise StackbenchError(f"method plugin {spec!r} failed to import: it {e}") from None
     try:
         info = session.info
     finally:

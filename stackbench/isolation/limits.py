@@ -16,9 +16,10 @@ class Limits:
     memory_mb: int | None = None
 
     def __post_init__(self):
-        for name, v in (("seconds_per_image", self.seconds_per_image), ("memory_mb", self.memory_mb)):
+        for name, flag, v in (("seconds_per_image", "--seconds-per-image", self.seconds_per_image),
+                              ("memory_mb", "--memory-mb", self.memory_mb)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-                raise StackbenchError(f"limit {name} {v!r}: a positive number, or None for no limit")
+                raise StackbenchError(f"{flag} ({name}) {v!r}: a positive number; leave it out for no limit")
 
     @property
     def setup_seconds(self) -> float | None:

@@ -184,6 +184,7 @@ class Session:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
+        self._kill_group()
         self.conn.close()
         self.models.clear()
         self._inbox = None
@@ -251,6 +252,14 @@ class Session:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        """Whatever the worker left in its process group (it leads one; see worker._seal)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (AttributeError, OSError, TypeError):  # none left, or no process groups (Windows)
+            pass
 
     def _death(self) -> str:
         self.process.join(5)

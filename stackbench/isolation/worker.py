@@ -19,21 +19,30 @@ from ..errors import StackbenchError, foreign_failure
 from ..methods import get_method_class
 from ..methods.backbone import Batch, backbone_for
 from ..methods.passes import MethodFailure, as_array
+from ..wall import Wall
 from . import wire
 from .handed import fill, wall_of
 
 NO_NETWORK = "no network for saliency methods (a board re-run is offline)"
+NO_PROCESSES = "no new processes for saliency methods (they would outlive the row)"
+SPAWNING = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen")
 
 
 def _audit(event: str, args) -> None:
-    # Audit hooks cannot be removed from Python: every socket but the harness's own Unix ones fails at once.
+    # Audit hooks cannot be removed from Python: every socket but the harness's own Unix ones fails at once, and so
+    # does starting a process (a subprocess could reach the network, and would outlive the worker).
     if event == "socket.getaddrinfo" or (event == "socket.connect" and args[0].family != socket.AF_UNIX) \
             or (event in ("socket.sendto", "socket.sendmsg") and args[0].family != socket.AF_UNIX):
         raise PermissionError(NO_NETWORK)
+    if event in SPAWNING:
+        raise PermissionError(NO_PROCESSES)
 
 
 def _seal(memory_mb: int | None) -> None:
-    """Network off, hub libraries offline, Ctrl-C left to the harness, memory capped."""
+    """Its own process group (the harness kills the group), network and new processes off, hub libraries offline,
+    Ctrl-C left to the harness, memory capped."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     sys.addaudithook(_audit)
@@ -97,6 +106,9 @@ class Server:
     def view(self, token: str, skeleton: bytes, buffer, layout, seed: int, crop: bool) -> dict:
         model = fill(pickle.loads(skeleton), buffer, layout)  # the harness's own pickle of a module skeleton
         bb = backbone_for(model, wall=wall_of(model), live_crop=crop, check_crop=False)
+        # The crop is set; keep only the geometry, so no Wall object with the band's side sits in the method's reach.
+        bb._wall = Wall(grid=bb._wall.grid, masked_rows=0, input_size=bb._wall.input_size,
+                        dead_from=bb._wall.input_size[0])
         inst = self.cls(**self.config)
         self.views[token] = (bb, inst)  # before setup: a failed set-up is still torn down
         inst.setup(bb, seed=seed)
