@@ -86,9 +86,9 @@ class Handed:
     def __init__(self, model: nn.Module, crop: bool = True):
         from multiprocessing.reduction import ForkingPickler
 
-        self.crop = crop
         from .wire import layout_of, put
 
+        self.crop = crop
         ts = tensors(model)
         self.skeleton = bytes(ForkingPickler.dumps(skeleton(model)))  # pickled once, for every worker
         self.layout, nbytes = layout_of(ts)
@@ -140,7 +140,6 @@ def wall_of(model: nn.Module) -> Wall:
         return plain
     base = wall_for(specs, size, k)
     for g in ORIENTATIONS:
-        wall = base.oriented(g) if g != "identity" else base
-        if torch.equal(wall.feature_mask() == 0, zero):
-            return wall
+        if torch.equal(base.oriented(g).feature_mask() == 0, zero):
+            return base.oriented(g)
     return plain

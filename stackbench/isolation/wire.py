@@ -62,10 +62,11 @@ def layout_of(tensors: dict) -> tuple[list, int]:
 
 
 def shared_buffer(nbytes: int, device):
-    """A zero-filled flat uint8 buffer another process can map (CPU: shared memory; CUDA: an IPC handle)."""
+    """A flat uint8 buffer another process can map (CPU: shared memory; CUDA: an IPC handle); its bytes are whatever
+    the caller copies in (a model's whole reference, padding included; a batch's tensors)."""
     import torch
 
-    buf = torch.zeros(max(nbytes, ALIGN), dtype=torch.uint8, device=device)
+    buf = torch.empty(max(nbytes, ALIGN), dtype=torch.uint8, device=device)
     return buf.share_memory_() if buf.device.type == "cpu" else buf
 
 
