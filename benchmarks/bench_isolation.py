@@ -19,9 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-import stackbench.evaluate.loop as loop
 from stackbench.evaluate import evaluate
-from stackbench.isolation import wire
+from stackbench.isolation import WorkerPool, wire
 from stackbench.isolation.worker import Server
 from stackbench.leaderboard.tracks import get_track
 
@@ -29,12 +28,15 @@ from stackbench.leaderboard.tracks import get_track
 class InProcess:
     """The reference: a Session's calls answered by the worker's server in this process."""
 
-    def __init__(self, name, payload, limits, describe=False):
-        self.server, self.models = Server(payload), {}
+    def __init__(self, handle, limits):
+        self.server, self.models = Server(), set()
+        self.server.load(0, handle.payload)
 
     def view(self, token, handed, seed):
-        self.models[token] = handed
-        self.server.view(token, handed.skeleton, handed.numbers.clone(), handed.layout, seed, handed.crop)
+        if token not in self.server.models:
+            self.server.model(token, handed.skeleton, handed.numbers.clone(), handed.layout, handed.crop)
+        self.models.add(token)
+        self.server.view(0, token, seed)
 
     def explain(self, token, message):
         ts = message["tensors"]
@@ -43,10 +45,10 @@ class InProcess:
             self.server.inbox = torch.zeros(nbytes, dtype=torch.uint8)
         wire.put(self.server.inbox, ts, layout)
         rest = {k: v for k, v in message.items() if k != "tensors"}
-        return self.server.explain(token, {**rest, "layout": layout})[1]
+        return self.server.explain(0, token, {**rest, "layout": layout})[1]
 
     def teardown(self):
-        return self.server.teardown().get("failure")
+        return self.server.teardown(0).get("failure")
 
     def close(self):
         self.models.clear()
@@ -54,12 +56,12 @@ class InProcess:
 
 @contextmanager
 def in_process():
-    saved = loop.Session
-    loop.Session = InProcess
+    saved = WorkerPool.session
+    WorkerPool.session = lambda self, handle, limits: InProcess(handle, limits)
     try:
         yield
     finally:
-        loop.Session = saved
+        WorkerPool.session = saved
 
 
 def run(methods, folder, n, out) -> float:

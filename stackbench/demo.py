@@ -212,10 +212,6 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     arch = _check_walled(model)
     methods = methods_for(arch)
     _check_out(out, dry_run)
-    if not dry_run:
-        from .isolation import imports_of, start_server
-
-        start_server(imports_of(methods))  # the methods' workers' forkserver imports while the data is made
     data = {"stack-mix": out / "data" / "stack-mix", "stack-gen": out / "data" / "stack-gen"}
     # The default run is exactly the leaderboard's mini track data (the presets as they are: the paper's 100 images).
     mix, gen = load_preset("stack-mix", "mini"), load_preset("stack-gen", "mini")
@@ -228,7 +224,10 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
              lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
         _evaluate_step(out, data, model, dev, 16, progress, n, k, probe=model, methods=methods),
     ]
-    with quiet_libraries(progress), _earlier_run(out):
+    from .isolation import worker_pool
+
+    # the methods' workers' forkserver imports while the data is made; the built-ins' worker serves both sets
+    with quiet_libraries(progress), _earlier_run(out), worker_pool(None if dry_run else methods):
         run_steps(steps, dry_run, echo)
     if dry_run:
         return None

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..axes import Axes, Views, orientations_for
 from ..datafolder import writable_folder
 from ..errors import watching_ctrl_c
-from ..isolation import Limits, imports_of, start_server
+from ..isolation import Limits, worker_pool
 from ..methods.base import check_architecture
 from ..progress import log, quiet_libraries
 from ..records import aggregate_rows
@@ -63,12 +63,12 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     per pass on a terminal, plain lines on the `stackbench` logger elsewhere; False shows nothing (and silences
     the bars of datasets and huggingface_hub)."""
     check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits)
-    start_server(imports_of(methods if isinstance(methods, (list, tuple)) else [methods]))  # imports meanwhile
-    methods = instances(methods, method_config, limits)
-    dev = pick_device(device)
-    with quiet_libraries(progress):
-        return _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
-                         seed, progress, figure, allow_incomplete, axes, limits)
+    with worker_pool(methods if isinstance(methods, (list, tuple)) else [methods]):  # imports meanwhile
+        methods = instances(methods, method_config, limits)
+        dev = pick_device(device)
+        with quiet_libraries(progress):
+                return _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
+                             seed, progress, figure, allow_incomplete, axes, limits)
 
 
 def _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out, seed, progress,

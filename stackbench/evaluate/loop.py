@@ -16,7 +16,8 @@ from .. import metrics as M
 from ..axes import Views, deletion_ends, deletion_probs, orientation_for
 from ..datafolder import pixel_sha256
 from ..errors import first_line, foreign_failure
-from ..isolation.session import Session, SetupFailure, WorkerFailure
+from ..isolation.pool import worker_pool
+from ..isolation.session import SetupFailure, WorkerFailure
 from ..methods.passes import MethodFailure, make_batch, score_output
 from ..progress import Progress, rate
 from ..records import AXES_METRICS
@@ -77,19 +78,20 @@ def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
 
 def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, batch_size, progress):
     """The batches: every view's shared pass, then every live method. Returns (skipped, ids, image shas)."""
-    try:
-        for r in todo:
-            _attempt(r, "setup", [], lambda r=r: _start(r, views, setting))
-        return _run(todo, ds, views, setting, batch_size, progress)
-    finally:
-        for r in todo:
-            if r.session is not None:
-                r.session.close()
+    with worker_pool() as pool:
+        try:
+            for r in todo:
+                _attempt(r, "setup", [], lambda r=r: _start(r, pool, views, setting))
+            return _run(todo, ds, views, setting, batch_size, progress)
+        finally:
+            for r in todo:
+                if r.session is not None:
+                    r.session.close()
 
 
-def _start(r: MethodRun, views: Views, st: Setting) -> None:
-    """The method's worker, set up on the model as it is."""
-    r.session = Session(r.name, r.method.payload, st.limits)
+def _start(r: MethodRun, pool, views: Views, st: Setting) -> None:
+    """The method's worker (the job's shared one for a built-in), set up on the model as it is."""
+    r.session = pool.session(r.method, st.limits)
     _hand(r, views, "canonical", st.seed)
 
 

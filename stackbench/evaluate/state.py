@@ -25,7 +25,7 @@ class MethodRun:
     seconds: float = 0.0
     record: dict | None = None
     record_path: Path | None = None
-    session: Session | None = None    # the method's worker process
+    session: Session | None = None    # the method in its worker process
 
     @property
     def name(self) -> str:

@@ -49,6 +49,12 @@ class MethodHandle:
     def describe(self) -> dict:
         return copy.deepcopy(self.info)
 
+    @property
+    def builtin(self) -> bool:
+        """One of stackbench's own methods (its worker may be shared with the others; see `pool`)."""
+        kind, what = self.payload[:2]
+        return kind == "spec" and isinstance(what, str) and is_builtin(registered(what))
+
 
 def imports_of(methods) -> tuple[str, ...]:
     """The modules the workers of `methods` (specs, classes, instances, handles; 'all') will import: what the

@@ -21,11 +21,12 @@ from ..methods.passes import MethodFailure
 from . import wire
 from .handed import Handed
 from .limits import Limits
+from .worker import QUIET, proc_status
 from .worker import main as worker_main
-from .worker import proc_status
 
 POLL = 0.05  # seconds between looks at a busy worker (alive? over its memory?)
-WORKER_ENV = {"GOMP_SPINCOUNT": "20000"}
+WORKER_ENV = {"GOMP_SPINCOUNT": "20000", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+              "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}  # see _worker_env
 PRELOAD = ["stackbench.isolation.worker"]
 _CONTEXT = None
 
@@ -66,10 +67,15 @@ def context():
 
 @contextmanager
 def _worker_env():
-    """The worker's OpenMP threads spin briefly between parallel regions, then sleep: the harness and the worker
-    take turns on the same cores, and a thread spinning for libgomp's default 300000 turns holds a core the other
-    is waiting for (calls 3x slower on 2 cores); sleeping at once (OMP_WAIT_POLICY=passive) made Opti-CAM 30%
-    slower. Read once, when the forkserver starts; a value the user set is kept."""
+    """Settings read once, when the forkserver starts, which every worker inherits (a value the user set is kept).
+
+    OpenMP threads spin briefly between parallel regions, then sleep: the harness and the worker take turns on the
+    same cores, and a thread spinning for libgomp's default 300000 turns holds a core the other is waiting for
+    (calls 3x slower on 2 cores); sleeping at once (OMP_WAIT_POLICY=passive) made Opti-CAM 30% slower.
+
+    glibc's malloc keeps freed blocks up to 32 MB in its heap and trims it only past 64 MB free, the state a
+    long-running process reaches by itself: a fresh worker otherwise gave every large temporary back to the
+    system and faulted it in again (670,000 page faults and 25% more time per Opti-CAM call on minivgg)."""
     saved = {k: os.environ.get(k) for k in WORKER_ENV}
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
@@ -102,77 +108,103 @@ def _rss_anon(pid: int) -> int | None:
         return None
 
 
-class Session:
-    """A method's worker. `payload` says how the worker makes the method; with `describe` it answers what the
-    method says of itself (`info`). Every call answers, or raises WorkerFailure, SetupFailure or MethodFailure (an
-    explain that failed)."""
+class Worker:
+    """A worker process: the methods it hosts (slots), the models handed to it (by view token, one shared buffer
+    each), its time and memory watch. Every call answers, or raises WorkerFailure, SetupFailure or MethodFailure
+    (an explain that failed); a WorkerFailure stops the process."""
 
-    def __init__(self, name: str, payload, limits: Limits, describe: bool = False):
-        self.name, self.limits = name, limits
+    def __init__(self, label: str, limits: Limits):
+        self.label, self.limits = label, limits
         ctx = context()
         self.conn, child = ctx.Pipe()
-        start = {"payload": payload, "memory_mb": limits.memory_mb, "threads": torch.get_num_threads(),
-                 "cwd": os.getcwd(), "env": dict(os.environ), "describe": describe}
+        start = {"memory_mb": limits.memory_mb, "threads": torch.get_num_threads(), "cwd": os.getcwd(),
+                 "env": dict(os.environ)}
         self.process = ctx.Process(target=worker_main, args=(child, start), daemon=True,
-                                   name=f"stackbench-method-{name}")
+                                   name=f"stackbench-method-{label}")
         start_server()  # when no job started it earlier
         with _bare_main(), _worker_env():
             self.process.start()
         child.close()
         self.models: dict[str, tuple] = {}  # view token -> (the worker's numbers, the reference Handed)
+        self.slots: dict[int, set] = {}  # slot -> the tokens its method was set up on
         self._inbox = None
         self._anon0 = None
+        self.waiting = True  # a call's reply not yet read: an interrupted call leaves the protocol out of step
         try:
-            header, _ = self._reply(limits.setup_seconds, "its import")
-            if header["kind"] == "error":
-                from ..errors import StackbenchError
-
-                raise StackbenchError(str(header.get("reason"))[:2000])
-            self._raise_failure(header)
+            self._reply(self.limits.setup_seconds, "its start")
         except BaseException:
             self.close()
             raise
-        self.info = header
         self._anon0 = _rss_anon(self.process.pid)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
 
     # ---- the calls
 
-    def view(self, token: str, handed: Handed, seed: int) -> None:
-        """Hand the worker a copy of a handed model as view `token` and set the method up on it. The copy's numbers
-        lie in one shared buffer, which the harness compares with the reference after every call."""
-        buffer = wire.shared_buffer(handed.numbers.numel(), handed.numbers.device).copy_(handed.numbers)
-        self.models[token] = (buffer, handed)
-        self._send(("view", token, handed.skeleton, buffer, handed.layout, seed, handed.crop))
+    def load(self, slot: int, payload, describe: bool = False) -> dict:
+        """Make a method in this worker (import its plugin, if it is one); its description with `describe`."""
+        self._send(("load", slot, payload, describe))
+        header, _ = self._reply(self.limits.setup_seconds, "its import")
+        if header["kind"] == "error":
+            from ..errors import StackbenchError
+
+            raise StackbenchError(str(header.get("reason"))[:2000])
+        self._raise_failure(header)
+        self.slots[slot] = set()
+        return header
+
+    def view(self, slot: int, token: str, handed: Handed, seed: int) -> None:
+        """Set the method of `slot` up on view `token` of a handed model. The worker gets the model once, as a
+        copy in one shared buffer, which is compared with the reference after every call."""
+        if token not in self.models:
+            buffer = wire.shared_buffer(handed.numbers.numel(), handed.numbers.device).copy_(handed.numbers)
+            self.models[token] = (buffer, handed)
+            self._send(("model", token, handed.skeleton, buffer, handed.layout, handed.crop))
+        self.slots[slot].add(token)
+        self._send(("view", slot, token, seed))
         header, _ = self._reply(self.limits.setup_seconds, "set-up")
         self._raise_failure(header)
         self._check(token)
 
-    def explain(self, token: str, message: dict) -> np.ndarray:
-        """The method's raw maps of one batch (`Batch.message`) on view `token`."""
+    def explain(self, slot: int, token: str, message: dict) -> np.ndarray:
+        """The raw maps of one batch (`Batch.message`) by the method of `slot` on view `token`."""
         n = len(message["ids"])
         ts = message["tensors"]
         layout, nbytes = wire.layout_of(ts)
         if self._inbox is None or self._inbox.numel() < nbytes or self._inbox.device != ts["x01"].device:
-            # the inputs go through a buffer of this worker's own: what it writes there, no other method reads
+            # the inputs go through a buffer of this worker's own: what it writes there, no other worker reads
             self._inbox = wire.shared_buffer(nbytes + nbytes // 2, ts["x01"].device)
             self._send(("inbox", self._inbox))
         wire.put(self._inbox, ts, layout)
-        self._send(("explain", token, {**{k: v for k, v in message.items() if k != "tensors"}, "layout": layout}))
+        self._send(("explain", slot, token, {**{k: v for k, v in message.items() if k != "tensors"}, "layout": layout}))
         h, w = ts["x01"].shape[-2:]
-        header, array = self._reply(self.limits.call_seconds(n), f"{n} image(s)", maxlen=4096 + n * h * w * 8)
+        header, array = self._reply(self.limits.call_seconds(n), f"{n} image(s)", maxlen=4096 + n * h * w * 8,
+                                    most=f"the size of {n} float64 maps of at most {h}x{w}")
         self._raise_failure(header)
         self._check(token)
         if header["kind"] != "maps" or array is None:
             raise WorkerFailure(f"answered {header['kind']!r} instead of maps")
         return array
 
-    def teardown(self) -> str | None:
-        """Tear the method down in its worker; its failure's text, or None. Then every view's model is checked."""
-        self._send(("teardown",))
+    def teardown(self, slot: int) -> str | None:
+        """Tear the method of `slot` down; its failure's text, or None. Then every model it was set up on is
+        checked."""
+        self._send(("teardown", slot))
         header, _ = self._reply(self.limits.setup_seconds, "teardown")
-        for token in self.models:
+        for token in self.slots.get(slot, ()):
             self._check(token)
         return header.get("failure") if header["kind"] == "ok" else header.get("reason", "failed")
+
+    def forget(self, slot: int) -> None:
+        """The method of `slot` gone, with the models no other method here was set up on."""
+        tokens = self.slots.pop(slot, set())
+        unused = [t for t in tokens if not any(t in other for other in self.slots.values())]
+        for t in unused:
+            self.models.pop(t, None)
+        if self.alive:
+            self._send(("forget", slot, unused))
 
     def close(self) -> None:
         try:
@@ -192,12 +224,14 @@ class Session:
     # ---- the protocol
 
     def _send(self, message) -> None:
+        if message[0] not in QUIET:
+            self.waiting = True
         try:
             self.conn.send(message)
         except (OSError, ValueError):
             raise WorkerFailure(self._death()) from None
 
-    def _reply(self, seconds: float | None, what: str, maxlen: int = 1 << 20):
+    def _reply(self, seconds: float | None, what: str, maxlen: int = 1 << 20, most: str = "the protocol's limit"):
         deadline = None if seconds is None else time.monotonic() + seconds
         while True:
             wait = POLL if deadline is None else max(0.0, min(POLL, deadline - time.monotonic()))
@@ -208,9 +242,11 @@ class Session:
                     if isinstance(e, EOFError) or not self.process.is_alive():
                         raise WorkerFailure(self._death()) from None
                     self._stop()
-                    raise WorkerFailure(f"sent a reply over {maxlen} bytes; its worker was stopped") from None
+                    raise WorkerFailure(f"sent a reply over {maxlen} bytes ({most}); its worker was stopped") from None
                 try:
-                    return wire.decode(data)
+                    out = wire.decode(data)
+                    self.waiting = False
+                    return out
                 except wire.BadReply as e:
                     self._stop()  # the protocol is broken: nothing more is read from it
                     raise WorkerFailure(f"sent {e}; its worker was stopped") from None
@@ -242,6 +278,8 @@ class Session:
         raise MethodFailure(reason, str(header.get("item", "0"))[:20])
 
     def _check(self, token: str) -> None:
+        if token not in self.models:
+            return
         buffer, handed = self.models[token]
         which = handed.changed(buffer)
         if which is not None:
@@ -272,3 +310,77 @@ class Session:
             except ValueError:
                 return f"ended its worker process (signal {-code})"
         return f"ended its worker process (exit code {code})"
+
+
+class Session:
+    """One method in a worker: its own (`worker` None; closed with it), or a job's shared one (`pool`), which a
+    failure of another method may have stopped: then it moves to the pool's next worker, set up again as needed.
+    Its calls raise as the worker's do."""
+
+    _slots = 0
+
+    def __init__(self, name: str, payload, limits: Limits, describe: bool = False, pool=None):
+        self.name, self.payload, self.limits, self.pool = name, payload, limits, pool
+        Session._slots += 1
+        self.slot = Session._slots
+        self.worker = None
+        self.info = self._attach(describe)
+
+    def _attach(self, describe: bool = False) -> dict:
+        if self.pool is None:
+            self.worker = Worker(self.name, self.limits)
+        else:
+            self.worker = self.pool.shared(self.limits)
+        try:
+            return self.worker.load(self.slot, self.payload, describe)
+        except BaseException:
+            self._drop_worker()
+            raise
+
+    def _drop_worker(self) -> None:
+        if self.pool is None:
+            self.worker.close()
+        elif not self.worker.alive:
+            self.pool.discard(self.worker)
+
+    def _live(self) -> Worker:
+        if self.pool is not None and not self.worker.alive:  # stopped for another method's failure
+            self._attach()
+        return self.worker
+
+    @property
+    def models(self) -> set:
+        """The view tokens this method is set up on."""
+        w = self.worker
+        return w.slots.get(self.slot, set()) if w is not None and w.alive else set()
+
+    def view(self, token: str, handed: Handed, seed: int) -> None:
+        self._call(lambda w: w.view(self.slot, token, handed, seed))
+
+    def explain(self, token: str, message: dict) -> np.ndarray:
+        return self._call(lambda w: w.explain(self.slot, token, message))
+
+    def teardown(self) -> str | None:
+        return self._call(lambda w: w.teardown(self.slot))
+
+    def _call(self, call):
+        try:
+            return call(self._live())
+        except WorkerFailure:
+            self._drop_worker()
+            raise
+
+    def close(self) -> None:
+        """Its worker closed if it is its own; else the method forgotten there (the worker stays for the job)."""
+        if self.worker is None:
+            return
+        if self.pool is None:
+            self.worker.close()
+        elif self.worker.waiting:  # interrupted mid-call (Ctrl-C, an error here): its next reply is a stale one
+            self.pool.discard(self.worker)
+        elif self.worker.alive:
+            try:
+                self.worker.forget(self.slot)
+            except WorkerFailure:
+                self.pool.discard(self.worker)
+        self.worker = None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
+import threading
 
 import torch
 
@@ -36,6 +38,25 @@ def _audit(event: str, args) -> None:
         raise PermissionError(NO_NETWORK)
     if event in SPAWNING:
         raise PermissionError(NO_PROCESSES)
+
+
+def _die_with_harness(conn) -> None:
+    """End the moment the harness's end of the pipe closes, even inside a method that hangs: a harness killed
+    outright never stops its workers itself (and the forkserver, which workers keep alive, outlives it). A thread
+    waits in poll() for the peer's hang-up; the kill it sends is bound now, before any method's code runs."""
+    if not hasattr(select, "POLLRDHUP"):  # not Linux: the harness's own kill and the closed pipe alone
+        return
+    kill, me, fd = os.kill, os.getpid(), conn.fileno()
+    gone = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+    def watch():
+        poll = select.poll()
+        poll.register(fd, select.POLLRDHUP)
+        while not any(ev & gone for _fd, ev in poll.poll()):
+            pass
+        kill(me, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stackbench-harness-watch", daemon=True).start()
 
 
 def _seal(memory_mb: int | None) -> None:
@@ -96,27 +117,43 @@ def describe(cls, config: dict) -> dict:
 
 
 class Server:
-    """The worker's side of one method: its instances (one per view), their backbones, the batches."""
+    """The worker's side: the methods it hosts (by slot: a job's built-ins share one worker, a plugin has its own),
+    the models it was handed (by view token, one buffer each whatever the number of methods), and one instance of a
+    method per view, on a module of its own over that buffer (its hooks are its own)."""
 
-    def __init__(self, payload):
-        self.cls, self.config = _method_class(payload), payload[2]
-        self.views: dict[str, tuple] = {}
+    def __init__(self):
+        self.methods: dict[int, tuple] = {}   # slot -> (class, config)
+        self.models: dict[str, tuple] = {}    # token -> (skeleton pickle, buffer, layout, crop)
+        self.views: dict[tuple, tuple] = {}   # (slot, token) -> (backbone, instance)
         self.inbox = None
 
-    def view(self, token: str, skeleton: bytes, buffer, layout, seed: int, crop: bool) -> dict:
+    def load(self, slot: int, payload, describe_it: bool = False) -> dict:
+        cls, config = _method_class(payload), payload[2]
+        reply = describe(cls, config) if describe_it else {"kind": "ok"}
+        self.methods[slot] = (cls, config)
+        return reply
+
+    def model(self, token: str, skeleton: bytes, buffer, layout, crop: bool) -> None:
+        self.models[token] = (skeleton, buffer, layout, crop)
+
+    def view(self, slot: int, token: str, seed: int) -> dict:
+        skeleton, buffer, layout, crop = self.models[token]
         model = fill(pickle.loads(skeleton), buffer, layout)  # the harness's own pickle of a module skeleton
         bb = backbone_for(model, wall=wall_of(model), live_crop=crop, check_crop=False)
         # The crop is set; keep only the geometry, so no Wall object with the band's side sits in the method's reach.
         bb._wall = Wall(grid=bb._wall.grid, masked_rows=0, input_size=bb._wall.input_size,
                         dead_from=bb._wall.input_size[0])
-        inst = self.cls(**self.config)
-        self.views[token] = (bb, inst)  # before setup: a failed set-up is still torn down
+        cls, config = self.methods[slot]
+        inst = cls(**config)
+        self.views[slot, token] = (bb, inst)  # before setup: a failed set-up is still torn down
         inst.setup(bb, seed=seed)
         return {"kind": "ok"}
 
-    def explain(self, token: str, m: dict):
-        bb, inst = self.views[token]
-        ts = {key: wire.view(self.inbox, offset, dtype, shape).clone().to(bb.device)
+    def explain(self, slot: int, token: str, m: dict):
+        bb, inst = self.views[slot, token]
+        # views of the inbox, not copies: the harness writes it afresh before every call, so whatever a method does
+        # to its inputs reaches only its own call
+        ts = {key: wire.view(self.inbox, offset, dtype, shape).to(bb.device)
               for key, offset, dtype, shape in m["layout"]}
         x01 = ts["x01"]
         batch = Batch(x=bb.normalize(x01), x01=x01, targets=ts["targets"], logits=ts["logits"], index=m["index"],
@@ -124,34 +161,40 @@ class Server:
                       seed=m["seed"], extra={k[6:]: v for k, v in ts.items() if k.startswith("extra.")})
         return {"kind": "maps"}, as_array(inst.explain(batch))
 
-    def teardown(self) -> dict:
+    def teardown(self, slot: int) -> dict:
+        """Every instance of the method torn down and forgotten."""
         failure = None
-        for _bb, inst in self.views.values():
+        for key in [k for k in self.views if k[0] == slot]:
+            _bb, inst = self.views.pop(key)
             try:
                 inst.teardown()
             except BaseException as e:  # noqa: BLE001 - reported, the others still torn down
                 failure = failure or _reason(e)
         return {"kind": "ok", "failure": failure}
 
+    def forget(self, slot: int, tokens) -> None:
+        """A method gone (its evaluation over), and the models no other method here uses."""
+        self.methods.pop(slot, None)
+        for key in [k for k in self.views if k[0] == slot or k[1] in tokens]:
+            del self.views[key]
+        for token in tokens:
+            self.models.pop(token, None)
+
 
 def main(conn, start: dict) -> None:
-    """The worker's life: seal, make the method, answer until told to close (or the harness goes away)."""
+    """The worker's life: seal, then answer until told to close (or the harness goes away)."""
     os.environ.clear()  # the harness's environment now, not the forkserver's when it started
     os.environ.update(start["env"])
+    _die_with_harness(conn)
     _seal(start["memory_mb"])
     torch.set_num_threads(start["threads"])
     os.chdir(start["cwd"])
-    try:
-        server = Server(start["payload"])
-        reply = describe(server.cls, server.config) if start["describe"] else {"kind": "ok"}
-    except StackbenchError as e:
-        reply = {"kind": "error", "reason": str(e)}
-    except BaseException as e:  # noqa: BLE001
-        reply = _failure(e, "load")
-    conn.send_bytes(wire.encode(reply))
-    if reply["kind"] != "ok":  # described (the harness closes it), or it failed to load
-        return
-    _serve(conn, server)
+    conn.send_bytes(wire.encode({"kind": "ok"}))
+    _serve(conn, Server())
+
+
+# Calls that send no reply: the harness need not wait for them.
+QUIET = {"inbox": lambda s, buffer: setattr(s, "inbox", buffer), "model": Server.model, "forget": Server.forget}
 
 
 def _serve(conn, server: Server) -> None:
@@ -162,21 +205,31 @@ def _serve(conn, server: Server) -> None:
             return
         if op == "close":
             return
-        if op == "inbox":
-            server.inbox = args[0]
+        if op in QUIET:
+            try:
+                QUIET[op](server, *args)
+            except BaseException:  # noqa: BLE001 - nothing to answer; the next call finds what is missing
+                pass
             continue
-        array = None
-        try:
-            if op == "view":
-                reply = server.view(*args)
-            elif op == "explain":
-                reply, array = server.explain(*args)
-            else:
-                reply = server.teardown()
-        except BaseException as e:  # noqa: BLE001 - the method's failure is a reply
-            reply, array = _failure(e, op), None
-        try:
-            data = wire.encode(reply, array)
-        except (ValueError, TypeError) as e:  # a describe() or reason JSON cannot hold
-            data = wire.encode({"kind": "failed", "where": op, "reason": f"its reply could not be sent: {e}"})
-        conn.send_bytes(data)
+        conn.send_bytes(_answer(server, op, args))
+
+
+def _answer(server: Server, op: str, args) -> bytes:
+    array = None
+    try:
+        if op == "load":
+            reply = server.load(*args)
+        elif op == "view":
+            reply = server.view(*args)
+        elif op == "explain":
+            reply, array = server.explain(*args)
+        else:
+            reply = server.teardown(*args)
+    except StackbenchError as e:  # a plugin spec that names nothing loadable: the user's one line
+        reply = {"kind": "error", "reason": str(e)} if op == "load" else _failure(e, op)
+    except BaseException as e:  # noqa: BLE001 - the method's failure is a reply
+        reply, array = _failure(e, op), None
+    try:
+        return wire.encode(reply, array)
+    except (ValueError, TypeError) as e:  # a describe() or reason JSON cannot hold
+        return wire.encode({"kind": "failed", "where": op, "reason": f"its reply could not be sent: {e}"})

@@ -338,12 +338,12 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
         datasets = given_datasets(get_track(track, store), datasets)
     out = []
     paths = stored_rows(store, track, method)
-    if rerun and paths:
-        from ..isolation import imports_of, start_server
+    from ..isolation import worker_pool
 
-        start_server(imports_of(_method_names(paths)))  # the re-runs' forkserver imports while the data is made
     bar = Progress(len(paths), "verify", unit="row", enabled=progress and bool(paths), every=0.0)
-    with watching_ctrl_c(), bar, quiet_libraries(progress):
+    # the re-runs' forkserver imports while the data is made; the built-ins' worker serves every re-run
+    methods = _method_names(paths) if rerun and paths else None
+    with watching_ctrl_c(), bar, quiet_libraries(progress), worker_pool(methods):
         for path in paths:
             v = verify_row(store, path, tracks, rerun, device, progress and rerun, tuple(skip), datasets)
             out.append(v)

@@ -44,11 +44,18 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
     store, with the method's code when it is a plugin file (methods/<name>/). `datasets` ({name: folder or
     hf:REPO@REV}) gives the pinned data instead of regenerating it (used only when its fingerprint is the pin).
     Returns the written record paths."""
+    from ..isolation import worker_pool
+
+    with worker_pool([method]):  # a built-in's worker serves every dataset of the track
+        return _checked_submit(method, track, name, author, url, description, replace, store, device, progress,
+                               method_config, datasets)
+
+
+def _checked_submit(method, track, name, author, url, description, replace, store, device, progress, method_config,
+                    datasets) -> list[Path]:
     from ..evaluate import resolve_methods
-    from ..isolation import imports_of, start_server
     from ..refs import pick_device
 
-    start_server(imports_of([method]))
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]  # imported in a worker
     if m.source.split(":")[0] in ("__main__", "builtins"):
         raise StackbenchError(f"method {m.name} is defined in a notebook or script ({m.source}): nobody else could "
