@@ -158,3 +158,14 @@ class Forge(SaliencyMethod):
             if isinstance(obj, Connection) and not obj.closed:
                 obj.send_bytes(pickle.dumps(Evil()))
         return torch.ones(len(batch.ids), 14, 14)
+
+
+class Shouter(SaliencyMethod):
+    """Floods its output (a CI log would fill)."""
+
+    name = "Shouter"
+
+    def explain(self, batch):
+        for _ in range(20000):
+            print("x" * 99)
+        return torch.ones(len(batch.ids), 14, 14)

@@ -277,3 +277,13 @@ def test_a_hanging_worker_ends_with_a_harness_killed_outright(tmp_path):
     while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(pid), f"worker {pid} outlived its harness"
+
+
+def test_what_a_method_prints_is_shown_under_its_name_up_to_a_cap(folder, tmp_path, capfd):
+    """A method's prints (2 MB here) reach the terminal under its name, the first 64 KB of them; the row is scored."""
+    (r,) = evaluate([spec("Shouter")], folder, MODEL, out=tmp_path, progress=False, batch_size=4, figure=False)
+    err = capfd.readouterr().err
+    assert r.status == "done"
+    shown = [line for line in err.splitlines() if line.startswith("[Shouter] x")]
+    assert 500 < len(shown) <= 64 * 1024 // 100 and "the rest is not shown" in err
+    assert "more bytes of output not shown" in err

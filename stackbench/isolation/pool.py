@@ -35,7 +35,7 @@ class WorkerPool:
         if w is None or not w.alive:
             if w is not None:
                 w.close()
-            w = self._shared[key] = Worker("builtins", limits)
+            w = self._shared[key] = Worker("built-in methods", limits)
         w.limits = limits  # the time limits are the harness's, per call: the latest evaluation's
         return w
 

@@ -21,6 +21,7 @@ from ..methods.passes import MethodFailure
 from . import wire
 from .handed import Handed
 from .limits import Limits
+from .output import Output
 from .worker import QUIET, proc_status
 from .worker import main as worker_main
 
@@ -117,14 +118,18 @@ class Worker:
         self.label, self.limits = label, limits
         ctx = context()
         self.conn, child = ctx.Pipe()
+        output, out_w = ctx.Pipe(duplex=False)
         start = {"memory_mb": limits.memory_mb, "threads": torch.get_num_threads(), "cwd": os.getcwd(),
-                 "env": dict(os.environ)}
+                 "env": dict(os.environ), "output": out_w}
         self.process = ctx.Process(target=worker_main, args=(child, start), daemon=True,
                                    name=f"stackbench-method-{label}")
         start_server()  # when no job started it earlier
         with _bare_main(), _worker_env():
             self.process.start()
         child.close()
+        out_w.close()
+        self.output = Output(output, label)
+        self.output.start()
         self.models: dict[str, tuple] = {}  # view token -> (the worker's numbers, the reference Handed)
         self.slots: dict[int, set] = {}  # slot -> the tokens its method was set up on
         self._inbox = None
@@ -218,6 +223,7 @@ class Worker:
             self.process.join(5)
         self._kill_group()
         self.conn.close()
+        self.output.join(2)  # the last lines it printed, before the harness says more
         self.models.clear()
         self._inbox = None
 

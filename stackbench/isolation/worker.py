@@ -24,6 +24,7 @@ from ..methods.passes import MethodFailure, as_array
 from ..wall import Wall
 from . import wire
 from .handed import fill, wall_of
+from .output import redirect
 
 NO_NETWORK = "no network for saliency methods (a board re-run is offline)"
 NO_PROCESSES = "no new processes for saliency methods (they would outlive the row)"
@@ -185,6 +186,7 @@ def main(conn, start: dict) -> None:
     """The worker's life: seal, then answer until told to close (or the harness goes away)."""
     os.environ.clear()  # the harness's environment now, not the forkserver's when it started
     os.environ.update(start["env"])
+    redirect(start["output"])
     _die_with_harness(conn)
     _seal(start["memory_mb"])
     torch.set_num_threads(start["threads"])
