@@ -2,6 +2,7 @@
 every attack in tests/attacks.py once changed the board's numbers or stopped the run. Now each either fails its
 own row with one line, or, where it only changed its own worker's objects, is measured as the honest method it
 imitates; the honest rows of the same run never move."""
+import copy
 import os
 from pathlib import Path
 
@@ -118,16 +119,29 @@ def test_the_handed_model_names_no_wall_and_computes_the_same(g):
     assert torch.equal(next(h.parameters()), next(net.parameters()))  # shared, not copied
 
 
-def test_the_worker_backbone_keeps_the_crop_but_no_wall():
+def test_the_worker_backbone_crops_by_the_weights_alone():
+    """The worker's backbone keeps the crop (the same bytes as the harness's forward) but no Wall object, and the
+    crop's lines come from the handed weights and nothing else: weights that hide the wall give no crop, whatever
+    the harness's own backbone does."""
+    from stackbench.isolation.handed import Handed
     from stackbench.isolation.worker import Server
 
     views = Views(load_model(MODEL), 0, ["rot90"])
-    server, h = Server(), views.handed("rot90")
-    server.load(1, ("spec", "GradCAM", {}))
-    server.model("t", h.skeleton, h.numbers.clone(), h.layout, h.crop)
-    server.view(1, "t", 0)
-    bb = server.views[1, "t"][0]
+
+    def worker_backbone(h):
+        server = Server()
+        server.load(1, ("spec", "GradCAM", {}))
+        server.model("t", h.skeleton, h.numbers.clone(), h.layout, h.crop)
+        server.view(1, "t", 0)
+        return server.views[1, "t"][0]
+
+    bb = worker_backbone(views.handed("rot90"))
     assert bb._wall.dead_height == 0 and bb.live_lines == views.backbone("rot90").live_lines < 224
+    hidden = copy.deepcopy(handed(views.backbone("rot90").model))
+    dense = next(m for m in hidden.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        dense.weight.add_(1e-30)  # the same logits to float precision; no zero band left
+    assert worker_backbone(Handed(hidden, crop=True)).live_lines == 224
 
 
 def test_views_hand_out_opaque_tokens():
@@ -287,3 +301,10 @@ def test_what_a_method_prints_is_shown_under_its_name_up_to_a_cap(folder, tmp_pa
     shown = [line for line in err.splitlines() if line.startswith("[Shouter] x")]
     assert 500 < len(shown) <= 64 * 1024 // 100 and "the rest is not shown" in err
     assert "more bytes of output not shown" in err
+
+
+def test_a_plugin_named_like_a_builtin_is_refused_beside_it(folder, tmp_path):
+    for methods in (["GradCAM", spec("Impostor")], [spec("Impostor"), "GradCAM"]):
+        with pytest.raises(StackbenchError, match="two methods are named GradCAM"):
+            evaluate(methods, folder, MODEL, out=tmp_path, progress=False, figure=False)
+    assert not any(tmp_path.iterdir())

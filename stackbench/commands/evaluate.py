@@ -46,7 +46,7 @@ from .common import (
 def evaluate(methods, dataset, model_ref, target, postprocess, batch_size, limit, axes_images, seconds_per_image,
              memory_mb, device, save_maps, out, seed, no_progress, allow_incomplete):
     """Score saliency methods by how much of their maps falls behind the wall (mu, paper eq. 1) and on the board's
-    axes. Each method runs in a worker process of its own; the scores are computed apart from it."""
+    axes. Methods run in worker processes (a plugin in one of its own); the scores are computed apart from them."""
     from ..axes import Axes
     from ..evaluate import SUMMARY_HEADERS, summary_notes, summary_rows
     from ..evaluate import evaluate as run_evaluate

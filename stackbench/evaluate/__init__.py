@@ -54,9 +54,10 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
              out: str | Path = "results", seed: int = 0, progress: bool = True, method_config: dict | None = None,
              figure: bool = True, allow_incomplete: bool = False, axes: Axes | None = None,
              limits: Limits | None = None) -> list[MethodRun]:
-    """Run `methods` (specs, classes or SaliencyMethod instances) and write one record + Parquet per method. Each
-    method explains in a worker process of its own, within `limits` (default: 600 s per image, no memory limit);
-    the scores are computed here, on model copies no method sees.
+    """Run `methods` (specs, classes or SaliencyMethod instances) and write one record + Parquet per method.
+    Methods explain in worker processes (the built-ins share one for the job, a plugin has its own), within
+    `limits` (default: 600 s per image, no memory limit); the scores are computed here, on model copies no method
+    sees.
     Returns a MethodRun per method (status done / skipped / failed). Everything is checked before any work:
     the arguments, the output folder, the dataset (complete, labels within its classes), the model (finite
     weights, the dataset's wall; with target="label", the dataset's classes are the model's). `progress`: one bar
@@ -67,7 +68,7 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
         methods = instances(methods, method_config, limits)
         dev = pick_device(device)
         with quiet_libraries(progress):
-                return _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
+            return _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
                              seed, progress, figure, allow_incomplete, axes, limits)
 
 

@@ -48,16 +48,22 @@ def resolve_methods(specs, limits: Limits | None = None, **config) -> list[Metho
     names: list[str] = []
     for s in specs:
         names.extend(list_methods() if s == "all" else [s])
-    seen, out = set(), []
-    for s in dict.fromkeys(names):
-        m = method_handle(s, limits, **config.get(s, {}))
-        if m.name in seen:
-            continue
-        seen.add(m.name)
-        out.append(m)
+    out = _unique([method_handle(s, limits, **config.get(s, {})) for s in dict.fromkeys(names)])
     if not out:
         raise StackbenchError("no method given; use --method NAME (see `stackbench methods`) or --method all")
     return out
+
+
+def _unique(handles: list[MethodHandle]) -> list[MethodHandle]:
+    """One handle per name: the same method given twice (a name and its alias) once; two methods of one name (a
+    plugin named like a built-in) refused, as their rows would be one file."""
+    by_name: dict[str, MethodHandle] = {}
+    for m in handles:
+        other = by_name.setdefault(m.name, m)
+        if other.payload[:2] != m.payload[:2] or other.config != m.config:
+            raise StackbenchError(f"two methods are named {m.name} ({other.source} and {m.source}); give one of them "
+                                  "another `name`")
+    return list(by_name.values())
 
 
 def instances(methods, method_config, limits: Limits | None = None) -> list[MethodHandle]:
@@ -66,7 +72,7 @@ def instances(methods, method_config, limits: Limits | None = None) -> list[Meth
         methods = [methods]
     given = [method_handle(m) for m in methods if isinstance(m, (SaliencyMethod, MethodHandle))]
     specs = [m for m in methods if not isinstance(m, (SaliencyMethod, MethodHandle))]
-    return given + resolve_methods(specs, limits, **(method_config or {})) if specs or not given else given
+    return _unique(given + resolve_methods(specs, limits, **(method_config or {})) if specs or not given else given)
 
 
 def open_inputs(dataset, model, dev, seed, target, allow_incomplete):

@@ -1,5 +1,6 @@
-"""One method's worker process, seen from the harness: start it, hand it models, ask for maps, watch its time and
-memory, check after every call that the model it was handed is unchanged, stop it.
+"""A worker process seen from the harness (`Worker`: start it, hand it models, ask for maps, watch its time and
+memory, check after every call that the model it was handed is unchanged, stop it), and one method in it
+(`Session`, what the evaluation loop holds).
 
 Workers fork from multiprocessing's forkserver (spawn where there is none), which imports torch and stackbench
 once and holds no harness state: a worker starts in about 20 ms and can see nothing of the measurement. The

@@ -1,9 +1,10 @@
 """The worker process: where a method's code runs, and nothing of the measurement does.
 
-It starts from a clean forkserver (torch and stackbench imported, no harness state), shuts its own network door,
-caps its memory, makes the method (a built-in or plugin spec, or a class sent by value), and then answers the
-harness: set up on a view of the model it is handed, explain a batch, tear down. Replies go back as JSON plus
-raw array bytes (`wire`); a failure is a reply, never the end of the harness.
+It starts from a clean forkserver (torch and stackbench imported, no harness state), sends its prints to the
+harness (`output`), ends with the harness, shuts its own network door and caps its memory; then it answers: make
+a method (a built-in or plugin spec, or a class sent by value; a job's built-ins share a worker, a plugin has one
+of its own), set it up on a view of the model it is handed, explain a batch, tear it down. Replies go back as JSON
+plus raw array bytes (`wire`); a failure is a reply, never the end of the harness.
 """
 from __future__ import annotations
 
