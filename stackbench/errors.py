@@ -37,7 +37,10 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """'TypeName: first line of its message' (at most `limit` characters of it), or 'TypeName' when it has none:
     a library's exception inside one of our one-line errors. Memory addresses (`<... at 0x7f...>`) are cut, so
     the same input gives the same text in every run."""
-    text = _ADDRESS.sub("", str(e).strip())
+    try:
+        text = _ADDRESS.sub("", str(e).strip())
+    except BaseException:  # noqa: BLE001 - a foreign exception whose __str__ itself raises
+        text = "(its message could not be read: its __str__ raised)"
     return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__
 
 

@@ -178,3 +178,28 @@ class Impostor(SaliencyMethod):
 
     def explain(self, batch):
         return torch.ones(len(batch.ids), 14, 14)
+
+
+class CSleeper(SaliencyMethod):
+    """Hangs inside a C call that holds Python's lock, so no Python thread of its worker can run."""
+
+    name = "CSleeper"
+
+    def explain(self, batch):
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(600)
+        return torch.ones(len(batch.ids), 14, 14)
+
+
+class BadStr(SaliencyMethod):
+    """Raises an exception whose message itself raises (a traceback once reached the user)."""
+
+    name = "BadStr"
+
+    def explain(self, batch):
+        class Weird(Exception):
+            def __str__(self):
+                raise ValueError("str blew up")
+
+        raise Weird()

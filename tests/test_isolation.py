@@ -268,8 +268,10 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_a_hanging_worker_ends_with_a_harness_killed_outright(tmp_path):
-    """SIGKILL gives the harness no chance to stop its workers: a method hanging in its worker must not outlive it."""
+@pytest.mark.parametrize("attack", ["Sleeper", "CSleeper"])
+def test_a_hanging_worker_ends_with_a_harness_killed_outright(tmp_path, attack):
+    """SIGKILL gives the harness no chance to stop its workers: a method hanging in its worker (in Python, or in a
+    C call that holds Python's lock) must not outlive it."""
     import signal
     import subprocess
     import sys
@@ -278,7 +280,7 @@ def test_a_hanging_worker_ends_with_a_harness_killed_outright(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("reads Linux's /proc")
     script = tmp_path / "harness.py"
-    script.write_text(HARNESS.format(model=MODEL, spec=spec("Sleeper")))
+    script.write_text(HARNESS.format(model=MODEL, spec=spec(attack)))
     harness = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         pid = int(harness.stdout.readline())
@@ -308,3 +310,9 @@ def test_a_plugin_named_like_a_builtin_is_refused_beside_it(folder, tmp_path):
         with pytest.raises(StackbenchError, match="two methods are named GradCAM"):
             evaluate(methods, folder, MODEL, out=tmp_path, progress=False, figure=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_an_exception_whose_message_raises_is_one_line(folder, tmp_path, capfd):
+    (r, g) = evaluate([spec("BadStr"), "GradCAM"], folder, MODEL, out=tmp_path, progress=False, figure=False)
+    assert r.status == "failed" and "raised Weird: (its message could not be read" in r.error
+    assert g.status == "done" and "Traceback" not in capfd.readouterr().err

@@ -59,6 +59,29 @@ def _die_with_harness(conn) -> None:
         kill(me, signal.SIGKILL)
 
     threading.Thread(target=watch, name="stackbench-harness-watch", daemon=True).start()
+    _die_with_forkserver()
+
+
+def _die_with_forkserver() -> None:
+    """The watch above needs Python's lock, which a method blocked in a C call holds. So also: drop this worker's
+    copy of the forkserver's keep-alive pipe (a worker starts no processes), so the forkserver ends with the
+    harness, and have the kernel kill the worker when its parent, the forkserver, ends (Linux)."""
+    from multiprocessing import forkserver
+
+    fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    try:
+        os.close(fd)
+        forkserver._forkserver._forkserver_alive_fd = None
+        parent = os.getppid()
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it ended before the signal was set
+            os._exit(1)
+    except (OSError, AttributeError, TypeError):  # not Linux: the watch alone
+        pass
 
 
 def _seal(memory_mb: int | None) -> None:
@@ -107,7 +130,7 @@ def _failure(e: BaseException, where: str, item: str = "0") -> dict:
     if isinstance(e, MethodFailure):
         return {"kind": "failed", "where": where, "reason": e.reason, "item": e.item}
     reason = _reason(e)
-    memory = isinstance(e, MemoryError) or "allocate" in str(e)
+    memory = isinstance(e, MemoryError) or "allocate" in reason
     return {"kind": "failed", "where": where, "reason": f"raised {reason}", "item": item, "memory": memory}
 
 
