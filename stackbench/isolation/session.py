@@ -285,8 +285,6 @@ class Worker:
         raise MethodFailure(reason, str(header.get("item", "0"))[:20])
 
     def _check(self, token: str) -> None:
-        if token not in self.models:
-            return
         buffer, handed = self.models[token]
         which = handed.changed(buffer)
         if which is not None:
@@ -320,7 +318,7 @@ class Worker:
 
 
 class Session:
-    """One method in a worker: its own (`worker` None; closed with it), or a job's shared one (`pool`), which a
+    """One method in a worker: its own (no `pool`; closed with it), or a job's shared one (`pool`), which a
     failure of another method may have stopped: then it moves to the pool's next worker, set up again as needed.
     Its calls raise as the worker's do."""
 
