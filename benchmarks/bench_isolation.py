@@ -39,7 +39,10 @@ class InProcess:
         self.models.add(token)
         self.server.view(0, token, seed)
 
-    def explain(self, token, message):
+    def explain(self, calls):
+        return [self._explain(token, message) for token, message in calls]
+
+    def _explain(self, token, message):
         ts = message["tensors"]
         layout, nbytes = wire.layout_of(ts)
         if self.server.inbox is None or self.server.inbox.numel() < nbytes:

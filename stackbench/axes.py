@@ -146,6 +146,10 @@ class Views:
     def token(self, view: str) -> str:
         return self._tokens[view]
 
+    @property
+    def tokens(self) -> list[str]:
+        return list(self._tokens.values())
+
     def handed(self, view: str):
         """The model a method is handed on `view`, packed (`isolation.handed.Handed`): the reference its worker's
         copy must still equal."""

@@ -203,3 +203,20 @@ class BadStr(SaliencyMethod):
                 raise ValueError("str blew up")
 
         raise Weird()
+
+
+class LateFailure(SaliencyMethod):
+    """Not an attack: answers its first call of every batch and fails its second (by raising, or by sleeping past
+    its limit), so the failure falls in a later pass of the same request."""
+
+    name = "LateFailure"
+    defaults = {"sleep": False}
+    calls = 0  # on the class: one count for every view's instance in its worker
+
+    def explain(self, batch):
+        type(self).calls += 1
+        if type(self).calls % 2 == 0:
+            while self.config["sleep"]:
+                time.sleep(1)
+            raise ValueError("late")
+        return torch.ones(len(batch.ids), 14, 14)

@@ -231,12 +231,12 @@ def test_a_worker_keeps_its_freed_memory_for_the_next_call():
         s = pool.session(h, Limits())
         token = views.token("canonical")
         s.view(token, views.handed("canonical"), 0)
-        s.explain(token, batch.message())  # the first call allocates
+        s.explain([(token, batch.message())])  # the first call allocates
         stat = Path(f"/proc/{pool.processes()[0]}/stat")
         faults = []
         for _ in range(3):
             before = int(stat.read_text().rsplit(")", 1)[1].split()[7])
-            s.explain(token, batch.message())
+            s.explain([(token, batch.message())])
             faults.append(int(stat.read_text().rsplit(")", 1)[1].split()[7]) - before)
     finally:
         pool.close()
@@ -257,7 +257,7 @@ batch = make_batch(views.backbone("canonical"), x01, "predicted", [0], [0], ["a"
 s = WorkerPool().session(method_handle({spec!r}), Limits(seconds_per_image=None))
 s.view(views.token("canonical"), views.handed("canonical"), 0)
 print(s.worker.process.pid, flush=True)
-s.explain(views.token("canonical"), batch.message())  # sleeps for ever
+s.explain([(views.token("canonical"), batch.message())])  # sleeps for ever
 """
 
 
@@ -316,3 +316,65 @@ def test_an_exception_whose_message_raises_is_one_line(folder, tmp_path, capfd):
     (r, g) = evaluate([spec("BadStr"), "GradCAM"], folder, MODEL, out=tmp_path, progress=False, figure=False)
     assert r.status == "failed" and "raised Weird: (its message could not be read" in r.error
     assert g.status == "done" and "Traceback" not in capfd.readouterr().err
+
+
+def _sent(monkeypatch):
+    """The ops the harness sends its workers, in order."""
+    from stackbench.isolation.session import Worker
+
+    ops, send = [], Worker._send
+
+    def record(self, message):
+        ops.append(message)
+        return send(self, message)
+
+    monkeypatch.setattr(Worker, "_send", record)
+    return ops
+
+
+def test_a_batch_is_one_request_per_method_whatever_its_views(folder, tmp_path, monkeypatch, honest):
+    """Each view once asked for on its own: a round trip per view and batch, the harness's threads spinning on
+    the cores the method needed (a GradCAM row of the mini board 0.6 s dearer). Now one request per batch carries
+    the main pass, every hidden orientation's and the randomisation's; the rows are those of a clean run."""
+    ops = _sent(monkeypatch)
+    (r,) = evaluate(["GradCAM"], folder, MODEL, out=tmp_path, progress=False, batch_size=2, figure=False)
+    asked = [m for m in ops if m[0] == "explain"]
+    assert len(asked) == 2  # 4 images, 2 batches
+    for _op, _slot, calls in asked:  # the main pass, a pass per orientation, the randomisation
+        assert len(calls) == 2 + len({t for t, _ in calls[1:-1]}) and len({t for t, _ in calls}) == len(calls)
+    assert rows(r).equals(rows(honest["GradCAM"]))
+
+
+@pytest.mark.parametrize("sleep", [False, True])
+def test_a_failure_in_a_later_pass_of_a_request_names_that_pass(folder, tmp_path, sleep):
+    h = method_handle(spec("LateFailure"), sleep=sleep)
+    limits = Limits(seconds_per_image=1.5 if sleep else None)
+    (r,) = evaluate([h], folder, MODEL, out=tmp_path, progress=False, batch_size=2, figure=False, limits=limits)
+    assert r.status == "failed" and " in the hidden-wall (" in r.error, r.error
+    if sleep:
+        assert "took over" in r.error and "image(s), the limit (1.5 s per image)" in r.error
+    else:
+        assert "raised ValueError: late in the hidden-wall (" in r.error and "first offending item: 'mix-00" in r.error
+
+
+def test_a_jobs_evaluations_of_one_model_hand_it_once(folder, tmp_path, monkeypatch, honest):
+    """A verify run re-runs 42 rows of one model: each once packed and handed its views afresh (0.2 s a row).
+    Within a job, an evaluation of the same model and seed reuses the last one's views, which its shared worker
+    still holds; another model's views replace them, and the worker forgets the old ones."""
+    from stackbench.isolation import worker_pool
+
+    ops = _sent(monkeypatch)
+    handed = lambda: [m[1] for m in ops if m[0] == "model"]  # noqa: E731
+    with worker_pool() as pool:
+        (a,) = evaluate(["GradCAM"], folder, MODEL, out=tmp_path / "a", progress=False, batch_size=2, figure=False)
+        first = handed()
+        (b,) = evaluate(["HiResCAM"], folder, MODEL, out=tmp_path / "b", progress=False, batch_size=2, figure=False)
+        assert handed() == first and len(first) == len(set(first)) >= 3  # canonical, random, an orientation
+        assert rows(a).equals(rows(honest["GradCAM"])) and rows(b).equals(rows(honest["HiResCAM"]))
+        (c,) = evaluate(["GradCAM"], folder, MODEL, out=tmp_path / "c", progress=False, batch_size=2, figure=False,
+                        seed=1)
+        assert c.status == "done"
+        dropped = [t for m in ops if m[0] == "drop" for t in m[1]]
+        assert sorted(dropped) == sorted(first)
+        (worker,) = pool._shared.values()
+        assert set(worker.models) == set(handed()[len(first):])  # only the new views' models are held

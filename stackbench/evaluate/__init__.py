@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..axes import Axes, Views, orientations_for
+from ..axes import Axes
 from ..datafolder import writable_folder
 from ..errors import watching_ctrl_c
 from ..isolation import Limits, worker_pool
 from ..methods.base import check_architecture
+from ..models import weights_fingerprint
 from ..progress import log, quiet_libraries
 from ..records import aggregate_rows
 from ..refs import pick_device
@@ -32,6 +33,7 @@ from .inputs import (
     base_record,
     check_args,
     instances,
+    job_views,
     label_space,
     make_setting,
     open_inputs,
@@ -80,8 +82,9 @@ def _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, lim
     out = writable_folder(out)  # created only once every input checks
     ds = scored_items(ds, limit)
     setting = make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes, limits)
-    views = Views(net, seed, orientations_for(seed, range(len(ds)) if setting.chosen is None else setting.chosen))
-    base = base_record(out, info, net, dev, setting, limit, batch_size, views.rand_seed)
+    fingerprint = weights_fingerprint(net)
+    views = job_views(net, fingerprint, seed, setting, len(ds))
+    base = base_record(out, info, net, fingerprint, dev, setting, limit, batch_size, views.rand_seed)
     runs = [MethodRun(m, m.name) for m in methods]
     resume(runs, out, base)
     todo = [r for r in runs if r.status == "pending"]

@@ -10,10 +10,10 @@ import datasets
 from .. import cpu
 from .. import metrics as M
 from .. import records as R
-from ..axes import Axes
+from ..axes import Axes, Views, orientations_for
 from ..datafolder import open_dataset
 from ..errors import StackbenchError
-from ..isolation import Limits, MethodHandle, method_handle
+from ..isolation import Limits, MethodHandle, method_handle, worker_pool
 from ..methods import SaliencyMethod, list_methods
 from ..versions import versions
 from .state import Setting
@@ -115,15 +115,28 @@ def make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps,
                    band_from=band_from, limits=limits or Limits())
 
 
-def base_record(out: Path, info, net, dev, setting: Setting, limit, batch_size, rand_seed: int) -> R.BaseRecord:
-    """What every method's record shares; local paths relative to `out`, where the records are written."""
-    from ..models import weights_fingerprint
+def job_views(net, fingerprint: str, seed: int, setting: Setting, n: int) -> Views:
+    """The evaluation's views of the model (`axes.Views`; n: the number of scored images). Those of the job's last
+    evaluation when it had the same model, seed and orientations (a verify run's rows, the demo's two sets): their
+    harness copies are not rebuilt, and the shared worker holds their handed models already. The views are
+    functions of these alone, so the rows are the bytes of fresh ones."""
+    orientations = orientations_for(seed, range(n) if setting.chosen is None else setting.chosen)
+    p = next(net.parameters())
+    key = ("views", fingerprint, type(net).__qualname__, repr(getattr(net, "wall", None)),
+           tuple(getattr(net, "input_size", ())), str(p.device), seed, tuple(orientations))
+    with worker_pool() as pool:  # the job's (evaluate opens it)
+        return pool.kept(key, lambda: Views(net, seed, orientations), lambda v: v.tokens)
 
+
+def base_record(out: Path, info, net, fingerprint: str, dev, setting: Setting, limit, batch_size,
+                rand_seed: int) -> R.BaseRecord:
+    """What every method's record shares; local paths relative to `out`, where the records are written.
+    `fingerprint`: the model's `weights_fingerprint`."""
     env = {**versions("torch", "grad-cam", "captum", "numpy", "opencv", "scipy"), "device": dev.type,
            "cpu": cpu.describe(), "isolation": f"worker process; {setting.limits}",
            "dtype": str(next(net.parameters()).dtype).replace("torch.", "")}
     band = {"axis": "rows", "first": setting.band_from, "last": setting.size[0] - 1}
-    return R.base_record(R.dataset_info(info, out), R.model_info(net, weights_fingerprint(net), out), band=band,
+    return R.base_record(R.dataset_info(info, out), R.model_info(net, fingerprint, out), band=band,
                          target=setting.target, postprocess=setting.postprocess,
                          axes=setting.axes.describe(setting.seed, rand_seed), env=env, seed=setting.seed,
                          limit=limit, batch_size=batch_size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, batch
     with worker_pool() as pool:
         try:
             for r in todo:
-                _attempt(r, "setup", [], lambda r=r: _start(r, pool, views, setting))
+                _attempt(r, [Pass("setup", "canonical", None, [])], lambda r=r: _start(r, pool, views, setting))
             return _run(todo, ds, views, setting, batch_size, progress)
         finally:
             for r in todo:
@@ -143,39 +144,70 @@ def _rates(runs, n: int) -> str:
     return ", ".join(f"{r.name} FAILED" if r.status == "failed" else f"{r.name} {rate(n, r.seconds)}" for r in parts)
 
 
-def _attempt(r: MethodRun, what: str, ids, call):
-    """Run one step of a method; on failure (its own, or a failed setup of a view) mark it failed and return None."""
+@dataclass
+class Pass:
+    """One of a batch's passes a method is measured on: the view of the model, the batch as that view sees it (the
+    images in the view's orientation, their targets), and where its images sit in the whole batch."""
+
+    what: str          # "main", "hidden-wall (rot90)", "randomisation": how a failure names it
+    view: str
+    batch: object
+    pos: list
+
+
+def _attempt(r: MethodRun, passes: list[Pass], call):
+    """Run a method's step; on failure (its own, or a failed setup of a view) mark it failed, naming the pass it
+    failed in (the exception's `call`: which of `passes`; the main one when it does not say), and return None."""
     if r.status != "pending":
         return None
     t0 = time.perf_counter()
-    where = "" if what in ("main", "setup") else f" in the {what} pass"
     try:
         return call()
-    except MethodFailure as f:
-        item = ids[int(f.item)] if f.item and f.item.isdigit() and int(f.item) < len(ids) else (ids[0] if ids else "-")
-        r.error = f"method {r.name} {f.reason}{where} (first offending item: {item!r})"
-    except SetupFailure as e:
-        phase = "setup" if what in ("setup", "main") else f"setup for the {what} pass"
-        r.error = f"method {r.name}: {phase} {e}"
-    except WorkerFailure as e:
-        r.error = f"method {r.name} {e}{where}"
-    except BaseException as e:
-        reason = foreign_failure(e)
-        if reason is None:
-            raise
-        r.error = f"method {r.name}: {what} failed: {reason}"
+    except BaseException as e:  # noqa: BLE001 - _failure re-raises what is not the method's
+        i = getattr(e, "call", 0)
+        p = passes[i if isinstance(i, int) and 0 <= i < len(passes) else 0]
+        r.error = _failure(r, e, p.what, p.batch.ids if p.batch is not None else [])
     finally:
         r.seconds += time.perf_counter() - t0
     r.status, r.rows, r.maps, r.grid_maps = "failed", [], [], []
     return None
 
 
-def _maps(r: MethodRun, views: Views, view: str, batch, st: Setting):
-    """The method's maps of `batch` on `view`, from its worker, checked and post-processed as the metric scores
-    them: (maps, empty)."""
-    _hand(r, views, view, st.seed)
-    out = r.session.explain(views.token(view), batch.message())
-    return score_output(out, len(batch.ids), st.shapes, st.postprocess, st.size)
+def _failure(r: MethodRun, e: BaseException, what: str, ids) -> str:
+    """The row's one line for a method's failure in pass `what`; re-raises what is not the method's."""
+    where = "" if what in ("main", "setup") else f" in the {what} pass"
+    if isinstance(e, MethodFailure):
+        item = ids[int(e.item)] if e.item and e.item.isdigit() and int(e.item) < len(ids) else (ids[0] if ids else "-")
+        return f"method {r.name} {e.reason}{where} (first offending item: {item!r})"
+    if isinstance(e, SetupFailure):
+        phase = "setup" if what in ("setup", "main") else f"setup for the {what} pass"
+        return f"method {r.name}: {phase} {e}"
+    if isinstance(e, WorkerFailure):
+        return f"method {r.name} {e}{where}"
+    reason = foreign_failure(e)
+    if reason is None:
+        raise e
+    return f"method {r.name}: {what} failed: {reason}"
+
+
+def _maps(r: MethodRun, views: Views, passes: list[Pass], st: Setting) -> list[tuple]:
+    """The method's maps of every pass, from its worker in one request, checked and post-processed as the metric
+    scores them: [(maps, empty)] in the passes' order."""
+    for i, p in enumerate(passes):
+        try:
+            _hand(r, views, p.view, st.seed)
+        except SetupFailure as e:
+            e.call = i
+            raise
+    raw = r.session.explain([(views.token(p.view), p.batch.message()) for p in passes])
+    out = []
+    for i, (p, maps) in enumerate(zip(passes, raw, strict=True)):
+        try:
+            out.append(score_output(maps, len(p.batch.ids), st.shapes, st.postprocess, st.size))
+        except MethodFailure as e:
+            e.call = i
+            raise
+    return out
 
 
 def _need_grads(runs) -> bool:
@@ -185,63 +217,57 @@ def _need_grads(runs) -> bool:
 def _batch(live, views: Views, st: Setting, x01, idx, ids, labels) -> None:
     """One batch through every view; appends each live method's per-image rows."""
     canon = views.backbone("canonical")
-    batch = make_batch(canon, x01, st.target, labels, idx, ids, st.seed, _need_grads(live), st.clock)
+    grads = _need_grads(live)
+    batch = make_batch(canon, x01, st.target, labels, idx, ids, st.seed, grads, st.clock)
     on = [j for j in range(len(ids)) if st.chosen is None or idx[j] in st.chosen]  # the images that get the axes
     ends = deletion_ends(canon, batch.x[on], batch.targets[on], st.seen) if on else None
-    got = {}
-    for r in live:
-        got[r.name] = _attempt(r, "main", ids, lambda r=r: _scores(r, views, canon, batch, st, idx, on, ends))
     orientation = [orientation_for(st.seed, i) if j in on else None for j, i in enumerate(idx)]
+    passes = [Pass("main", "canonical", batch, list(range(len(ids))))]
     if on:
-        _hidden(live, views, st, got, batch, x01, orientation)
-        _randomisation(live, views, st, got, batch, x01, on)
+        passes += _axes_passes(views, st, batch, x01, orientation, on, grads)
     predicted = batch.logits.argmax(dim=1).tolist()
     for r in live:
-        if r.status == "pending":
-            _add_rows(r, got[r.name], batch, labels, predicted, orientation, st.save_maps)
+        v = _attempt(r, passes, lambda r=r: _measure(r, views, passes, st, on, ends))
+        if v is not None:
+            _add_rows(r, v, batch, labels, predicted, orientation, st.save_maps)
 
 
-def _scores(r: MethodRun, views: Views, canon, batch, st: Setting, idx, on: list[int], ends) -> dict:
-    """A method's maps on the model as it is, scored: mu and friends, and deletion on the images `on`; the other
-    axes' columns are filled in by their own passes."""
-    n = len(idx)
-    maps, empty = _maps(r, views, "canonical", batch, st)
-    v = {"maps": maps, "empty": empty, **M.per_image(maps, st.band_from),
-         "hidden_empty": np.zeros(n, bool), **{k: np.full(n, np.nan) for k in AXES_METRICS}}
-    if on:
-        v["deletion_auc"][on] = M.deletion_auc(deletion_probs(
-            canon, batch.x[on], maps[on], batch.targets[on], st.seen, st.axes.deletion_steps, st.seed,
-            [idx[j] for j in on], st.axes.deletion_chunk, ends))
-    return v
-
-
-def _hidden(live, views: Views, st: Setting, got: dict, batch, x01, orientation) -> None:
-    """mu behind a hidden wall: each image (of the sample) through its orientation's model, the map turned back."""
+def _axes_passes(views: Views, st: Setting, batch, x01, orientation, on: list[int], grads: bool) -> list[Pass]:
+    """The passes of the axes, each with its shared pass: mu behind a hidden wall (each image of the sample through
+    its orientation's model) and the randomisation check (the same images and targets through the re-initialised
+    model)."""
+    out = []
     for g in dict.fromkeys(o for o in orientation if o is not None):
         pos = [j for j, o in enumerate(orientation) if o == g]
-        runs = [r for r in live if r.status == "pending"]
-        if not runs:
-            return
         sub = make_batch(views.backbone(g), apply(x01[pos], g), st.target, None, [batch.index[j] for j in pos],
-                         [batch.ids[j] for j in pos], st.seed, _need_grads(runs), st.clock, targets=batch.targets[pos])
-        for r in runs:
-            res = _attempt(r, f"hidden-wall ({g})", sub.ids, lambda r=r, g=g, sub=sub: _maps(r, views, g, sub, st))
-            if res is not None:
-                got[r.name]["mu_hidden"][pos] = M.mu(apply(res[0], inverse(g)), st.band_from)
-                got[r.name]["hidden_empty"][pos] = res[1]
-
-
-def _randomisation(live, views: Views, st: Setting, got: dict, batch, x01, on: list[int]) -> None:
-    """The randomisation check: the same images (of the sample) and targets through the re-initialised model."""
-    runs = [r for r in live if r.status == "pending"]
-    if not runs:
-        return
+                         [batch.ids[j] for j in pos], st.seed, grads, st.clock, targets=batch.targets[pos])
+        out.append(Pass(f"hidden-wall ({g})", g, sub, pos))
     sub = make_batch(views.backbone("random"), x01[on], st.target, None, [batch.index[j] for j in on],
-                     [batch.ids[j] for j in on], st.seed, _need_grads(runs), st.clock, targets=batch.targets[on])
-    for r in runs:
-        res = _attempt(r, "randomisation", sub.ids, lambda r=r: _maps(r, views, "random", sub, st))
-        if res is not None:
-            got[r.name]["rand_corr"][on] = M.rank_correlation(got[r.name]["maps"][on], res[0], st.read_cells)
+                     [batch.ids[j] for j in on], st.seed, grads, st.clock, targets=batch.targets[on])
+    return out + [Pass("randomisation", "random", sub, on)]
+
+
+def _measure(r: MethodRun, views: Views, passes: list[Pass], st: Setting, on: list[int], ends) -> dict:
+    """A method's maps on every pass, scored: mu and friends on the model as it is, and on the images `on`,
+    deletion, mu behind a hidden wall (the map turned back) and the randomisation check."""
+    got = _maps(r, views, passes, st)
+    (maps, empty), main = got[0], passes[0]
+    n = len(main.batch.ids)
+    v = {"maps": maps, "empty": empty, **M.per_image(maps, st.band_from),
+         "hidden_empty": np.zeros(n, bool), **{k: np.full(n, np.nan) for k in AXES_METRICS}}
+    if not on:
+        return v
+    b = main.batch
+    v["deletion_auc"][on] = M.deletion_auc(deletion_probs(
+        views.backbone("canonical"), b.x[on], maps[on], b.targets[on], st.seen, st.axes.deletion_steps, st.seed,
+        [b.index[j] for j in on], st.axes.deletion_chunk, ends))
+    for p, (m, e) in zip(passes[1:], got[1:], strict=True):
+        if p.view == "random":
+            v["rand_corr"][p.pos] = M.rank_correlation(maps[p.pos], m, st.read_cells)
+        else:
+            v["mu_hidden"][p.pos] = M.mu(apply(m, inverse(p.view)), st.band_from)
+            v["hidden_empty"][p.pos] = e
+    return v
 
 
 def _num(a, j) -> float | None:

@@ -22,6 +22,7 @@ _CURRENT: "WorkerPool | None" = None
 class WorkerPool:
     def __init__(self):
         self._shared: dict[tuple, Worker] = {}
+        self._kept: tuple | None = None  # (key, object, the view tokens it handed)
 
     def session(self, handle, limits: Limits) -> Session:
         """A method's session: on the shared worker for a built-in, on one of its own for a plugin."""
@@ -39,6 +40,20 @@ class WorkerPool:
         w.limits = limits  # the time limits are the harness's, per call: the latest evaluation's
         return w
 
+    def kept(self, key, make, tokens):
+        """The object the job keeps under `key` (the views of a model: the evaluations of one job that share a
+        model and seed share its views, whose models the shared worker then holds already), made by `make()` when
+        the key differs from the last one. Only one is kept: the models the last one handed (`tokens(obj)`) are
+        dropped from the workers."""
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        if self._kept is not None:
+            for w in self._shared.values():
+                w.drop(self._kept[2](self._kept[1]))
+        obj = make()
+        self._kept = (key, obj, tokens)
+        return obj
+
     def discard(self, worker: Worker) -> None:
         for key, w in list(self._shared.items()):
             if w is worker:
@@ -53,6 +68,7 @@ class WorkerPool:
         for w in self._shared.values():
             w.close()
         self._shared.clear()
+        self._kept = None
 
 
 @contextmanager

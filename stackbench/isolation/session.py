@@ -174,24 +174,50 @@ class Worker:
         self._raise_failure(header)
         self._check(token)
 
-    def explain(self, slot: int, token: str, message: dict) -> np.ndarray:
-        """The raw maps of one batch (`Batch.message`) by the method of `slot` on view `token`."""
-        n = len(message["ids"])
-        ts = message["tensors"]
-        layout, nbytes = wire.layout_of(ts)
-        if self._inbox is None or self._inbox.numel() < nbytes or self._inbox.device != ts["x01"].device:
+    def explain(self, slot: int, calls: list[tuple[str, dict]]) -> list[np.ndarray]:
+        """The raw maps of each call (a view token and a `Batch.message` on that view) by the method of `slot`, all
+        asked at once (the worker answers one by one, each call in its own time limit). A failure carries the index
+        of the call it belongs to (`.call`); the models are checked once all have answered."""
+        tensors = {f"{i}.{k}": t for i, (_token, m) in enumerate(calls) for k, t in m["tensors"].items()}
+        layout, nbytes = wire.layout_of(tensors)
+        device = calls[0][1]["tensors"]["x01"].device
+        if self._inbox is None or self._inbox.numel() < nbytes or self._inbox.device != device:
             # the inputs go through a buffer of this worker's own: what it writes there, no other worker reads
-            self._inbox = wire.shared_buffer(nbytes + nbytes // 2, ts["x01"].device)
+            self._inbox = wire.shared_buffer(nbytes + nbytes // 2, device)
             self._send(("inbox", self._inbox))
-        wire.put(self._inbox, ts, layout)
-        self._send(("explain", slot, token, {**{k: v for k, v in message.items() if k != "tensors"}, "layout": layout}))
-        h, w = ts["x01"].shape[-2:]
+        wire.put(self._inbox, tensors, layout)
+        asked = [(token, {**{k: v for k, v in m.items() if k != "tensors"},
+                          "layout": [(key.split(".", 1)[1], *rest) for key, *rest in layout
+                                     if key.split(".", 1)[0] == str(i)]})
+                 for i, (token, m) in enumerate(calls)]
+        self._send(("explain", slot, asked))
+        out = []
+        for i, (_token, m) in enumerate(calls):
+            try:
+                out.append(self._maps(m))
+            except (WorkerFailure, MethodFailure) as e:
+                e.call = i
+                raise
+            self.waiting = i + 1 < len(calls)  # more replies are on their way
+        tokens = [token for token, _ in calls]
+        for token in dict.fromkeys(tokens):
+            try:
+                self._check(token)
+            except WorkerFailure as e:
+                e.call = tokens.index(token)
+                raise
+        return out
+
+    def _maps(self, message: dict) -> np.ndarray:
+        """The reply to one call of an explain: its maps."""
+        n = len(message["ids"])
+        h, w = message["tensors"]["x01"].shape[-2:]
         header, array = self._reply(self.limits.call_seconds(n), f"{n} image(s)", maxlen=4096 + n * h * w * 8,
                                     most=f"the size of {n} float64 maps of at most {h}x{w}")
         self._raise_failure(header)
-        self._check(token)
         if header["kind"] != "maps" or array is None:
-            raise WorkerFailure(f"answered {header['kind']!r} instead of maps")
+            self._stop()  # the replies are out of step with the calls
+            raise WorkerFailure(f"answered {header['kind']!r} instead of maps; its worker was stopped")
         return array
 
     def teardown(self, slot: int) -> str | None:
@@ -204,13 +230,19 @@ class Worker:
         return header.get("failure") if header["kind"] == "ok" else header.get("reason", "failed")
 
     def forget(self, slot: int) -> None:
-        """The method of `slot` gone, with the models no other method here was set up on."""
-        tokens = self.slots.pop(slot, set())
-        unused = [t for t in tokens if not any(t in other for other in self.slots.values())]
-        for t in unused:
-            self.models.pop(t, None)
+        """The method of `slot` gone; the models stay (the job's next evaluation of the same model hands them
+        again: `drop`)."""
+        self.slots.pop(slot, None)
         if self.alive:
-            self._send(("forget", slot, unused))
+            self._send(("forget", slot))
+
+    def drop(self, tokens) -> None:
+        """Models no method of the job will be set up on again."""
+        tokens = [t for t in tokens if t in self.models]
+        for t in tokens:
+            del self.models[t]
+        if tokens and self.alive:
+            self._send(("drop", tokens))
 
     def close(self) -> None:
         try:
@@ -362,8 +394,9 @@ class Session:
     def view(self, token: str, handed: Handed, seed: int) -> None:
         self._call(lambda w: w.view(self.slot, token, handed, seed))
 
-    def explain(self, token: str, message: dict) -> np.ndarray:
-        return self._call(lambda w: w.explain(self.slot, token, message))
+    def explain(self, calls: list[tuple[str, dict]]) -> list[np.ndarray]:
+        """Maps of several calls ((view token, `Batch.message`) each), asked at once (see `Worker.explain`)."""
+        return self._call(lambda w: w.explain(self.slot, calls))
 
     def teardown(self) -> str | None:
         return self._call(lambda w: w.teardown(self.slot))

@@ -175,6 +175,7 @@ class Server:
         return {"kind": "ok"}
 
     def explain(self, slot: int, token: str, m: dict):
+        """One call's maps: {"kind": "maps"} and the array."""
         bb, inst = self.views[slot, token]
         # views of the inbox, not copies: the harness writes it afresh before every call, so whatever a method does
         # to its inputs reaches only its own call
@@ -197,10 +198,15 @@ class Server:
                 failure = failure or _reason(e)
         return {"kind": "ok", "failure": failure}
 
-    def forget(self, slot: int, tokens) -> None:
-        """A method gone (its evaluation over), and the models no other method here uses."""
+    def forget(self, slot: int) -> None:
+        """A method gone (its evaluation over); the models stay for the job's next evaluation (`drop`)."""
         self.methods.pop(slot, None)
-        for key in [k for k in self.views if k[0] == slot or k[1] in tokens]:
+        for key in [k for k in self.views if k[0] == slot]:
+            del self.views[key]
+
+    def drop(self, tokens) -> None:
+        """Models the job will not hand again, and whatever was set up on them."""
+        for key in [k for k in self.views if k[1] in tokens]:
             del self.views[key]
         for token in tokens:
             self.models.pop(token, None)
@@ -220,7 +226,8 @@ def main(conn, start: dict) -> None:
 
 
 # Calls that send no reply: the harness need not wait for them.
-QUIET = {"inbox": lambda s, buffer: setattr(s, "inbox", buffer), "model": Server.model, "forget": Server.forget}
+QUIET = {"inbox": lambda s, buffer: setattr(s, "inbox", buffer), "model": Server.model, "forget": Server.forget,
+         "drop": Server.drop}
 
 
 def _serve(conn, server: Server) -> None:
@@ -237,25 +244,41 @@ def _serve(conn, server: Server) -> None:
             except BaseException:  # noqa: BLE001 - nothing to answer; the next call finds what is missing
                 pass
             continue
-        conn.send_bytes(_answer(server, op, args))
+        if op == "explain":
+            _explain(conn, server, *args)
+        elif op in ANSWERED:
+            reply, array = _answer(op, lambda op=op, args=args: (getattr(server, op)(*args), None))
+            conn.send_bytes(_encode(op, reply, array)[0])
 
 
-def _answer(server: Server, op: str, args) -> bytes:
-    array = None
+ANSWERED = ("load", "view", "teardown")
+
+
+def _explain(conn, server: Server, slot: int, calls: list) -> None:
+    """Several calls of one method (a batch on every view it is measured on) asked at once: a reply for each, as
+    it is done, up to the first that fails. One request for all saves a round trip per view, and the harness's
+    threads, idle meanwhile, are not spinning on the cores the method needs."""
+    for token, m in calls:
+        reply, array = _answer("explain", lambda token=token, m=m: server.explain(slot, token, m))
+        data, kind = _encode("explain", reply, array)
+        conn.send_bytes(data)
+        if kind != "maps":
+            return
+
+
+def _answer(op: str, call) -> tuple[dict, object]:
+    """(reply, array or None) of a call; its failure as a reply."""
     try:
-        if op == "load":
-            reply = server.load(*args)
-        elif op == "view":
-            reply = server.view(*args)
-        elif op == "explain":
-            reply, array = server.explain(*args)
-        else:
-            reply = server.teardown(*args)
+        return call()
     except StackbenchError as e:  # a plugin spec that names nothing loadable: the user's one line
-        reply = {"kind": "error", "reason": str(e)} if op == "load" else _failure(e, op)
+        return ({"kind": "error", "reason": str(e)} if op == "load" else _failure(e, op)), None
     except BaseException as e:  # noqa: BLE001 - the method's failure is a reply
-        reply, array = _failure(e, op), None
+        return _failure(e, op), None
+
+
+def _encode(op: str, reply: dict, array) -> tuple[bytes, str]:
+    """The reply's bytes, and its kind."""
     try:
-        return wire.encode(reply, array)
+        return wire.encode(reply, array), reply["kind"]
     except (ValueError, TypeError) as e:  # a describe() or reason JSON cannot hold
-        return wire.encode({"kind": "failed", "where": op, "reason": f"its reply could not be sent: {e}"})
+        return wire.encode({"kind": "failed", "where": op, "reason": f"its reply could not be sent: {e}"}), "failed"
