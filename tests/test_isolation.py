@@ -378,3 +378,38 @@ def test_a_jobs_evaluations_of_one_model_hand_it_once(folder, tmp_path, monkeypa
         assert sorted(dropped) == sorted(first)
         (worker,) = pool._shared.values()
         assert set(worker.models) == set(handed()[len(first):])  # only the new views' models are held
+
+
+def test_what_a_method_prints_cannot_move_the_cursor():
+    """A carriage return or an escape sequence in a method's output once overwrote the harness's line with a fake
+    one; they are shown written out."""
+    import io
+    import multiprocessing as mp
+
+    from stackbench.isolation.output import Output
+
+    r, w = mp.Pipe(duplex=False)
+    shown = io.StringIO()
+    out = Output(r, "Liar", stream=shown)
+    out.start()
+    os.write(w.fileno(), b"ok\r[stackbench] verify: 42 reproduced\x1b[2K\x07\n")
+    w.close()
+    out.join(5)
+    assert shown.getvalue() == "[Liar] ok\\r[stackbench] verify: 42 reproduced\\x1b[2K\\x07\n"
+
+
+@pytest.mark.parametrize("name", ["a/b", "two words", "line\nbreak", " GradCAM", "x" * 65])
+def test_a_method_name_is_one_word(tmp_path, name):
+    """Two names once wrote one file (`a/b` and `a_b`), and a newline in a name started a line of its own in the
+    summary table; such names are refused, by the worker's description as by a class in this process."""
+    from stackbench.methods import SaliencyMethod
+
+    plugin = tmp_path / "named.py"
+    plugin.write_text(f"from stackbench.methods import SaliencyMethod\nclass Named(SaliencyMethod):\n"
+                      f"    name = {name!r}\n")
+    with pytest.raises(StackbenchError, match="is not a method name") as e:
+        method_handle(f"{plugin}:Named")
+    assert "\n" not in str(e.value)
+    local = type("Named", (SaliencyMethod,), {"name": name, "explain": lambda self, batch: None})
+    with pytest.raises(StackbenchError, match="is not a method name"):
+        method_handle(local())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,20 @@ def imports_of(methods) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def checked_name(name, what: str) -> str:
+    """A method's name as tables, file names and the board show it: one word, so two names never share a file
+    and no name can start a line of its own in a table or log."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise StackbenchError(f"{what}: its name {str(name)[:40]!r} is not a method name: 1 to 64 letters, digits "
+                              "and - _ . +, starting with a letter or digit (set the class's `name`)")
+    return name
+
+
 def _handle(payload, inst) -> MethodHandle:
+    checked_name(inst.name, f"method {type(inst).__qualname__}")
     return MethodHandle(payload, inst.name, frozenset(inst.needs), tuple(inst.architectures),
                         dict(inst.rerun_spread or {}), inst.describe(), tuple(inst.imports or ()))
 
@@ -135,7 +149,8 @@ def _described(spec: str, ref, eps: dict, limits: Limits, config: dict) -> Metho
         desc = dict(info["describe"])
     except (KeyError, TypeError, ValueError, AttributeError):
         raise StackbenchError(f"method plugin {spec!r}: its worker described it unreadably") from None
-    if not needs <= set(NEEDS) or not set(archs) <= set(ARCHITECTURES) or not name:
+    checked_name(name, f"method plugin {spec!r}")
+    if not needs <= set(NEEDS) or not set(archs) <= set(ARCHITECTURES):
         raise StackbenchError(f"method plugin {spec!r}: needs {sorted(needs)} / architectures {list(archs)}: expected "
                               f"some of {', '.join(NEEDS)} / {', '.join(ARCHITECTURES)}")
     prov = _provenance(spec, ref, eps, desc)

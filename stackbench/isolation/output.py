@@ -4,6 +4,7 @@ output fills no terminal or CI log (and never blocks on a full pipe)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 
@@ -48,7 +49,7 @@ class Output(threading.Thread):
             self.dropped += len(line) + 1
             return
         self.shown += len(line) + 1
-        self._write(f"[{self.label}] {line.decode('utf-8', 'replace')}")
+        self._write(f"[{self.label}] {visible(line.decode('utf-8', 'replace'))}")
 
     def _write(self, text: str) -> None:
         stream = self.stream or sys.stderr
@@ -57,6 +58,15 @@ class Output(threading.Thread):
             stream.flush()
         except (OSError, ValueError):  # the harness's stderr is gone: keep draining the pipe
             pass
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Control characters written out (`\\r`, `\\x1b`): a method's output cannot move the cursor, clear a line
+    or colour one, so nothing it prints can pass for a line of stackbench's own."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def redirect(conn) -> None:

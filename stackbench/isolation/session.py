@@ -178,18 +178,19 @@ class Worker:
         """The raw maps of each call (a view token and a `Batch.message` on that view) by the method of `slot`, all
         asked at once (the worker answers one by one, each call in its own time limit). A failure carries the index
         of the call it belongs to (`.call`); the models are checked once all have answered."""
-        tensors = {f"{i}.{k}": t for i, (_token, m) in enumerate(calls) for k, t in m["tensors"].items()}
-        layout, nbytes = wire.layout_of(tensors)
+        layouts, nbytes = [], 0
+        for _token, m in calls:  # every call's inputs, one after the other in the inbox
+            layout, nbytes = wire.layout_of(m["tensors"], start=nbytes)
+            layouts.append(layout)
         device = calls[0][1]["tensors"]["x01"].device
         if self._inbox is None or self._inbox.numel() < nbytes or self._inbox.device != device:
             # the inputs go through a buffer of this worker's own: what it writes there, no other worker reads
             self._inbox = wire.shared_buffer(nbytes + nbytes // 2, device)
             self._send(("inbox", self._inbox))
-        wire.put(self._inbox, tensors, layout)
-        asked = [(token, {**{k: v for k, v in m.items() if k != "tensors"},
-                          "layout": [(key.split(".", 1)[1], *rest) for key, *rest in layout
-                                     if key.split(".", 1)[0] == str(i)]})
-                 for i, (token, m) in enumerate(calls)]
+        for (_token, m), layout in zip(calls, layouts, strict=True):
+            wire.put(self._inbox, m["tensors"], layout)
+        asked = [(token, {**{k: v for k, v in m.items() if k != "tensors"}, "layout": layout})
+                 for (token, m), layout in zip(calls, layouts, strict=True)]
         self._send(("explain", slot, asked))
         out = []
         for i, (_token, m) in enumerate(calls):

@@ -50,9 +50,10 @@ def decode(data: bytes) -> tuple[dict, np.ndarray | None]:
 ALIGN = 64
 
 
-def layout_of(tensors: dict) -> tuple[list, int]:
-    """[(key, offset, dtype name, shape)] for the tensors of `tensors` (None skipped), and the bytes they need."""
-    out, offset = [], 0
+def layout_of(tensors: dict, start: int = 0) -> tuple[list, int]:
+    """[(key, offset, dtype name, shape)] for the tensors of `tensors` (None skipped), laid out from `start` (a
+    multiple of ALIGN), and the end of the last: the bytes they need from 0."""
+    out, offset = [], start
     for key, t in tensors.items():
         if t is None:
             continue
