@@ -60,13 +60,15 @@ def side(src: Path, rows: list[str], cache: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reference", type=Path, required=True, help="a checkout whose methods run in process")
+    p.add_argument("--reference", type=Path, help="a checkout whose methods run in process (required)")
     p.add_argument("--track", default="mini")
     p.add_argument("--rows", default="", help="only the rows of these methods (comma-separated)")
     p.add_argument("--serve", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve is not None:
         return serve(args.serve)
+    if args.reference is None or not (args.reference / "stackbench").is_dir():
+        p.error("--reference: give a checkout of stackbench whose methods run in process (git worktree add ...)")
     ours = HERE.parents[1]
     base = ours / "leaderboard" / "results"
     wanted = set(filter(None, args.rows.split(",")))
