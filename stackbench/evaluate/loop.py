@@ -18,7 +18,7 @@ from ..axes import Views, deletion_ends, deletion_probs, orientation_for
 from ..datafolder import pixel_sha256
 from ..errors import first_line, foreign_failure
 from ..isolation.pool import worker_pool
-from ..isolation.session import SetupFailure, WorkerFailure
+from ..isolation.session import SetupFailure, WorkerFailure, in_call
 from ..methods.passes import MethodFailure, make_batch, score_output
 from ..progress import Progress, rate
 from ..records import AXES_METRICS
@@ -194,19 +194,13 @@ def _maps(r: MethodRun, views: Views, passes: list[Pass], st: Setting) -> list[t
     """The method's maps of every pass, from its worker in one request, checked and post-processed as the metric
     scores them: [(maps, empty)] in the passes' order."""
     for i, p in enumerate(passes):
-        try:
+        with in_call(i):
             _hand(r, views, p.view, st.seed)
-        except SetupFailure as e:
-            e.call = i
-            raise
     raw = r.session.explain([(views.token(p.view), p.batch.message()) for p in passes])
     out = []
     for i, (p, maps) in enumerate(zip(passes, raw, strict=True)):
-        try:
+        with in_call(i):
             out.append(score_output(maps, len(p.batch.ids), st.shapes, st.postprocess, st.size))
-        except MethodFailure as e:
-            e.call = i
-            raise
     return out
 
 

@@ -33,6 +33,16 @@ PRELOAD = ["stackbench.isolation.worker"]
 _CONTEXT = None
 
 
+@contextmanager
+def in_call(i: int):
+    """A failure raised inside is marked as that of call `i` of a request (`.call`), for the caller to name."""
+    try:
+        yield
+    except (WorkerFailure, SetupFailure, MethodFailure) as e:
+        e.call = i
+        raise
+
+
 class WorkerFailure(Exception):
     """The worker did not answer as the protocol allows (died, too slow, too big, changed its model); one line."""
 
@@ -194,19 +204,13 @@ class Worker:
         self._send(("explain", slot, asked))
         out = []
         for i, (_token, m) in enumerate(calls):
-            try:
+            with in_call(i):
                 out.append(self._maps(m))
-            except (WorkerFailure, MethodFailure) as e:
-                e.call = i
-                raise
             self.waiting = i + 1 < len(calls)  # more replies are on their way
         tokens = [token for token, _ in calls]
         for token in dict.fromkeys(tokens):
-            try:
+            with in_call(tokens.index(token)):
                 self._check(token)
-            except WorkerFailure as e:
-                e.call = tokens.index(token)
-                raise
         return out
 
     def _maps(self, message: dict) -> np.ndarray:
