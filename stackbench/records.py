@@ -32,12 +32,20 @@ except ImportError:  # Python 3.10: the same meaning, spelled as a marker that `
 
     NotRequired = _NotRequired()
 
-SCHEMA = "stackbench.result/2"
+SCHEMA = "stackbench.result/3"
+SCHEMA_2 = "stackbench.result/2"  # before MoRF/LeRF with ROAD's fill and the SSIM check: read and shown, not re-run
 SCHEMA_1 = "stackbench.result/1"  # before the board's axes: read and shown, never re-run by verify
-SCHEMAS = (SCHEMA, SCHEMA_1)
+SCHEMAS = (SCHEMA, SCHEMA_2, SCHEMA_1)
 # The metric table (names, labels, directions, formats) is metrics.METRICS; a record's metrics follow its order.
 METRICS = tuple(M.METRICS)
 METRICS_1 = tuple(name for name, m in M.METRICS.items() if not m.axis)  # schema 1: mu and friends, no axes
+METRICS_2 = (*METRICS_1, "mu_hidden", "deletion_auc", "rand_corr")        # schema 2: the first three axes
+METRICS_OF = {SCHEMA: METRICS, SCHEMA_2: METRICS_2, SCHEMA_1: METRICS_1}
+
+
+def schema_number(schema: str) -> int:
+    """3 for "stackbench.result/3"."""
+    return int(str(schema).rsplit("/", 1)[1])
 # Fields that change from run to run; everything else is a pure function of the inputs and the seed.
 VOLATILE = ("timing", "created")
 PREPROCESS = "RGB, ToTensor, ImageNet mean/std; images used at their stored size"
@@ -147,7 +155,11 @@ class Metrics(TypedDict):
     leak_rate: NotRequired[Aggregate]
     mu_hidden: NotRequired[Aggregate]
     deletion_auc: NotRequired[Aggregate]
+    morf_auc: NotRequired[Aggregate]
+    lerf_auc: NotRequired[Aggregate]
+    srg: NotRequired[Aggregate]
     rand_corr: NotRequired[Aggregate]
+    rand_ssim: NotRequired[Aggregate]
 
 
 class AxesSample(TypedDict):
@@ -161,6 +173,7 @@ class HiddenAxis(TypedDict):
     choice: str
     seed: int
     tolerance: float
+    reparametrised: NotRequired[str]     # since schema 3 (`_check_schema_parts`)
 
 
 class DeletionAxis(TypedDict):
@@ -171,11 +184,20 @@ class DeletionAxis(TypedDict):
     score: str
 
 
+class RoadAxis(TypedDict):
+    steps: int
+    seed: int
+    fill: str
+    order: str
+
+
 class RandomisationAxis(TypedDict):
     init: str
     seed: int
     cells: str
     threshold: float
+    ssim_threshold: NotRequired[float]   # since schema 3 (`_check_schema_parts`)
+    ssim: NotRequired[str]
 
 
 class AxesInfo(TypedDict):
@@ -184,6 +206,7 @@ class AxesInfo(TypedDict):
     sample: NotRequired[AxesSample]
     hidden: HiddenAxis
     deletion: DeletionAxis
+    road: NotRequired[RoadAxis]          # since schema 3 (`_check_schema_parts`)
     randomisation: RandomisationAxis
 
 
@@ -436,26 +459,37 @@ def validate_record(record: dict, where: str = "result record") -> dict:
 
 
 def _check_schema_parts(record: dict, where: str) -> None:
-    """What /2 requires and /1 lacks: every metric (/1: mu at least), the axes, flags and maps digest."""
-    v2 = record["schema"] == SCHEMA
-    need = METRICS if v2 else ("mu",)
-    for metric in need:
+    """What each schema requires: its metrics (/1: mu at least); since /2 the axes, flags and maps digest; since /3
+    the ROAD curves' parameters and the SSIM check's."""
+    schema = record["schema"]
+    axes = schema != SCHEMA_1
+    for metric in METRICS_OF[schema] if axes else ("mu",):
         if metric not in record["metrics"]:
             raise StackbenchError(f"{where}: field metrics.{metric} is missing")
-    extra = [k for k in _SINCE_2 if (k in record) != v2]
+    extra = [k for k in _SINCE_2 if (k in record) != axes]
     if extra:
-        raise StackbenchError(f"{where}: field {extra[0]} is {'missing' if v2 else 'not part of ' + SCHEMA_1}")
+        raise StackbenchError(f"{where}: field {extra[0]} is {'missing' if axes else 'not part of ' + SCHEMA_1}")
+    if axes:
+        since_3 = {"axes.road": "road" in record["axes"],
+                   "axes.hidden.reparametrised": "reparametrised" in record["axes"]["hidden"],
+                   "axes.randomisation.ssim_threshold": "ssim_threshold" in record["axes"]["randomisation"],
+                   "axes.randomisation.ssim": "ssim" in record["axes"]["randomisation"]}
+        for name, present in since_3.items():
+            if present != (schema == SCHEMA):
+                raise StackbenchError(f"{where}: field {name} is "
+                                      f"{'missing' if schema == SCHEMA else 'not part of ' + schema}")
 
 
 def _check_aggregate(record: dict, metric: str, agg: dict, where: str) -> None:
     """One metric's aggregate: a metric of its schema, an ordered CI, counts within items.n, a mean when n > 0."""
-    v2 = record["schema"] == SCHEMA
-    if not v2 and metric not in METRICS_1:
-        raise StackbenchError(f"{where}: field metrics.{metric} is not part of {SCHEMA_1}; remove it")
+    schema = record["schema"]
+    v2 = schema != SCHEMA_1
+    if metric not in METRICS_OF[schema]:
+        raise StackbenchError(f"{where}: field metrics.{metric} is not part of {schema}; remove it")
     ci = agg["ci95"]
     if ci is not None and (len(ci) != 2 or not all(isinstance(v, _num) for v in ci) or ci[0] > ci[1]):
         raise StackbenchError(f"{where}: field metrics.{metric}.ci95 must be [low, high], got {ci!r}")
-    counted = agg["n"] if v2 else agg["n"] + agg["n_empty"]  # /2 scores empty maps (in n and n_empty)
+    counted = agg["n"] if v2 else agg["n"] + agg["n_empty"]  # /2 on scores empty maps (in n and n_empty)
     if counted > record["items"]["n"] or (v2 and agg["n_empty"] > agg["n"]):
         raise StackbenchError(f"{where}: metrics.{metric} counts {counted} maps ({agg['n_empty']} empty) but items.n "
                               f"is {record['items']['n']}")
@@ -543,7 +577,8 @@ def maps_digest(rows) -> str:
 
 # Which empty-map column counts an empty map for each metric (schema 2: empty maps are scored, EMPTY_RULE).
 EMPTY_COLUMN = {"mu": "map_empty", "dead_mass": "map_empty", "leak_rate": "map_empty", "mu_hidden": "hidden_empty",
-                "deletion_auc": "map_empty", "rand_corr": "map_empty"}
+                "deletion_auc": "map_empty", "morf_auc": "map_empty", "lerf_auc": "map_empty", "srg": "map_empty",
+                "rand_corr": "map_empty", "rand_ssim": "map_empty"}
 
 # measured on the images that have an orientation
 AXES_METRICS = tuple(name for name, m in M.METRICS.items() if m.axis)
@@ -559,6 +594,8 @@ def aggregate_rows(rows: list[dict], seed: int) -> Metrics:
         return {m: M.aggregate(values(rows, m), seed=seed) for m in M.PER_IMAGE}
     out = {}
     for m, empty in EMPTY_COLUMN.items():
+        if m not in rows[0]:  # schema 2 rows: the metrics of their schema
+            continue
         rs = [r for r in rows if r["orientation"] is not None] if m in AXES_METRICS else rows
         out[m] = M.aggregate(values(rs, m), seed=seed, empty=[bool(r[empty]) for r in rs])
     return out

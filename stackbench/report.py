@@ -15,12 +15,13 @@ from .metrics import METRICS, images_phrase, uniform_mu
 from .present import html as H
 from .present.tables import markdown_table
 from .records import axes_sample as records_sample
-from .records import band_first, portable, read_record, sampled_mu
+from .records import band_first, portable, read_record, sampled_mu, schema_number
 from .standings import AXES_SHOWN, standings
 from .wall import Wall
 
 CONTROL = "RandomCAM"
 MU, HIDDEN, DELETION, RAND = (METRICS[k] for k in ("mu", "mu_hidden", "deletion_auc", "rand_corr"))
+SRG, SSIM = METRICS["srg"], METRICS["rand_ssim"]
 FLAGS = (("orientation-dependent", "orientation_dependent"), ("model-insensitive", "model_insensitive"))
 
 
@@ -45,20 +46,20 @@ def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
 
 
 def axes_data(found: dict, datasets) -> tuple[list[str], list[str], list[list[str]]]:
-    """(notes, header, rows) of the board's axes per method (mean over the sets): mu behind a hidden wall,
-    deletion AUC, randomisation; methods whose records predate the axes are left out."""
+    """(notes, header, rows) of the board's axes per method (mean over the sets): mu behind a hidden wall, SRG,
+    deletion AUC, randomisation by rank and by SSIM; methods whose records predate the axes are left out."""
     k = axes_sample(found)
     notes = ([f"The board's axes on a seeded sample of {images_phrase(k)} per set (mu is on the same images); a "
               "board row measures them on every image."] if k else [])
     notes.append("Numbers are means over the sets; a flag raised on one set only names it.")
-    header = ["method", MU.label, HIDDEN.label, DELETION.label, RAND.label, "flags"]
+    header = ["method", MU.label, HIDDEN.label, SRG.label, DELETION.label, RAND.label, SSIM.label, "flags"]
     rows = []
     for m, per in found.items():
         if not all("flags" in p["record"] for p in per.values()):
             continue
         flags = [w + _which(found, m, k) for w, k in FLAGS if _flagged(found, m, k)]
         rows.append([f"{m}{' (control)' if m in CONTROLS else ''}", MU.show(_mean(found, m, "mu_axes", datasets)),
-                     *(x.show(_mean(found, m, x.name, datasets)) for x in (HIDDEN, DELETION, RAND)),
+                     *(x.show(_mean(found, m, x.name, datasets)) for x in (HIDDEN, SRG, DELETION, RAND, SSIM)),
                      ", ".join(flags) or "-"])
     return notes, header, rows
 
@@ -263,7 +264,8 @@ def axes_findings(found: dict, datasets) -> list[str]:
     out.append("Randomisation check (same map on a re-initialised model): "
                + (f"{', '.join(insensitive)} flagged model-insensitive" if insensitive else "no method flagged")
                + "; " + ", ".join(f"{m} {RAND.show(_mean(v2, m, RAND.name, datasets), '.2f')}" for m in v2)
-               + " (Spearman).")
+               + " (Spearman); SSIM " + ", ".join(f"{m} {SSIM.show(_mean(v2, m, SSIM.name, datasets), '.2f')}"
+                                                  for m in v2) + ".")
     return out + _controls_findings(v2, datasets, k)
 
 
@@ -282,9 +284,10 @@ def _controls_findings(v2: dict, datasets, k: int | None) -> list[str]:
 
 
 def _caught_by(found: dict, datasets) -> dict[str, list[str]]:
-    """Which axes catch each control, by the board's own rule (`standings`): its flags, and each metric on which it
-    is worse than the median ranked method."""
-    entries = [{"name": m, "family": next(iter(per.values()))["record"]["method"].get("family"), "schema": 2,
+    """Which axes catch each control, by the board's own rule (`standings`): its flags, the qualification, and each
+    metric on which it is worse than the median ranked method."""
+    entries = [{"name": m, "family": next(iter(per.values()))["record"]["method"].get("family"),
+                "schema": min(schema_number(p["record"]["schema"]) for p in per.values()),
                 "metrics": {d: p["record"]["metrics"] for d, p in per.items()},
                 "flags": {d: p["record"]["flags"] for d, p in per.items()},
                 "maps": {d: p["record"].get("maps", {}).get("digest") for d, p in per.items()}}

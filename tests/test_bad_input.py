@@ -193,7 +193,7 @@ def test_records_refuse_unknown_fields_and_non_http_urls(folder, tmp_path):
     (r,) = evaluate(["HiResCAM"], folder, MODEL, out=tmp_path, progress=False, figure=False)
     rec = dict(r.record)
     validate_record(rec)
-    with pytest.raises(StackbenchError, match="field method.evil is not part of stackbench.result/2"):
+    with pytest.raises(StackbenchError, match="field method.evil is not part of stackbench.result/3"):
         validate_record({**rec, "method": {**rec["method"], "evil": 1}})
     with pytest.raises(StackbenchError, match="field extra is not part of"):
         validate_record({**rec, "extra": {}})

@@ -66,7 +66,7 @@ def test_evaluate_writes_records_and_rows_hirescam_zero_gradcam_positive(folder,
     assert {"id", "target", "predicted", "label", "mu", "dead_mass", "leak_rate", "map_empty", "mu_hidden",
             "deletion_auc", "rand_corr"} <= set(gc.columns)
     rec = read_record(tmp_path / "GradCAM.json")
-    assert rec["schema"] == "stackbench.result/2"
+    assert rec["schema"] == "stackbench.result/3"
     assert rec["dataset"]["fingerprint"] == datafolder.fingerprint(folder) and rec["dataset"]["n"] == 4
     assert rec["model"]["wall"]["dead_from"] == 170 and len(rec["model"]["fingerprint"]) == 64
     assert rec["target"] == "predicted" and rec["postprocess"]["name"] == "gradcam-lib"

@@ -62,9 +62,11 @@ def test_submitted_plugin_appears_in_the_built_table(store, tmp_path):
     built = lb.build(store)
     md = (store / "README.md").read_text()
     assert "PositiveGradCAM" in md and "HiResCAM" in md and "[link](https://example.org/pgc)" in md
-    # HiResCAM is blind behind the wall: mu exactly 0, ranked first
-    rows = [line for line in md.splitlines() if line.startswith("| 1 |")]
-    assert rows and "HiResCAM" in rows[0] and "0.0 ± 0.0" in rows[0]
+    # HiResCAM is blind behind the wall: mu exactly 0; on this untrained model no map explains anything (its
+    # probabilities do not move as pixels go: SRG about 0), so both rows are listed as uninformative, not ranked
+    rows = [line for line in md.splitlines() if line.startswith("| - | HiResCAM |")]
+    assert rows and "0.0 ± 0.0" in rows[0] and "uninformative" in rows[0] and "faithfulness" in rows[0]
+    assert "### Ranked" not in md and "### Uninformative" in md
     assert "Reported: Taimeskhanov" in md and "| EigenCAM | 51.7 ± 19.7 | 55.8 ± 21.6 |" in md
     html = (store / "index.html").read_text()
     assert html.count("<tr class='row'>") == 2 and html.count("<tr class='reported-row'>") == 8
@@ -193,7 +195,7 @@ def test_publish_leaderboard_as_a_parquet_dataset(store, monkeypatch):
     results = datasets.load_dataset("parquet", data_files=str(store / ".hub" / "data" / "results.parquet"),
                                     split="train", cache_dir=str(store.parent / "hf-cache"))
     assert len(results) == 2 and set(results["dataset"]) == {"stack-mix", "stack-gen"}
-    assert json.loads(results[0]["record"])["schema"] == "stackbench.result/2"
+    assert json.loads(results[0]["record"])["schema"] == "stackbench.result/3"
     calls = []
 
     class Api:

@@ -65,9 +65,18 @@ def test_a_pull_request_that_changes_a_row_is_rerun_and_a_forged_board_is_caught
     subprocess.run(["stackbench", "leaderboard", "build"], cwd=clone, check=True, capture_output=True)
     _git(clone, "commit", "-qam", "GradCAM again")
     done = _run_steps(clone, "main")
-    assert [r.returncode for r in done] == [0, 0, 0], done[-1].stdout[-3000:] + done[-1].stderr[-3000:]
+    assert [r.returncode for r in done] == [0, 0, 0, 0], done[-1].stdout[-3000:] + done[-1].stderr[-3000:]
     rerun = done[-1].stdout
     assert "rows to re-run:\nmini GradCAM\n" in rerun and rerun.count("2 reproduced, 0 failed, 0 not re-run") == 1
+    # A pull request that brings its own badges is stopped at the badge step.
+    badges = clone / "leaderboard" / "verified.json"
+    kept = badges.read_text()
+    badges.write_text(kept.replace('"rows": {', '"rows": {"mini/stack-mix/minivgg-masked/Mine": {}, ', 1))
+    _git(clone, "commit", "-qam", "my own badge")
+    done = _run_steps(clone, "main")
+    assert [r.returncode for r in done][:1] == [0] and done[1].returncode != 0 and "Mine" in done[1].stdout
+    badges.write_text(kept)
+    _git(clone, "commit", "-qam", "the base branch's badges")
     # A pull request whose rendered board says something its rows do not is stopped at the first step.
     readme = clone / "leaderboard" / "README.md"
     readme.write_text(readme.read_text().replace("| GradCAM |", "| GradCAM (best) |", 1))

@@ -54,6 +54,8 @@ def submit(method, track, name, author, url, description, replace, datasets, dev
         files += [store / "tracks.json", store / "reported"]
     click.echo("next: stackbench leaderboard build, then commit the rows and the rendered board:")
     click.echo("  git add " + " ".join(_shown(f) for f in files))
+    click.echo("and put the board's rules in the pull request's description, each one ticked if your method keeps it:")
+    click.echo(lb.rules_text())
 
 
 def _shown(path: Path) -> str:
@@ -103,7 +105,12 @@ def verify(track, method, no_rerun, skip, allow_not_rerun, datasets, device, no_
         sys.exit(1 if count[lb.FAILED] else 0)
     click.echo(f"{count[lb.REPRODUCED]} reproduced, {count[lb.FAILED]} failed, {count[lb.NOT_RERUN]} not re-run "
                "(reproduced: every metric within its tolerance, the same flags, the same images)")
-    sys.exit(1 if count[lb.FAILED] or (count[lb.NOT_RERUN] and not allow_not_rerun) else 0)
+    badges = verdicts.badges
+    click.echo(badges.message)
+    for row in badges.forged:
+        click.echo(f"refused: verified.json named {row} as reproduced, and this verify re-ran it and did not: a badge "
+                   "is written by the board's full verify alone (the entry is gone from the new file)")
+    sys.exit(1 if badges.forged or count[lb.FAILED] or (count[lb.NOT_RERUN] and not allow_not_rerun) else 0)
 
 
 @leaderboard.command()

@@ -7,7 +7,7 @@ Per batch and view of the model (`stackbench.methods.passes`): one forward to th
 methods run their own extra passes. Each method's maps are checked (shape, dtype, finite), post-processed as the
 metric defines, and scored per image: mu and friends on the model as it is, then the board's axes
 (`stackbench.axes`): mu behind a hidden wall, deletion in the seen part, the randomisation check. Per method it
-writes `<out>/<method>.parquet` (per-image rows) then `<out>/<method>.json` (the `stackbench.result/2` record),
+writes `<out>/<method>.parquet` (per-image rows) then `<out>/<method>.json` (the `stackbench.result/3` record),
 both atomically; a method whose record is already there with the same identity is skipped (resume). A faulty
 method is reported with its first offending item and the pass it failed in; the others finish.
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from ..axes import Views, deletion_ends, deletion_probs, orientation_for
+from ..axes import Views, deletion_curves, deletion_ends, orientation_for
 from ..datafolder import pixel_sha256
 from ..errors import first_line, foreign_failure
 from ..isolation.pool import worker_pool
@@ -252,12 +252,15 @@ def _measure(r: MethodRun, views: Views, passes: list[Pass], st: Setting, on: li
     if not on:
         return v
     b = main.batch
-    v["deletion_auc"][on] = M.deletion_auc(deletion_probs(
-        views.backbone("canonical"), b.x[on], maps[on], b.targets[on], st.seen, st.axes.deletion_steps, st.seed,
-        [b.index[j] for j in on], st.axes.deletion_chunk, ends))
+    curves = deletion_curves(views.backbone("canonical"), b.x[on], maps[on], b.targets[on], st.seen, st.axes, st.seed,
+                             [b.index[j] for j in on], ends)
+    auc = {c: M.deletion_auc(p) for c, p in curves.items()}
+    v["deletion_auc"][on], v["morf_auc"][on], v["lerf_auc"][on] = auc["deletion"], auc["morf"], auc["lerf"]
+    v["srg"][on] = M.srg(auc["morf"], auc["lerf"])
     for p, (m, e) in zip(passes[1:], got[1:], strict=True):
         if p.view == "random":
             v["rand_corr"][p.pos] = M.rank_correlation(maps[p.pos], m, st.read_cells)
+            v["rand_ssim"][p.pos] = M.structural_similarity(maps[p.pos], m, st.read_cells)
         else:
             v["mu_hidden"][p.pos] = M.mu(apply(m, inverse(p.view)), st.band_from)
             v["hidden_empty"][p.pos] = e
@@ -277,8 +280,7 @@ def _add_rows(r: MethodRun, v: dict, batch, labels, predicted, orientation, save
                        **{k: _num(v[k], j) for k in M.PER_IMAGE}, "map_empty": bool(v["empty"][j]),
                        "orientation": orientation[j], "mu_hidden": _num(v["mu_hidden"], j),
                        "hidden_empty": None if orientation[j] is None else bool(v["hidden_empty"][j]),
-                       "deletion_auc": _num(v["deletion_auc"], j),
-                       "rand_corr": _num(v["rand_corr"], j),
+                       **{k: _num(v[k], j) for k in AXES_METRICS if k != "mu_hidden"},
                        "map_sha256": hashlib.sha256(np.ascontiguousarray(maps[j], dtype=np.float32)).hexdigest()})
     if len(r.grid_maps) < GRID_ITEMS:
         r.grid_maps.extend(maps[: GRID_ITEMS - len(r.grid_maps)])

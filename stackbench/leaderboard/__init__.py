@@ -2,11 +2,11 @@
 
     leaderboard/
       tracks.json                                        the tracks: datasets (presets + pinned fingerprints), model
-      results/<track>/<dataset>/<model>/<method>.json    stackbench.result/2 records, with a `submission` block
+      results/<track>/<dataset>/<model>/<method>.json    stackbench.result/3 records, with a `submission` block
       results/<track>/<dataset>/<model>/<method>.parquet their per-image rows
       reported/paper.json                                numbers published elsewhere, not re-run
       methods/<row>/<file>.py                            submitted plugin code, copied in by submit
-      verified.json                                      the rows the last verify reproduced
+      verified.json                                      the badges: the rows the last full verify reproduced
       README.md, index.html, mu.png, axes.png            rendered by `stackbench leaderboard build`
 
 Every row says what produced it and can be recomputed: `verify` checks the schema, the rows file's hash, that
@@ -14,8 +14,10 @@ the per-image rows aggregate to the stored numbers, the pinned fingerprints, and
 available here.
 
 Modules: `store` (the folder and its layout), `tracks` (tracks.json and the pinned datasets), `checks` (verify),
-`submission` (submit), `render` (README.md, index.html, charts), `hub` (the board as a Hub dataset).
+`badges` (verified.json), `submission` (submit), `render` (README.md, index.html, charts), `hub` (the board as a
+Hub dataset).
 """
+from .badges import Badges, read_verified, record_verdicts, reproduced
 from .checks import (
                      FAILED,
                      NOT_RERUN,
@@ -23,12 +25,10 @@ from .checks import (
                      REPRODUCED,
                      RERUN_ATOL,
                      Verdict,
+                     Verdicts,
                      check_record,
                      check_stored_row,
                      method_for,
-                     read_verified,
-                     record_verdicts,
-                     reproduced,
                      rerun_row,
                      verify,
                      verify_row,
@@ -64,13 +64,13 @@ from .store import (
                      stem_for,
                      stored_rows,
 )
-from .submission import submit
+from .submission import RULES, rules_text, submit
 from .tracks import Track, cache_dir, get_track, load_tracks
 
-__all__ = ["DATASETS", "FAILED", "METHODS_DIR", "NAME_RE", "NOT_RERUN", "REL_TOL", "RENDERED", "REPRODUCED",
-           "RERUN_ATOL", "SECTIONS", "Track", "VERIFIED", "Verdict", "board", "board_intro",
-           "build", "cache_dir", "check_record", "check_stored_row", "default_store", "get_track", "init_store",
-           "load_tracks", "method_for", "read_reported", "read_verified", "record_verdicts", "render_axes_chart",
-           "render_chart", "render_html", "render_markdown", "reported", "reported_table", "reproduced", "rerun_row",
-           "resolve_store", "row_key", "row_path", "sections", "stem_for", "stored_rows", "submit", "table_header",
-           "table_rows", "verified_cell", "verify", "verify_row"]
+__all__ = ["Badges", "DATASETS", "FAILED", "METHODS_DIR", "NAME_RE", "NOT_RERUN", "REL_TOL", "RENDERED",
+           "REPRODUCED", "RERUN_ATOL", "RULES", "SECTIONS", "Track", "VERIFIED", "Verdict", "Verdicts", "board",
+           "board_intro", "build", "cache_dir", "check_record", "check_stored_row", "default_store", "get_track",
+           "init_store", "load_tracks", "method_for", "read_reported", "read_verified", "record_verdicts",
+           "render_axes_chart", "render_chart", "render_html", "render_markdown", "reported", "reported_table",
+           "reproduced", "rerun_row", "resolve_store", "row_key", "row_path", "rules_text", "sections", "stem_for",
+           "stored_rows", "submit", "table_header", "table_rows", "verified_cell", "verify", "verify_row"]

@@ -6,13 +6,10 @@ import hashlib
 import json
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..datafolder import atomic_write_json
 from ..errors import (
-    Refused,
     StackbenchError,
     first_line,
     foreign_failure,
@@ -21,13 +18,12 @@ from ..errors import (
 from ..metrics import images_phrase, rerun_tolerances
 from ..models import file_sha256
 from ..progress import Progress, quiet_libraries
-from ..records import METRICS, SCHEMA, aggregate_rows, validate_record, weights_fingerprint_of
+from ..records import METRICS, SCHEMA, aggregate_rows, schema_number, validate_record, weights_fingerprint_of
 from ..refs import method_ref
+from .badges import record_verdicts
 from .store import (
     METHODS_DIR,
-    VERIFIED,
     file_source,
-    locked,
     resolve_store,
     row_key,
     stored_rows,
@@ -280,8 +276,9 @@ def verify_row(store: Path, path: Path, tracks: dict, rerun: bool, device: str, 
         if path.stem in skip or record["method"]["name"] in skip:
             return Verdict(row, NOT_RERUN, "record, rows and pins check; skipped with --skip")
         if record["schema"] != SCHEMA:
-            return Verdict(row, NOT_RERUN, f"record, rows and pins check; schema 1 ({record['schema']}): resubmit "
-                                           "it with this stackbench to measure the board's axes")
+            return Verdict(row, NOT_RERUN, f"record, rows and pins check; schema {schema_number(record['schema'])} "
+                                           f"({record['schema']}): resubmit it with this stackbench to measure the "
+                                           "board's axes")
         inst = method_for(record, store)
         same: dict = {}
         bad = rerun_row(record, t, inst, device, progress, datasets, same)
@@ -325,10 +322,11 @@ def tolerance_phrase(tol: dict[str, float]) -> str:
 
 def verify(track: str | None = None, method: str | None = None, store: Path | None = None, rerun: bool = True,
            device: str = "auto", progress: bool = True, skip: tuple[str, ...] = (),
-           datasets: dict[str, str] | list[tuple[str, str]] | None = None) -> list[Verdict]:
+           datasets: dict[str, str] | list[tuple[str, str]] | None = None) -> "Verdicts":
     """Check every stored row (of a track / method): record, rows, pins; then re-run it. Each row gets one
     verdict (see Verdict), said as it comes with `progress` (a bar on a terminal, a line per row elsewhere).
-    With rerun, the reproduced rows are recorded in the store's verified.json, which the board shows. `datasets`
+    With rerun, a verify of every stored row writes the store's verified.json (`badges.record_verdicts`; the result's
+    `badges` says what it did, and names any badge the old file claimed that this run did not reproduce). `datasets`
     ({name: folder or hf:REPO@REV}, with `track`) re-runs on the pinned data given instead of regenerating it."""
     store = resolve_store(store)
     tracks = load_tracks(store)
@@ -336,7 +334,7 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
         if track is None:
             raise StackbenchError("--dataset needs --track: a dataset belongs to one track")
         datasets = given_datasets(get_track(track, store), datasets)
-    out = []
+    out = Verdicts()
     paths = stored_rows(store, track, method)
     from ..isolation import worker_pool
 
@@ -349,54 +347,13 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
             out.append(v)
             bar.update(1, postfix=f"{v.row}: {v.status}")
     if rerun:
-        record_verdicts(store, out)
+        full = not (track or method or skip or datasets)
+        out.badges = record_verdicts(store, out, full or len(paths) == len(stored_rows(store)) and not skip)
     return out
 
 
-def record_verdicts(store: Path, verdicts: list[Verdict]) -> None:
-    """Keep verified.json in step: a reproduced row is entered with the hashes of its record and rows; a row that
-    failed or could not be re-run is taken out; rows this run did not look at keep their entry."""
-    from .. import __version__
+class Verdicts(list):
+    """A verify's verdicts, with what it did with verified.json (`badges`: `badges.Badges`, None without a
+    re-run)."""
 
-    store = Path(store)
-    with locked(store):
-        entries = read_verified(store, strict=False)  # a broken file is replaced by this run's verdicts
-        for v in verdicts:
-            entries.pop(v.row, None)
-            path = store / "results" / f"{v.row}.json"
-            if v.passed and path.is_file():
-                entries[v.row] = {"record_sha256": file_sha256(path),
-                                  "rows_sha256": file_sha256(path.with_suffix(".parquet")),
-                                  "date": time.strftime("%Y-%m-%d", time.gmtime()), "stackbench": __version__}
-        atomic_write_json(store / VERIFIED, {"schema": "stackbench.verified/1", "rows": dict(sorted(entries.items()))})
-
-
-def read_verified(store: Path, strict: bool = True) -> dict:
-    """{row: entry} of verified.json ({} when absent). An unreadable file is refused (strict) or ignored."""
-    path = Path(store) / VERIFIED
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        rows = data["rows"]
-        if not isinstance(rows, dict):
-            raise TypeError("rows is not an object")
-        return {k: v for k, v in rows.items() if isinstance(v, dict)}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        if not strict:
-            return {}
-        raise Refused([f"{VERIFIED}: not a verify record ({first_line(e, 80)}); delete it and run `stackbench "
-                       "leaderboard verify` to write it again"]) from None
-
-
-def reproduced(store: Path, path: Path, entries: dict, submitted: str | None) -> str | None:
-    """The date the last verify reproduced this row, if its record and rows are unchanged since (and that date is
-    not before the row's submission); else None."""
-    e = entries.get(row_key(store, path))
-    if not e or e.get("record_sha256") != file_sha256(path) \
-            or e.get("rows_sha256") != file_sha256(path.with_suffix(".parquet")):
-        return None
-    date = str(e.get("date") or "")
-    return date if date and date >= str(submitted or "") else None
-
-
+    badges = None

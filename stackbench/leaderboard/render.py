@@ -10,9 +10,10 @@ from ..metrics import METRICS as METRIC_INFO
 from ..metrics import uniform_mu
 from ..present import html as H
 from ..present.tables import markdown_table, md_link, md_text
-from ..records import SCHEMA, band_first
+from ..records import band_first, schema_number
 from ..wall import Wall
-from .checks import check_stored_row, read_verified, reproduced
+from .badges import read_verified, reproduced
+from .checks import check_stored_row
 from .store import RENDERED, resolve_store, stored_rows
 from .tracks import Track, load_tracks
 
@@ -53,11 +54,11 @@ def board(store: Path | None = None) -> dict:
 def _add_entry(entries: dict, path: Path, rec: dict, reproduced_on: str | None) -> None:
     sub = rec["submission"]
     e = entries.setdefault(path.stem, {
-        "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"), "schema": 2,
+        "name": sub["name"], "method": rec["method"]["name"], "family": rec["method"].get("family"), "schema": 3,
         "wall": rec["model"]["wall"], "metrics": {}, "flags": {}, "maps": {}, "mu": {}, "leak": {}, "n": {},
         "reproduced": {}, "submitted": sub.get("submitted"), "url": sub.get("url"), "author": sub.get("author"),
         "description": sub.get("description")})
-    e["schema"] = min(e["schema"], 2 if rec["schema"] == SCHEMA else 1)  # a row is /2 when every dataset's record is
+    e["schema"] = min(e["schema"], schema_number(rec["schema"]))  # a row is /3 when every dataset's record is
     ds = rec["dataset"].get("name", path.parent.parent.name)
     e["metrics"][ds] = rec["metrics"]
     e["flags"][ds] = rec.get("flags", {})
@@ -96,16 +97,19 @@ def verified_cell(track: Track, e: dict) -> str:
     return f"reproduced {max(dates)}" if dates and all(dates) else "not re-run"
 
 
-SECTIONS = {"ranked": "Ranked", "unranked": "Listed, not ranked", "control": "Controls (never ranked)"}
+SECTIONS = {"ranked": "Ranked", "uninformative": "Uninformative (not an explanation of this model; not ranked)",
+            "unranked": "Listed, not ranked", "control": "Controls (never ranked)"}
 
 
 MU, HIDDEN, DELETION, RAND = (METRIC_INFO[k] for k in ("mu", "mu_hidden", "deletion_auc", "rand_corr"))
+SRG, SSIM = METRIC_INFO["srg"], METRIC_INFO["rand_ssim"]
 
 
 def table_header(track: Track) -> list[str]:
     """The columns of every rendering of a track's table (Markdown, HTML, terminal)."""
-    return ["#", "method", HIDDEN.label, DELETION.label, *[f"{d.upper()} {MU.label}" for d in track.datasets],
-            RAND.label, "n (empty)", "notes", "verified", "submitted", "source"]
+    return ["#", "method", HIDDEN.label, SRG.label, DELETION.label,
+            *[f"{d.upper()} {MU.label}" for d in track.datasets], RAND.label, SSIM.label, "n (empty)", "notes",
+            "verified", "submitted", "source"]
 
 
 def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
@@ -115,7 +119,7 @@ def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
     ds = list(track.datasets)
     rows = []
     for e in entries:
-        auc, rc = mean_over(e, DELETION.name, ds), mean_over(e, RAND.name, ds)
+        auc, rc, srg, ssim = (mean_over(e, m.name, ds) for m in (DELETION, RAND, SRG, SSIM))
         n = "/".join(str(e["n"].get(d, "-")) for d in ds)
         empty = sum(int((e["metrics"].get(d) or {}).get("mu", {}).get("n_empty") or 0) for d in ds)
         notes = list(e.get("notes") or [])
@@ -124,9 +128,9 @@ def table_rows(track: Track, entries: list[dict]) -> list[list[str]]:
         if e.get("section") == "control":
             notes = [f"caught by: {', '.join(e['caught_by']) or 'nothing'}"] + [x for x in notes if "same maps" in x]
         rows.append([str(e["rank"]) if e.get("rank") else "-", e["name"], HIDDEN.show(mean_over(e, HIDDEN.name, ds)),
-                     DELETION.show(auc), *[MU.cell(e["mu"].get(d)) for d in ds],
-                     RAND.show(rc, ".2f"), n + (f" ({empty} empty)" if empty else ""), "; ".join(notes),
-                     verified_cell(track, e), e["submitted"] or "-", e["url"] or ""])
+                     SRG.show(srg), DELETION.show(auc), *[MU.cell(e["mu"].get(d)) for d in ds],
+                     RAND.show(rc, ".2f"), SSIM.show(ssim, ".2f"), n + (f" ({empty} empty)" if empty else ""),
+                     "; ".join(notes), verified_cell(track, e), e["submitted"] or "-", e["url"] or ""])
     return rows
 
 
@@ -173,18 +177,23 @@ def board_intro(wall: Wall | None = None) -> str:
     the paper's by default)."""
     wall = wall or Wall()
     rows = wall.input_size[0]
-    return (f"Ranked by **{HIDDEN.title}** ({HIDDEN.scaled}, {HIDDEN.better}: the share of a map's L2 norm behind "
-            "the wall when the model and image are re-oriented so that the wall sits on another side, unknown to "
-            f"the method), then by **{DELETION.title}** in the seen part ({DELETION.better}: the map finds what the "
-            f"model uses). Rows equal on both as shown share a rank. *{MU.name}* is the paper's eq. 1 with the wall "
-            f"at the bottom; a uniform map scores {MU.show(uniform_mu(wall.dead_from, rows))} "
-            f"(sqrt({wall.dead_height}/{rows})), and an empty map is scored as the uniform map. *{RAND.label}*: "
-            "Spearman correlation of the map with the map on a re-initialised model over the cells the head reads. "
-            "Rows flagged orientation-dependent or model-insensitive, and schema 1 records, are listed but not "
-            "ranked; controls are never ranked and say which axis catches them. Every row is a "
-            "`stackbench.result/2` record under `results/` with its per-image rows; `stackbench leaderboard verify` "
-            "re-runs it. *verified*: the rows that the last verify of this store reproduced, unchanged since; any "
-            "other row is *not re-run*.")
+    return (f"A row is ranked only if it explains the model at all: its **{SRG.title}** (SRG, LeRF AUC minus "
+            "MoRF AUC with ROAD's noisy linear imputation as the fill, higher is better) lies above the no-information "
+            "controls' (RandomCAM, ConstantSeen) by more than both 95% intervals on every dataset, and the "
+            "randomisation check does not flag it; otherwise it is listed as *uninformative*, with the axis that says "
+            f"so. The qualified rows are ranked by **{HIDDEN.title}** ({HIDDEN.scaled}, {HIDDEN.better}: the share "
+            "of a map's L2 norm behind the wall when the model and image are re-oriented and re-parametrised so that "
+            "the wall sits on another side, unknown to the method), compared by its 95% interval: rows whose "
+            "intervals overlap share a rank, ordered within by SRG. "
+            f"*{DELETION.label}*: the older deletion curve (constant fill, {DELETION.better}). *{MU.name}* is the "
+            "paper's eq. 1 with the wall at the bottom; a uniform map scores "
+            f"{MU.show(uniform_mu(wall.dead_from, rows))} (sqrt({wall.dead_height}/{rows})), and an empty map is "
+            f"scored as the uniform map. *{RAND.label}* and *{SSIM.label}*: Spearman correlation and SSIM of the map "
+            "with the map on a re-initialised model over the cells the head reads (either at 0.8 or above flags the "
+            "row). Rows flagged orientation-dependent, and records of an older schema, are listed but not ranked; "
+            "controls are never ranked and say which axis catches them. Every row is a `stackbench.result/3` record "
+            "under `results/` with its per-image rows; `stackbench leaderboard verify` re-runs it. *verified*: the "
+            "rows that the board's last full verify reproduced, unchanged since; any other row is *not re-run*.")
 
 
 def render_markdown(store: Path | None = None, view: tuple | None = None) -> str:

@@ -15,6 +15,28 @@ from .checks import check_record
 from .store import METHODS_DIR, file_source, init_store, locked, resolve_store, row_path, stem_for
 from .tracks import Track, get_track, given_datasets, load_tracks
 
+# ------------------------------------------------------------------------------------------------ rules
+
+RULES = (
+    "The method uses the model it is handed only through its forward and backward passes (gradients included: "
+    "masking a map by the model's own gradient support is allowed, and the board ranks such a method by "
+    "faithfulness, not by where its zeros are).",
+    "It does not read stackbench's wall objects or any attribute that names a wall or an orientation, the published "
+    "weights (to match the model it is handed against them), the datasets' layout (which rows are dead, where the "
+    "second object sits) or the evaluation's seeds.",
+    "It does not change the model, the harness, other methods or anything outside its own worker (a change fails "
+    "its row), and it does not reach the network.",
+    "Its maps are a function of its inputs and seed; a method whose maps move with round-off declares how far "
+    "(`rerun_spread`), and the board re-runs every row to within that.",
+)
+"""What a submitted method may and may not do: the board's word, printed by `submit` for the pull request."""
+
+
+def rules_text() -> str:
+    """The rules as a Markdown checklist for a pull request's description."""
+    return "\n".join(f"- [ ] {rule}" for rule in RULES)
+
+
 # ------------------------------------------------------------------------------------------------ submit
 
 def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
