@@ -256,6 +256,12 @@ def axes_findings(found: dict, datasets) -> list[str]:
                     if moving else ".")]
     auc = sorted((m for m in methods if _mean(v2, m, DELETION.name, datasets) is not None),
                  key=lambda m: _mean(v2, m, DELETION.name, datasets))
+    srg = sorted((m for m in v2 if _mean(v2, m, SRG.name, datasets) is not None),
+                 key=lambda m: -_mean(v2, m, SRG.name, datasets))
+    if srg:
+        out.append("Faithfulness with ROAD's fill (SRG = LeRF AUC - MoRF AUC, higher is better, about 0 for a map "
+                   "with no information; the board ranks only rows above the uniform map's): "
+                   + ", ".join(f"{m} {SRG.show(_mean(v2, m, SRG.name, datasets))}" for m in srg) + ".")
     if auc:
         out.append("Deletion in the seen part (AUC of the target probability, lower finds more of what the model "
                    "uses): " + ", ".join(f"{m} {DELETION.show(_mean(v2, m, DELETION.name, datasets))}" for m in auc)

@@ -8,6 +8,7 @@ import torch
 from test_leaderboard import data, store, submit  # noqa: F401 - fixtures
 
 from stackbench import metrics as M
+from stackbench.errors import Refused
 from stackbench.imputation import road_fill, road_noise
 from stackbench.models.variants import orient, reparametrise
 from stackbench.standings import standings
@@ -213,6 +214,21 @@ def test_only_a_full_verify_writes_the_badges_and_a_forged_one_is_refused(store,
     v = lb.verify(store=store, device="cpu", progress=False)
     assert not v.badges.written and "another environment (torch" in v.badges.message
     (store / "verified.json").write_bytes(before)
+    # a date is all a badge shows: anything else in its place shows no badge
+    data = json.loads(before)
+    first = next(iter(data["rows"]))
+    data["rows"][first]["date"] = "<b>2099-99-99</b>"
+    (store / "verified.json").write_text(json.dumps(data))
+    assert sum(bool(d) for e in lb.board(store)["test"] for d in e["reproduced"].values()) == 1
+    (store / "verified.json").write_text("[1]")  # refused by verify --no-rerun as by build
+    with pytest.raises(Refused, match="verified.json: not a verify"):
+        lb.verify(store=store, rerun=False)
+    (store / "verified.json").write_bytes(before)
+    # a track's settings are part of what was verified
+    tracks = (store / "tracks.json").read_text()
+    (store / "tracks.json").write_text(tracks.replace('"batch_size": 8', '"batch_size": 4'))
+    assert lb.read_verified(store) == {}
+    (store / "tracks.json").write_text(tracks)
     # a forged row with a forged badge: the static checks pass and the board shows the badge (nothing offline can
     # tell), but the board's full verify re-runs the row, refuses the badge and drops it
     _tamper(store, paths[0])

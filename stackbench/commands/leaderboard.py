@@ -39,7 +39,9 @@ def track_option(help: str, default: str | None = None):
 @store_option
 def submit(method, track, name, author, url, description, replace, datasets, device, no_progress, store):
     """Run the track's official evaluation of a method on both datasets and add it to the store (a plugin file is
-    copied into the store's methods/ folder, so anyone can re-run it)."""
+    copied into the store's methods/ folder, so anyone can re-run it). Prints the files to commit and the board's
+    rules for a method (forward and backward only; no wall objects, published weights, dataset layout or seeds; no
+    change outside its worker, no network; maps a function of inputs and seed) as a checklist for the pull request."""
     from .. import leaderboard as lb
 
     store = lb.resolve_store(store)

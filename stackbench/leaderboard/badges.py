@@ -2,8 +2,8 @@
 
 A badge says that the board's last verify of every stored row re-ran a row and reproduced it. The file records
 that run: its environment (library versions: a re-run elsewhere may differ within tolerance, or not re-run at all)
-and a digest of the whole store as it ran (every row's record and rows hashes). The board shows badges only while
-the store is that store; any row added or changed since turns every badge off until the next full verify. A
+and a digest of the whole store as it ran (tracks.json, every row's record and rows hashes). The board shows badges
+only while the store is that store; any row or track changed since turns every badge off until the next full verify. A
 partial verify, or one in another environment, reports its verdicts and leaves the file alone. A full verify in
 the file's environment rewrites it with exactly the rows it reproduced, and refuses a file that named a row as
 reproduced which this run, re-running that very row, did not reproduce (a pull request cannot bring its own badge).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..models import file_sha256
 from .store import VERIFIED, locked, row_key, stored_rows
 
 FORMAT = "stackbench.verified/2"
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def badge_environment() -> dict[str, str]:
@@ -32,8 +34,11 @@ def badge_environment() -> dict[str, str]:
 
 
 def store_digest(store: Path) -> str:
-    """sha256 over every stored row's key and the sha256 of its record and rows file, in key order."""
+    """sha256 over tracks.json (a track's seed or limits decide what a re-run means) and every stored row's key and
+    the sha256 of its record and rows file, in key order."""
     h = hashlib.sha256()
+    tracks = Path(store) / "tracks.json"
+    h.update(f"tracks.json {file_sha256(tracks) if tracks.is_file() else '-'}\n".encode())
     for path in sorted(stored_rows(store), key=lambda p: row_key(store, p)):
         rows = path.with_suffix(".parquet")
         h.update(f"{row_key(store, path)} {file_sha256(path)} "
@@ -81,8 +86,10 @@ def reproduced(store: Path, path: Path, entries: dict, submitted: str | None) ->
     e = entries.get(row_key(store, path))
     if not e or not _entry_matches(store, row_key(store, path), e):
         return None
-    date = str(e.get("date") or "")
-    return date if date and date >= str(submitted or "") else None
+    date = e.get("date")
+    if not (isinstance(date, str) and DATE.fullmatch(date)):  # a date is all a badge shows: nothing else gets in
+        return None
+    return date if date >= str(submitted or "") else None
 
 
 @dataclass

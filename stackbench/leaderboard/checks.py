@@ -20,7 +20,7 @@ from ..models import file_sha256
 from ..progress import Progress, quiet_libraries
 from ..records import METRICS, SCHEMA, aggregate_rows, schema_number, validate_record, weights_fingerprint_of
 from ..refs import method_ref
-from .badges import record_verdicts
+from .badges import read_file, record_verdicts
 from .store import (
     METHODS_DIR,
     file_source,
@@ -335,6 +335,8 @@ def verify(track: str | None = None, method: str | None = None, store: Path | No
             raise StackbenchError("--dataset needs --track: a dataset belongs to one track")
         datasets = given_datasets(get_track(track, store), datasets)
     out = Verdicts()
+    if not rerun:
+        read_file(store)  # a broken verified.json is refused here as build and show refuse it
     paths = stored_rows(store, track, method)
     from ..isolation import worker_pool
 

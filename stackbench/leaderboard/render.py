@@ -178,10 +178,11 @@ def board_intro(wall: Wall | None = None) -> str:
     wall = wall or Wall()
     rows = wall.input_size[0]
     return (f"A row is ranked only if it explains the model at all: its **{SRG.title}** (SRG, LeRF AUC minus "
-            "MoRF AUC with ROAD's noisy linear imputation as the fill, higher is better) lies above the no-information "
-            "controls' (RandomCAM, ConstantSeen) by more than both 95% intervals on every dataset, and the "
-            "randomisation check does not flag it; otherwise it is listed as *uninformative*, with the axis that says "
-            f"so. The qualified rows are ranked by **{HIDDEN.title}** ({HIDDEN.scaled}, {HIDDEN.better}: the share "
+            "MoRF AUC with ROAD's noisy linear imputation as the fill, higher is better) lies above the uniform map's "
+            "(the ConstantSeen control's) by more than both 95% intervals on every dataset, and the randomisation "
+            "check does not flag it; otherwise it is listed as *uninformative*, with the axis that says so (a ranked "
+            "row whose SRG is not above RandomCAM's says that in its notes). "
+            f"The qualified rows are ranked by **{HIDDEN.title}** ({HIDDEN.scaled}, {HIDDEN.better}: the share "
             "of a map's L2 norm behind the wall when the model and image are re-oriented and re-parametrised so that "
             "the wall sits on another side, unknown to the method), compared by its 95% interval: rows whose "
             "intervals overlap share a rank, ordered within by SRG. "
