@@ -37,9 +37,14 @@ def mean_over(entry: dict, metric: str, datasets) -> float | None:
     return sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
 
 
+def _ci(entry: dict, dataset: str, metric: str) -> list[float] | None:
+    """The metric's 95% interval on one dataset (None when the entry lacks it)."""
+    return ((entry["metrics"].get(dataset) or {}).get(metric) or {}).get("ci95")
+
+
 def interval_over(entry: dict, metric: str, datasets) -> tuple[float, float] | None:
     """The metric's 95% interval over the track's datasets: the mean of their bounds (None when one lacks it)."""
-    cis = [((entry["metrics"].get(d) or {}).get(metric) or {}).get("ci95") for d in datasets if d in entry["metrics"]]
+    cis = [_ci(entry, d, metric) for d in datasets if d in entry["metrics"]]
     if not cis or not all(cis):
         return None
     return sum(c[0] for c in cis) / len(cis), sum(c[1] for c in cis) / len(cis)
@@ -81,26 +86,22 @@ def bar(entries: list[dict], datasets, control: str = BAR_CONTROL) -> dict[str, 
     when the store holds no such row)."""
     out = {}
     for d in datasets:
-        highs = [((e["metrics"].get(d) or {}).get("srg") or {}).get("ci95") for e in entries
+        highs = [_ci(e, d, "srg") for e in entries
                  if e.get("family") == "control" and e.get("method", e["name"]) == control]
         out[d] = max([0.0] + [c[1] for c in highs if c])
     return out
 
 
-def _above(entry: dict, datasets, bars: dict[str, float]) -> list[str]:
+def _not_above(entry: dict, datasets, bars: dict[str, float]) -> list[str]:
     """The datasets on which the row's SRG interval does not lie above the bar."""
-    out = []
-    for d in datasets:
-        ci = ((entry["metrics"].get(d) or {}).get("srg") or {}).get("ci95")
-        if d in entry["metrics"] and not (ci and ci[0] > bars[d]):
-            out.append(d)
-    return out
+    return [d for d in datasets
+            if d in entry["metrics"] and not ((ci := _ci(entry, d, "srg")) and ci[0] > bars[d])]
 
 
 def uninformative(entry: dict, datasets, bars: dict[str, float]) -> list[str]:
     """Why a row does not qualify as an explanation of the model ([] when it does)."""
-    why = [f"uninformative (faithfulness): SRG on {', '.join(below)} not above the uniform map's"
-           for below in [_above(entry, datasets, bars)] if below]
+    below = _not_above(entry, datasets, bars)
+    why = [f"uninformative (faithfulness): SRG on {', '.join(below)} not above the uniform map's"] if below else []
     if any(f.get("model_insensitive") for f in entry["flags"].values()):
         why.append("uninformative (randomisation): about the same map on a re-initialised model")
     return why
@@ -119,8 +120,8 @@ def standings(entries: list[dict], datasets) -> list[Standing]:
             s.section = "control"
         else:
             s.section = "uninformative" if why else ("unranked" if old else "ranked")
-        below = _above(s.entry, datasets, random_bars) if s.section == "ranked" and any(random_bars.values()) else []
-        if below:
+        ranked = s.section == "ranked" and any(random_bars.values())
+        if ranked and (below := _not_above(s.entry, datasets, random_bars)):
             s.notes.append(f"SRG on {', '.join(below)} not above RandomCAM's")
     ranked = _ranked([s for s in out if s.section == "ranked"], datasets)
     rest = [s for key in ("uninformative", "unranked")
