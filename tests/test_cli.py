@@ -28,7 +28,8 @@ def test_models_table():
     assert r.exit_code == 0
     lines = {line.split("|")[1].strip(): line for line in r.output.splitlines()[2:]}
     assert set(lines) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked", "minivit", "minivit-masked",
-                          "minivit-pixel", "vit-b16", "vit-b16-masked", "vit-b16-pixel"}
+                          "minivit-pixel", "vit-b16", "vit-b16-masked", "vit-b16-pixel", "vit-ti16", "vit-ti16-masked",
+                          "vit-ti16-pixel"}
     assert "rows 160..223 (64 px, 28.6% of the image" in lines["vit-b16-pixel"]
     assert "rows 170..223 (54 px, 24.1% of the image" in lines["vgg16-masked"]
     assert "239.9M" in lines["vgg16-masked"] and "no wall" in lines["vgg16"]
@@ -241,7 +242,7 @@ def test_models_json():
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert r.exit_code == 0 and set(rows) == {"minivgg", "minivgg-masked", "vgg16", "vgg16-masked", "minivit",
                                               "minivit-masked", "minivit-pixel", "vit-b16", "vit-b16-masked",
-                                              "vit-b16-pixel"}
+                                              "vit-b16-pixel", "vit-ti16", "vit-ti16-masked", "vit-ti16-pixel"}
     assert rows["vgg16-masked"]["params"] == 239_938_088 and rows["vgg16-masked"]["input"] == [3, 224, 224]
     assert rows["vgg16"]["wall"] == "no wall" and rows["vgg16"]["weights"] is None
     assert rows["minivgg-masked"]["weights"] == "shipped"

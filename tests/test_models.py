@@ -220,6 +220,35 @@ def test_shipped_mini_model_loads_offline_walled_and_classifies_shapes(monkeypat
         load_model("minivgg-masked")
 
 
+@pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel"])
+def test_shipped_mini_vits_load_offline_walled_with_their_card_and_classify_shapes(monkeypatch, name):
+    # The trained mini ViTs ship too: the recorded sha256, fp16, a card beside the file naming the val top-1 in its
+    # model-index and the mask loss they were trained with, the wall bitwise, and fresh shapes far above chance.
+    from huggingface_hub import ModelCard
+
+    from stackbench.models import get_entry, loading
+    from stackbench.sources import open_source
+    from stackbench.train import preset, val_transform
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = get_entry(name).weights
+    path = loading.WEIGHTS_DIR / weights.file
+    assert loading.file_sha256(path) == weights.sha256 and path.stat().st_size < 1_000_000
+    assert weights.metrics["top1"] >= 0.85
+    card = ModelCard.load(path.with_suffix(".md"))
+    results = card.data.eval_results
+    assert results[0].metric_value == weights.metrics["top1"] and "object-mask loss" in card.text
+    assert "dead tokens" in card.text
+    model = load_model(name)
+    assert model.ref == name and model.global_pool == "conv" and check(model, traces=4).identical
+    src = open_source("shapes:50@11", split="val")
+    tf = val_transform(preset("mini-vit"))
+    x = torch.stack([tf(src.load(i).image) for i in range(len(src))])
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == torch.as_tensor(src.labels())).float().mean())
+    assert acc >= 0.75, acc
+
+
 def test_loading_skips_the_initialisation_in_its_own_thread_only():
     import threading
 

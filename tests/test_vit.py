@@ -21,7 +21,7 @@ BAND = list(range(160, 224))
 
 def _nonzero_head(net):
     # torchvision's trap: a zero class token or head makes every logit constant and every invariance test trivial.
-    assert net.cls_token.abs().max() > 0 and net.head.weight.abs().max() > 0
+    assert (net.cls_token is None or net.cls_token.abs().max() > 0) and net.head.weight.abs().max() > 0
     return net
 
 
@@ -74,17 +74,37 @@ def test_the_pixel_wall_holds_for_non_finite_pixels_and_the_attention_wall_does_
 
 def test_the_wall_is_a_buffer_of_the_config_never_of_the_checkpoint(tmp_path):
     net = load_model("minivit-masked@random")
-    assert "keys" not in net.state_dict() and "dead_tokens" not in net.state_dict()
+    assert {"keys", "dead_tokens", "live_index", "readout", "pos_embed"}.isdisjoint(net.state_dict())
     net.save_pretrained(tmp_path)
     again = load_model(str(tmp_path))
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(net(x), again(x))
-    assert torch.equal(again.keys, torch.cat([torch.ones(1, dtype=torch.bool), ~again.dead_tokens]))
+    assert again.num_prefix_tokens == 0 and torch.equal(again.keys, ~again.dead_tokens)  # no class token
     assert int(again.dead_tokens.sum()) == 4 * 14 and again.dead_tokens.view(14, 14)[10:].all()
+    assert again.live_grid == (10, 14) and torch.equal(again.readout, torch.arange(140))
 
 
-@pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel"])
+def test_the_mini_vit_is_a_vit_whose_tokens_each_read_one_patch():
+    # hMLP stem (every kernel its stride), fixed sin-cos positions, a conv head over the 10x14 live tokens: a pixel
+    # moves only its own token before the blocks, and the head reads no dead token.
+    net = load_model("minivit-masked@random")
+    assert (net.stem, net.global_pool, net.cls_token) == ("hmlp", "conv", None)
+    assert [(m.kernel_size[0], m.stride[0]) for m in net.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)] \
+        == [(4, 4), (2, 2), (2, 2)]
+    x = torch.rand(1, 3, 224, 224)
+    y = x.clone()
+    y[0, :, 37, 50] += 1.0  # inside patch (2, 3)
+    with torch.no_grad():
+        moved = (net.embed(y) - net.embed(x)).abs().amax(-1)[0].view(14, 14)
+    assert moved[2, 3] > 0 and int((moved > 0).sum()) == 1
+    from stackbench.models.vit import sincos_positions
+
+    pos = sincos_positions(14, 64)
+    assert torch.equal(net.pos_embed[0], pos) and pos.shape == (196, 64) and float(pos[0, 16:32].min()) == 1.0
+
+
+@pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel", "vit-ti16-masked"])
 def test_hidden_walls_reorient_a_vit_exactly(name):
     net = load_model(f"{name}@random")
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -99,9 +119,11 @@ def test_hidden_walls_reorient_a_vit_exactly(name):
         rot.save_pretrained("never")
 
 
-@pytest.fixture(scope="module")
-def vit_batch():
-    return batch_on("minivit-masked@random")
+@pytest.fixture(scope="module", params=["minivit-masked", "vit-ti16-masked@random"], ids=["conv-head", "class-token"])
+def vit_batch(request):
+    # The conv-head ViT as shipped (trained): at initialisation its maps are driven by the fixed positions (HiResCAM's
+    # are all empty), which would test nothing
+    return batch_on(request.param)
 
 
 def _ours(name, bb, batch):
@@ -131,8 +153,9 @@ def test_the_token_grid_is_the_target_layer_without_the_class_token(vit_batch):
             net(batch.x)
     finally:
         h.remove()
-    assert batch.activations.shape == (3, 64, 14, 14)
-    assert torch.equal(batch.activations, seen[0][:, 1:].reshape(3, 14, 14, 64).permute(0, 3, 1, 2))
+    D, k = net.dim, net.num_prefix_tokens
+    assert batch.activations.shape == (3, D, 14, 14)
+    assert torch.equal(batch.activations, seen[0][:, k:].reshape(3, 14, 14, D).permute(0, 3, 1, 2))
 
 
 def test_attention_methods_put_nothing_on_dead_tokens_under_the_attention_wall(vit_batch):
@@ -144,7 +167,7 @@ def test_attention_methods_put_nothing_on_dead_tokens_under_the_attention_wall(v
     pixel = TokenBackbone(load_model("minivit-pixel@random"))
     x = batch.x
     attn, _ = pixel.attention(x)
-    assert float(attn[-1][:, :, 0, 1:].reshape(3, -1, 14, 14)[:, :, 10:].sum()) > 0  # the pixel wall is still attended
+    assert float(attn[-1][:, :, 0].reshape(3, -1, 14, 14)[:, :, 10:].sum()) > 0  # the pixel wall is still attended
 
 
 def test_rollout_by_hand():
@@ -157,6 +180,23 @@ def test_rollout_by_hand():
     # Heads are averaged before the residual: two heads [[1,0],[0,1]] and [[0,1],[1,0]] fuse to all 0.5.
     two = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]])
     assert torch.allclose(rollout([two])[0], torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+
+
+def test_a_pooled_head_is_read_at_the_tokens_it_pools_by_hand():
+    # Three tokens on a 1x3 grid, no class token; the head pools tokens 0 and 1 (2 is dead). Rows 0 and 1 of
+    # [[.5,.5,0],[.2,.8,0],[.3,.3,.4]] average to [.35,.65,0]: token 2's own row (.4 on itself) is never read.
+    from stackbench.methods.attention import readout_map
+
+    m = torch.tensor([[[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.3, 0.3, 0.4]]])
+    out = readout_map(m, torch.tensor([0, 1]), 0, (1, 3))
+    assert torch.allclose(out, torch.tensor([[[0.35, 0.65, 0.0]]]))
+    # with a class token (prefix 1) read alone: its row, the patch columns
+    cls = torch.tensor([[[0.1, 0.6, 0.3], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    assert torch.allclose(readout_map(cls, torch.tensor([0]), 1, (1, 2)), torch.tensor([[[0.6, 0.3]]]))
+    # rollout through a pooled head: one block [[1,0],[.5,.5]] -> (A+I)/2 = [[1,0],[.25,.75]]; both tokens pooled:
+    # [.625, .375]
+    r = rollout([torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])])
+    assert torch.allclose(readout_map(r, torch.tensor([0, 1]), 0, (1, 2)), torch.tensor([[[0.625, 0.375]]]))
 
 
 def test_relevancy_by_hand():
@@ -186,14 +226,17 @@ def test_a_method_that_cannot_run_on_a_vit_says_so_in_one_line():
 
 
 def test_training_leaves_the_dead_tokens_out_and_computes_the_same_function():
+    import copy
+
     net = load_model("minivit-masked@random")
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        masked = net(x)
-        net.train()
-        live = net(x)
-        net.eval()
-    assert torch.allclose(masked, live, rtol=1e-5, atol=1e-6) and not torch.equal(net(x), net(x * 0.5))
+        masked, live = net(x), net.live_logits(x)
+        assert torch.allclose(masked, live, rtol=1e-5, atol=1e-6) and not torch.equal(net(x), net(x * 0.5))
+        training = copy.deepcopy(net).train()  # training's forward is the live one (batch statistics in the norms)
+        assert torch.equal(training(x), copy.deepcopy(net).train().live_logits(x))
+        tokens = net.live_forward(x)[1]
+    assert tokens.shape == (2, 140, 64)
 
 
 @pytest.mark.parametrize("name", ["minivit-masked", "minivit-pixel"])
@@ -229,7 +272,7 @@ def test_evaluate_scores_a_vit_on_the_datasets_band_and_records_both(tmp_path):
     from stackbench.evaluate import evaluate
 
     folder = make_folder(tmp_path / "mix", n=3)
-    runs = {r.name: r for r in evaluate(["HiResCAM", "GradCAM", "AttentionRollout"], folder, "minivit-masked@random",
+    runs = {r.name: r for r in evaluate(["HiResCAM", "GradCAM", "AttentionRollout"], folder, "minivit-masked",
                                         out=tmp_path / "out", progress=False, axes=Axes(sample=1))}
     assert all(r.status == "done" for r in runs.values())
     rec = runs["HiResCAM"].record
@@ -239,11 +282,18 @@ def test_evaluate_scores_a_vit_on_the_datasets_band_and_records_both(tmp_path):
     assert rec["metrics"]["mu"]["mean"] == 0.0 and runs["AttentionRollout"].record["metrics"]["mu"]["mean"] == 0.0
     assert runs["GradCAM"].record["metrics"]["mu"]["mean"] > 0
     with pytest.raises(StackbenchError, match="dead zone holds the dataset's band"):
-        evaluate(["GradCAM"], make_folder(tmp_path / "high", n=1, wall_row=150), "minivit-masked@random",
+        evaluate(["GradCAM"], make_folder(tmp_path / "high", n=1, wall_row=150), "minivit-masked",
                  out=tmp_path / "x", progress=False)
     with pytest.raises(StackbenchError, match="does not run on vit models"):
-        evaluate(["FullGrad"], folder, "minivit-masked@random", out=tmp_path / "y", progress=False)
+        evaluate(["FullGrad"], folder, "minivit-masked", out=tmp_path / "y", progress=False)
+    # "all" is every method that runs on the model; FullGrad (VGG only) named beside it is still refused
+    every = evaluate(["all"], folder, "minivit-masked", out=tmp_path / "all", progress=False, limit=1, axes=None)
+    names = {r.name for r in every}
+    assert {"AttentionRollout", "GradCAM", "RandomCAM"} <= names and not names & {"FullGrad", "ShapleyCAM"}
+    assert all(r.status == "done" for r in every), [(r.name, r.error) for r in every if r.status != "done"]
+    with pytest.raises(StackbenchError, match="FullGrad does not run on vit models"):
+        evaluate(["all", "FullGrad"], folder, "minivit-masked", out=tmp_path / "all2", progress=False, limit=1)
     # the pixel wall through every axis (its hidden-wall copies carry no `wall` attribute)
-    (pixel,) = evaluate(["HiResCAM"], folder, "minivit-pixel@random", out=tmp_path / "p", progress=False,
+    (pixel,) = evaluate(["HiResCAM"], folder, "minivit-pixel", out=tmp_path / "p", progress=False,
                         axes=Axes(sample=1))
     assert pixel.status == "done" and pixel.record["model"]["wall_kind"] == "pixel", pixel.error

@@ -36,7 +36,7 @@ def _nonzero(*tensors):
 
 def _torchvision(num_classes=10, **geometry):
     torch.manual_seed(0)
-    geometry = geometry or dict(image_size=224, patch_size=16, num_layers=4, num_heads=2, hidden_dim=64, mlp_dim=256)
+    geometry = geometry or dict(image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768)
     net = VisionTransformer(**geometry, num_classes=num_classes).eval()
     _nonzero(net.class_token, net.heads.head.weight, net.heads.head.bias)
     return net
@@ -44,16 +44,15 @@ def _torchvision(num_classes=10, **geometry):
 
 def _transformers(num_labels=10, **extra):
     torch.manual_seed(1)
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
-                       intermediate_size=256, num_labels=num_labels, **extra)
+    config = ViTConfig(image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                       intermediate_size=768, num_labels=num_labels, **extra)
     return ViTForImageClassification(config).eval()
 
 
 def _timm():
     torch.manual_seed(2)
-    # a registered name (save_for_hf writes its pretrained_cfg), built at minivit's geometry; no download
-    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10, embed_dim=64, depth=4,
-                             num_heads=2).eval()
+    # a registered name (save_for_hf writes its pretrained_cfg) at vit-ti16's geometry; no download
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +83,11 @@ def sources(tmp_path_factory):
                                   "transformers .bin", "timm folder", "timm .safetensors"])
 def test_a_checkpoint_keeps_its_logits_and_takes_the_wall(sources, name):
     path, logits = sources[name]
-    plain = load_model(f"minivit:{path}")
-    assert plain.ref == f"minivit:{path}" and plain.num_classes == 10
+    plain = load_model(f"vit-ti16:{path}")
+    assert plain.ref == f"vit-ti16:{path}" and plain.num_classes == 10
     with torch.no_grad():
         torch.testing.assert_close(plain(X), logits, atol=1e-5, rtol=0)
-    for walled in ("minivit-masked", "minivit-pixel"):
+    for walled in ("vit-ti16-masked", "vit-ti16-pixel"):
         assert logits_unchanged(load_model(f"{walled}:{path}"), BAND).identical
     control = logits_unchanged(plain, BAND)
     assert not control.identical and control.max_abs_diff > 1e-4
@@ -98,13 +97,13 @@ def test_the_layernorm_eps_is_the_checkpoints(tmp_path):
     # transformers' 1e-12 by default; a config.json's layer_norm_eps wins. A large one makes a wrong eps visible.
     hf = _transformers(layer_norm_eps=1e-2)
     hf.save_pretrained(tmp_path / "hf")
-    net = load_model(f"minivit-masked:{tmp_path / 'hf'}")
+    net = load_model(f"vit-ti16-masked:{tmp_path / 'hf'}")
     assert {m.eps for m in net.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-2}
     with torch.no_grad():
-        torch.testing.assert_close(load_model(f"minivit:{tmp_path / 'hf'}")(X), hf(pixel_values=X).logits,
+        torch.testing.assert_close(load_model(f"vit-ti16:{tmp_path / 'hf'}")(X), hf(pixel_values=X).logits,
                                    atol=1e-5, rtol=0)
     torch.save(hf.state_dict(), tmp_path / "hf.bin")  # no config: the format's default
-    assert load_model(f"minivit:{tmp_path / 'hf.bin'}").norm.eps == 1e-12
+    assert load_model(f"vit-ti16:{tmp_path / 'hf.bin'}").norm.eps == 1e-12
     net.save_pretrained(tmp_path / "walled")  # and a walled save keeps it
     assert load_model(str(tmp_path / "walled")).norm.eps == 1e-2
 
@@ -138,23 +137,23 @@ def test_arch_hf_repo_resolves_through_huggingface_hub(tmp_path, monkeypatch, so
         (base / "snapshots" / commit).mkdir(parents=True)
         for name, src in files.items():
             shutil.copy(src, base / "snapshots" / commit / name)
-    for ref, commit in (("minivit:hf:me/vit@v1", "b" * 40), ("minivit:hf:me/vit-bin@v1", "c" * 40)):
+    for ref, commit in (("vit-ti16:hf:me/vit@v1", "b" * 40), ("vit-ti16:hf:me/vit-bin@v1", "c" * 40)):
         net = load_model(ref)
         assert net.ref == ref and net.revision == commit
         with torch.no_grad():
             torch.testing.assert_close(net(X), logits, atol=1e-5, rtol=0)
-    assert logits_unchanged(load_model("minivit-pixel:hf:me/vit@v1"), BAND).identical
+    assert logits_unchanged(load_model("vit-ti16-pixel:hf:me/vit@v1"), BAND).identical
     with pytest.raises(StackbenchError, match="could not fetch"):
-        load_model("minivit-masked:hf:me/absent")
+        load_model("vit-ti16-masked:hf:me/absent")
 
 
 @pytest.mark.parametrize("text,scheme,body,revision,options", [
     ("hf:me/x@v1", "hf", "me/x", "v1", {}), ("paper:params.pt", "paper", "params.pt", None, {}),
-    ("minivit@random", "random", "minivit", None, {}), ("minivit-masked", "zoo", "minivit-masked", None, {}),
+    ("vit-ti16@random", "random", "vit-ti16", None, {}), ("vit-ti16-masked", "zoo", "vit-ti16-masked", None, {}),
     ("runs/a:b", "path", "runs/a:b", None, {}), ("C:/models/vit", "path", "C:/models/vit", None, {}),
     ("./w.pt", "path", "./w.pt", None, {}),
     ("vit-b16-masked:/w/vit_b_16.pth", "arch", "/w/vit_b_16.pth", None, {"arch": "vit-b16-masked", "hub": False}),
-    ("minivit:ckpt.safetensors", "arch", "ckpt.safetensors", None, {"arch": "minivit", "hub": False}),
+    ("vit-ti16:ckpt.safetensors", "arch", "ckpt.safetensors", None, {"arch": "vit-ti16", "hub": False}),
     ("vit-b16-pixel:hf:google/vit-base-patch16-224@main", "arch", "google/vit-base-patch16-224", "main",
      {"arch": "vit-b16-pixel", "hub": True}),
 ])
@@ -165,8 +164,8 @@ def test_model_references_parse(text, scheme, body, revision, options):
 
 def test_an_existing_path_with_a_colon_stays_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "minivit:run").mkdir()
-    assert model_ref("minivit:run").scheme == "path"
+    (tmp_path / "vit-ti16:run").mkdir()
+    assert model_ref("vit-ti16:run").scheme == "path"
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +178,7 @@ def bad(sources, tmp_path_factory):
     for name, change in (("heads8", {"num_attention_heads": 8}), ("tanh", {"hidden_act": "gelu_new"})):
         config = json.loads((root / name / "config.json").read_text())
         (root / name / "config.json").write_text(json.dumps({**config, **change}))
-    state = dict(_timm().state_dict(), **{"fc_norm.weight": torch.ones(64), "fc_norm.bias": torch.zeros(64)})
+    state = dict(_timm().state_dict(), **{"fc_norm.weight": torch.ones(192), "fc_norm.bias": torch.zeros(192)})
     save_file(state, str(root / "fc_norm.safetensors"))
     headless = {k: v for k, v in _torchvision().state_dict().items() if not k.startswith("heads.")}
     torch.save(headless, root / "headless.pt")
@@ -187,17 +186,18 @@ def bad(sources, tmp_path_factory):
 
 
 BAD = [
-    ("minivit-masked:{root}/vgg.pt", "not a ViT state dict stackbench reads"),
-    ("vit-b16-masked:{tv}", "the checkpoint has width 64, blocks 4, MLP width 256 where vit-b16-masked "
-                            "has width 768, blocks 12, MLP width 3072"),
-    ("minivit:{root}/heads8", "the checkpoint has heads 8 where minivit has heads 2"),
-    ("minivit:{root}/tanh", "config.json sets hidden_act 'gelu_new'"),
-    ("minivit:{root}/fc_norm.safetensors", "key 'fc_norm.bias' holds fc_norm (a norm of an average-pooled head)"),
-    ("minivit:{root}/headless.pt", "has no classification head"),
-    ("minivit-masked:{root}/missing.pth", "missing.pth does not exist"),
+    ("vit-ti16-masked:{root}/vgg.pt", "not a ViT state dict stackbench reads"),
+    ("vit-b16-masked:{tv}", "the checkpoint has width 192, MLP width 768 where vit-b16-masked has width "
+                            "768, MLP width 3072"),
+    ("vit-ti16:{root}/heads8", "the checkpoint has heads 8 where vit-ti16 has heads 3"),
+    ("vit-ti16:{root}/tanh", "config.json sets hidden_act 'gelu_new'"),
+    ("vit-ti16:{root}/fc_norm.safetensors", "key 'fc_norm.bias' holds fc_norm (a norm of an average-pooled head)"),
+    ("vit-ti16:{root}/headless.pt", "has no classification head"),
+    ("vit-ti16-masked:{root}/missing.pth", "missing.pth does not exist"),
     ("minivgg-masked:{tv}", "minivgg-masked is not a ViT"),
     ("vit-b32-masked:{tv}", "unknown architecture 'vit-b32-masked'"),
-    ("minivit-masked:", "names no weights"),
+    ("minivit-masked:{tv}", "minivit-masked has its own stem and head"),
+    ("vit-ti16-masked:", "names no weights"),
 ]
 
 
@@ -215,7 +215,7 @@ def test_bad_checkpoints_are_one_line(bad, template, says):
 def test_train_fine_tunes_a_checkpoint_with_a_fresh_head(tmp_path, caplog):
     hf = _transformers(num_labels=5)  # 5 classes; the source has 10: the head is replaced
     torch.save(hf.state_dict(), tmp_path / "hf5.bin")
-    ref = f"minivit-masked:{tmp_path / 'hf5.bin'}"
+    ref = f"vit-ti16-masked:{tmp_path / 'hf5.bin'}"
     cfg = preset("mini-vit", model=ref, source="shapes:64", val_source="shapes:20", epochs=1, batch_size=16,
                  max_steps=2)
     with caplog.at_level("INFO", logger="stackbench"):
@@ -223,5 +223,5 @@ def test_train_fine_tunes_a_checkpoint_with_a_fresh_head(tmp_path, caplog):
     assert "its head has 5 classes and the source shapes:64 has 10; training a fresh 10-class head" in caplog.text
     assert summary["steps"] == 2 and summary["wall"]["verdict"] == "PASS" and summary["wall"]["identical"]
     trained = load_model(str(tmp_path / "out"))
-    assert trained.num_classes == 10 and trained.name == "minivit-masked" and trained.norm.eps == 1e-12
+    assert trained.num_classes == 10 and trained.name == "vit-ti16-masked" and trained.norm.eps == 1e-12
     assert logits_unchanged(trained, BAND).identical

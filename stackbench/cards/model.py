@@ -146,10 +146,36 @@ def limitations(summary: dict) -> list[str]:
            "before the model, never after, or the rows it cannot see move.",
            "The top-1 above is on the validation split named there; it says how well the model classifies, not how "
            "faithful any saliency method is on it."]
+    aux = (summary.get("config") or {}).get("aux_masks") or 0
+    if aux:
+        out.append(f"Trained with the object-mask loss (weight {_value(aux)}): a training-only head on every live "
+                   "token predicted the object's coverage of the token's 4x4 sub-cells from the source's masks. It "
+                   "told every token where the object is, which may shape what the model attends to; weigh that when "
+                   "reading saliency on it. The head is not part of these weights.")
     if train.get("kind") == "shapes":
         out.append("Trained on procedural shapes only: it knows those ten outlines, not natural images; use it for "
                    "the mini track, not as a general classifier.")
     return out
+
+
+def wall_sentence(summary: dict) -> str:
+    """How this architecture's wall works, in one sentence (a ViT's dead patch tokens, a VGG's walled dense layer)."""
+    from ..models import create_model, list_models
+
+    name = summary.get("model")
+    arch = "vgg"
+    if name in list_models():
+        import torch
+
+        with torch.device("meta"):
+            net = create_model(name, seed=None)
+        arch = getattr(net, "arch", "vgg")
+        if arch == "vit" and getattr(net, "kind", None) == "pixel":
+            return "Its bottom patch rows are dead tokens whose embeddings are replaced by a constant (the pixel wall)"
+    if arch == "vit":
+        return ("Its bottom patch rows are dead tokens, masked as keys for every query in every block (the attention "
+                "wall)")
+    return "Its first dense layer ignores the bottom rows of the last feature map"
 
 
 def render_card(summary: dict):
@@ -167,7 +193,7 @@ def render_card(summary: dict):
         f"`stackbench train --resume --out {summary.get('out', 'OUT')}`.")
     return ModelCard.from_template(
         data, template_str=resource(*TEMPLATE).read_text(), title=data.model_name, status=status,
-        model=summary["model"], num_classes=summary.get("num_classes"), cfg=cfg,
+        model=summary["model"], num_classes=summary.get("num_classes"), cfg=cfg, wall_sentence=wall_sentence(summary),
         train=train, val=val, val_split=val.get("split") or "all", val_n=m.get("val_n") or "-",
         top1=_percent(m.get("top1")), top5=_percent(m.get("top5")), wall=wall_lines(summary.get("wall")),
         preset=f" (preset `{cfg['preset']}`)" if cfg.get("preset") else "",

@@ -27,6 +27,9 @@ PRESET = " [default: the preset's]"
 @count_option("--batch-size", help=f"global batch, split over the processes {PRESET}")
 @option("--lr", type=float, help=f"learning rate {PRESET}")
 @option("--optimizer", type=click.Choice(["sgd", "adamw"]), help=f"optimizer {PRESET}")
+@option("--aux-masks", type=click.FloatRange(min=0), metavar="WEIGHT",
+        help="add the per-token object-mask loss with this weight (ViTs; a source that knows its objects' masks, "
+        f"such as shapes); 0: off {PRESET}")
 @seed_option(f"seed of initialisation, augmentation and shuffling {PRESET}", default=None)
 @option("--preset", type=click.Choice(TRAIN_PRESETS), metavar="NAME",
         help=f"recipe to start from ({', '.join(TRAIN_PRESETS)})  [default: mini for minivgg models, mini-vit for "
@@ -42,9 +45,9 @@ PRESET = " [default: the preset's]"
 @count_option("--log-every", min=1, help="off a terminal, a progress line every N steps  [default: every 30 s]")
 @no_progress_option
 @out_option("output folder", required=True)
-def train(model, source, val_source, train_split, val_split, num_classes, epochs, batch_size, lr, optimizer, seed,
-          preset, mixed_precision, num_proc, workers, max_steps, save_every, log_every, resume, overwrite, no_progress,
-          out):
+def train(model, source, val_source, train_split, val_split, num_classes, epochs, batch_size, lr, optimizer, aux_masks,
+          seed, preset, mixed_precision, num_proc, workers, max_steps, save_every, log_every, resume, overwrite,
+          no_progress, out):
     """Train a walled model on accelerate; write weights, model card, per-epoch log and a resumable checkpoint."""
     from ..train import default_preset, stored_config
     from ..train import preset as make_preset
@@ -53,7 +56,8 @@ def train(model, source, val_source, train_split, val_split, num_classes, epochs
     workers = _num_proc(num_proc, workers)
     overrides = dict(model=model, source=source, val_source=val_source, train_split=train_split,
                      val_split=val_split, num_classes=num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
-                     optimizer=optimizer, seed=seed, mixed_precision=mixed_precision, workers=workers,
+                     optimizer=optimizer, aux_masks=aux_masks, seed=seed, mixed_precision=mixed_precision,
+                     workers=workers,
                      max_steps=max_steps, save_every=save_every)
     given = {k: v for k, v in overrides.items() if v is not None}
     if resume:

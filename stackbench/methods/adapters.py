@@ -132,6 +132,10 @@ FullGrad = _builtin("FullGrad", "FullGrad", "fullgrad_cam")
 FullGrad.architectures = ("vgg",)  # it sums the biases of convolutions and batch norms; a ViT has neither
 KPCACAM = _builtin("KPCA-CAM", "KPCA_CAM", "kpca_cam", aliases=("KPCA_CAM",))
 ShapleyCAM = _builtin("ShapleyCAM", "ShapleyCAM", "shapley_cam")
+# pytorch-grad-cam's ShapleyCAM keeps the target layer's output un-reshaped (detach=False) and hands it to
+# get_cam_image as it is, so a ViT's tokens reach it as (B, T, D) and it raises "Invalid activation shape"; its
+# Hessian-vector product would also need the attention's backward differentiated again.
+ShapleyCAM.architectures = ("vgg",)
 FinerCAM = _builtin("FinerCAM", "FinerCAM", "finer_cam", finer=True)
 
 

@@ -1,6 +1,10 @@
 """Explanations that read a ViT's attention: the class token's raw attention, attention rollout (Abnar & Zuidema
 2020) and gradient-weighted relevancy (Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability").
 
+On a ViT whose head pools the live tokens (minivit's conv head) there is no class token: each reader follows the
+tokens the head reads (`WalledViT.readout`), averaging their rows, as the literature does for pooled ViTs (rollout
+averaged over the output tokens; the relevancy's gradient already comes through the head).
+
 Each reads the attention probabilities the model computed, the wall's mask included, so under the attention wall
 they put nothing on a dead token by construction: a dead key has probability 0 for every query in every block.
 `rollout` and `relevancy` are pure functions of the attention maps (tested on hand-computed cases); the classes
@@ -42,21 +46,30 @@ def relevancy(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> 
     return R
 
 
+def readout_map(matrix: torch.Tensor, readout: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """A (B, T, T) token-to-token matrix read as the head reads the tokens: the mean of the rows of the tokens in
+    `readout` (the class token alone, or the live tokens a pooled head reads), its patch columns (after `prefix`
+    class tokens) on the (h, w) grid. (B, h, w)."""
+    rows = matrix.index_select(1, readout.to(matrix.device)).mean(dim=1)
+    return rows[:, prefix:].reshape(len(rows), *grid)
+
+
 class AttentionMethod(SaliencyMethod):
-    """A map from the class token's row of a (B, T, T) token-to-token matrix: its patch columns on the grid."""
+    """A map from a (B, T, T) token-to-token matrix, read at the tokens the head reads (`readout_map`)."""
 
     family = "attention"
     needs = frozenset({"forwards"})
     architectures: ClassVar[tuple] = ("vit",)
 
-    def grid(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
-        h, w = batch.backbone.model.grid
-        return rows[:, 0, 1:].reshape(len(rows), h, w)
+    def grid(self, batch: Batch, matrix: torch.Tensor) -> torch.Tensor:
+        model = batch.backbone.model
+        return readout_map(matrix, model.readout, model.num_prefix_tokens, model.grid)
 
 
 @register_method("RawAttention")
 class RawAttention(AttentionMethod):
-    """The last block's attention from the class token to each patch, averaged over heads."""
+    """The last block's attention from the class token (or the pooled tokens, averaged) to each patch, averaged over
+    heads."""
 
     def explain(self, batch: Batch):
         attn, _ = batch.backbone.attention(batch.x)

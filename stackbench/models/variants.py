@@ -65,15 +65,23 @@ def orient(model: nn.Module, g: str) -> nn.Module:
 
 @torch.no_grad()
 def _orient_vit(model: WalledViT, g: str) -> WalledViT:
-    """A ViT re-oriented by g: the patch kernel transformed by g (patches do not overlap, so the patch grid of g(x)
-    is g of the original grid), the position embeddings permuted over the grid the same way, and the dead-token
-    set moved with the wall. The tokens are then a permutation of the original ones; attention does not see the
-    order, so the class token, and every logit, is the same up to float rounding."""
+    """A ViT re-oriented by g: the patch kernels (every conv of the stem) transformed by g (patches do not overlap,
+    so the patch grid of g(x) is g of the original grid), the position embeddings permuted over the grid the same
+    way, the conv head's kernels transformed by g (a stride-1 convolution with symmetric padding commutes with g),
+    and the dead-token set and live box moved with the wall. The tokens are then a permutation of the original
+    ones; attention does not see the order, so every logit is the same up to float rounding."""
     h, w = model.grid
-    pos, proj = model.pos_embed, model.patch_embed.proj.weight
-    grid_pos = apply(pos[0, 1:].T.reshape(-1, h, w), g).reshape(pos.shape[-1], -1).T
-    memo = {id(proj): _own(proj, apply(proj, g)), id(pos): _own(pos, torch.cat([pos[0, :1], grid_pos])[None])}
+    pos, k = model.pos_embed, model.num_prefix_tokens
+    grid_pos = apply(pos[0, k:].T.reshape(-1, h, w), g).reshape(pos.shape[-1], -1).T
+    moved = torch.cat([pos[0, :k], grid_pos])[None].contiguous()
+    convs = [m.weight for part in (model.patch_embed, model.pool) if part is not None
+             for m in part.modules() if isinstance(m, nn.Conv2d)]
+    memo = {id(c): _own(c, apply(c, g)) for c in convs}
+    if isinstance(pos, nn.Parameter):
+        memo[id(pos)] = _own(pos, moved)
     out = copy.deepcopy(model, memo)
+    if not isinstance(pos, nn.Parameter):  # fixed sin-cos positions: a buffer
+        out.register_buffer("pos_embed", moved, persistent=False)
     out.wall = model.wall.oriented(g)
     out._set_dead()
     return out

@@ -128,12 +128,18 @@ def _stack_qkv(state: dict) -> dict:
     return state
 
 
+def _standard(model) -> bool:
+    """A ViT another library's checkpoint can fill: a linear patch embedding, a class token, learned positions."""
+    return isinstance(model, WalledViT) and model.stem == "linear" and model.cls_token is not None \
+        and isinstance(model.pos_embed, torch.nn.Parameter)
+
+
 def vit_names() -> list[str]:
-    """The zoo's ViT names (built on the meta device: shapes only)."""
+    """The zoo's standard ViT names, which ARCH:PATH accepts (built on the meta device: shapes only)."""
     names = []
     for name in list_models():
         with torch.device("meta"):
-            if isinstance(create_model(name, seed=None), WalledViT):
+            if _standard(create_model(name, seed=None)):
                 names.append(name)
     return names
 
@@ -149,6 +155,11 @@ def zoo_vit(arch: str, ref: str) -> WalledViT:
     if not isinstance(zoo, WalledViT):
         raise StackbenchError(f"{ref}: {arch} is not a ViT; ARCH:PATH walls a ViT checkpoint as one of "
                               f"{', '.join(vit_names())} (load VGG weights as paper:PATH or a save_pretrained folder)")
+    if not _standard(zoo):
+        raise StackbenchError(f"{ref}: {arch} has its own stem and head (stackbench's mini ViT), which no other "
+                              f"library's checkpoint fills; ARCH:PATH walls a standard ViT as one of "
+                              f"{', '.join(vit_names())} (a {arch} stackbench trained loads as its folder: "
+                              "--model PATH)")
     return zoo
 
 
@@ -174,7 +185,7 @@ def geometry(state: dict, ref: str, fmt: Format) -> dict:
 
 
 def zoo_geometry(zoo: WalledViT) -> dict:
-    return {"image_size": zoo.input_size[0], "patch_size": zoo.patch_size, "dim": zoo.cls_token.shape[-1],
+    return {"image_size": zoo.input_size[0], "patch_size": zoo.patch_size, "dim": zoo.dim,
             "depth": len(zoo.blocks), "heads": zoo.blocks[0].attn.heads, "mlp": zoo.blocks[0].mlp.fc1.out_features,
             "channels": 3}
 

@@ -42,6 +42,10 @@ class TrainConfig:
     channels_last: bool = True             # faster on CUDA and (measured) on CPU
     workers: int | None = None             # DataLoader workers; None: 0 on CPU, min(8, cores) on CUDA
     cache_images: bool = False             # keep decoded images in memory as uint8 tensors (small sources)
+    # Dense supervision (ViTs): an auxiliary training-only head on every live token predicts the object's coverage of
+    # its 4x4 sub-cells from the source's object masks (binary cross-entropy), added with this weight; 0: off. The
+    # head is not part of the saved classifier.
+    aux_masks: float = 0.0
     seed: int = 3
     max_steps: int | None = None           # stop (with a checkpoint) after this many steps; resume later
     save_every: int = 0                    # also checkpoint every N steps (0: at the end of each epoch only)
@@ -77,6 +81,7 @@ class TrainConfig:
             ("step_epochs", self.step_epochs >= 1, "at least 1"), ("gamma", finite(self.gamma) and self.gamma > 0,
                                                                    "a positive number"),
             ("warmup_fraction", finite(self.warmup_fraction) and 0 < self.warmup_fraction < 1, "in (0, 1)"),
+            ("aux_masks", finite(self.aux_masks) and self.aux_masks >= 0, "zero or more"),
             ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("dropout", self.dropout is None or (finite(self.dropout) and 0 <= self.dropout < 1), "in [0, 1)"),
             ("crop_scale", len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
@@ -116,20 +121,15 @@ PRESETS: dict[str, TrainConfig] = {
                         batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
                         label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224, mixed_precision="bf16",
                         cache_images=True, seed=3, preset="mini"),
-    # The mini-vit track's model (minivit-masked: patch 16, 64 wide, 4 blocks): 16,000 shapes seen 6 times, about 14
-    # minutes on this project's 2-core AVX2 machine with generating them (8 epochs took 17.7 minutes there, 117 s an
-    # epoch), a short warm-up (one-cycle), AdamW with the usual ViT weight decay. Precision auto (fp32 on a CPU): on a
-    # CPU without AVX-512 BF16, bf16 matrix products ran 16x slower than fp32 there. Training leaves the dead tokens
-    # out (`WalledViT.live_logits`). Provisional: on that machine no ViT recipe tried comes near the mini VGG. 8 epochs
-    # of this preset (128,000 images) reached 15.7% val top-1, rising slowly from 11%; 16,000-52,000 images at batch
-    # 32 or 64, lr 1e-4..1e-3, 64 or 96 wide, patch 16 or 32 stayed at 8-14%, and so did average pooling instead of
-    # the class token, logit or feature distillation from minivgg-masked, non-overlapping conv patch embeddings and
-    # dual patch norm; 3x3 convolutions inside each patch keep the wall exact but cost 3-8x the whole ViT step. A
-    # GPU, or hours, may find the recipe.
-    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=6,
-                            batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
-                            warmup_fraction=0.1, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
-                            mixed_precision="auto", cache_images=True, seed=3, preset="mini-vit"),
+    # The mini-vit track's model (minivit-masked: patch 16, 64 wide, 4 blocks, an hMLP stem, sin-cos positions and a
+    # conv head over the live tokens; see models.zoo) with the object-mask loss, fp32: 16,000 shapes seen 10 times
+    # (160,000 images), AdamW 1e-3 with a 2% warm-up then cosine, batch 32. The recipe of a measurement on a 2-core
+    # CPU (FIELD_NOTES, 2026-12-05): every class-token ViT tried stayed at chance; this one reached 91% in about 12
+    # training minutes. Training leaves the dead tokens out (`WalledViT.live_logits`).
+    "mini-vit": TrainConfig(model="minivit-masked", source="shapes:16000", val_source="shapes:1000", epochs=10,
+                            batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="onecycle",
+                            warmup_fraction=0.02, label_smoothing=0.1, crop_scale=(0.8, 1.0), val_resize=224,
+                            mixed_precision="auto", cache_images=True, aux_masks=1.0, seed=3, preset="mini-vit"),
 }
 
 

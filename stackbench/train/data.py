@@ -68,8 +68,10 @@ class SourceDataset(torch.utils.data.Dataset):
     e is seeded by (seed, e, i), so it does not depend on order, workers, processes or resumption. A bad item
     (SkipImage) becomes None and is dropped by `collate`; it never stops the run."""
 
-    def __init__(self, source, transform, seed: int, cache: bool = False):
+    def __init__(self, source, transform, seed: int, cache: bool = False, masks: bool = False):
         self.source, self.transform, self.seed, self.cache = source, transform, int(seed), cache
+        # masks: each item also yields its object's mask (1, H, W) uint8, through the same crop and flip
+        self.masks = masks
         self._images: dict[int, object] = {}
         self.skipped: set[int] = set()
 
@@ -87,6 +89,12 @@ class SourceDataset(torch.utils.data.Dataset):
             self.skipped.add(i)
             return None
         img = (_to_uint8_chw(it.image), int(it.label))
+        if self.masks:
+            if it.object_mask is None:
+                raise StackbenchError(f"--aux-masks: source {self.source.ref} does not know where its objects are "
+                                      f"(item {it.id} has no object mask); use a source that does (shapes) or leave "
+                                      "--aux-masks out")
+            img += (torch.from_numpy(np.asarray(it.object_mask.convert("L")).copy())[None],)
         if self.cache:
             self._images[i] = img
         return img
@@ -100,8 +108,13 @@ class SourceDataset(torch.utils.data.Dataset):
             # The CPU generator only (what the transforms draw from): torch.manual_seed also seeds every
             # accelerator backend, ~90x slower on a CUDA build (measured), once per image.
             torch.default_generator.manual_seed(seed_of(self.seed, epoch, i))
-            x = self.transform(img[0])
-        return x, img[1]
+            if not self.masks:
+                return self.transform(img[0]), img[1]
+            from torchvision import tv_tensors
+
+            # one call: the mask gets the image's crop and flip (the same draws; the image's pixels are unchanged)
+            x, m = self.transform(img[0], tv_tensors.Mask(img[2]))
+        return x, img[1], m.as_subclass(torch.Tensor)
 
 
 def _to_uint8_chw(image) -> torch.Tensor:
@@ -115,7 +128,8 @@ def collate(batch):
     if not batch:
         return None
     x = torch.stack([b[0] for b in batch]).as_subclass(torch.Tensor)  # uint8: `to_input` runs per batch
-    return x, torch.tensor([b[1] for b in batch], dtype=torch.long)
+    y = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    return (x, y) if len(batch[0]) == 2 else (x, y, torch.stack([b[2] for b in batch]))
 
 
 class EpochSampler(torch.utils.data.Sampler):

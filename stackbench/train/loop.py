@@ -99,6 +99,10 @@ class _Stop(Exception):
     """max_steps reached."""
 
 
+class _Diverged(StackbenchError):
+    """A non-finite loss: the run stops before the optimiser takes the step."""
+
+
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
           train_source=None, val_source=None, progress: bool = True, log_every: int | None = None) -> dict:
     """Train `config.model` on `config.source` into `out_dir`; returns the run summary (also train.json).
@@ -126,7 +130,15 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, overwr
     if resumed:
         trainer.resume(resumed)
     trainer.announce(bool(resumed), progress, log_every)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except _Diverged as e:
+        trainer.bar.close()
+        if not existed and not (out / CHECKPOINT).exists() and accelerator.is_main_process:
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no folder behind
+            raise StackbenchError(f"{e}, then run again") from None
+        raise StackbenchError(f"{e}, then start again with --overwrite --out {out} (its last checkpoint, before "
+                              "the divergence, is kept until then)") from None
 
 
 def _set_up(cfg: TrainConfig, out: Path, accelerator, train_source, val_source, progress: bool) -> "_Trainer":
@@ -137,10 +149,29 @@ def _set_up(cfg: TrainConfig, out: Path, accelerator, train_source, val_source, 
                               f"{world} processes")
     with quiet_libraries(progress):  # an hf: source's download bars: off with --no-progress and off the terminal
         train_src, val_src = open_sources(cfg, train_source, val_source)
+    if cfg.aux_masks and train_src.load(0).object_mask is None:  # before anything is written
+        raise StackbenchError(f"--aux-masks {cfg.aux_masks:g}: source {train_src.ref} does not know where its objects "
+                              f"are (item 0 has no object mask); use a source that does (shapes) or {_no_aux(cfg)}")
     model = build_model(cfg, train_src.num_classes, train_src.class_names)
+    if cfg.aux_masks:
+        from .aux import WithMaskHead
+
+        if getattr(model, "arch", None) != "vit":
+            raise StackbenchError(f"--aux-masks {cfg.aux_masks:g}: {model.name} is not a ViT (the mask loss is read "
+                                  f"per token); train a ViT (minivit-*, vit-*) or {_no_aux(cfg)}")
+        model = WithMaskHead(model)  # the run's module; the classifier inside it is what is saved
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return _Trainer(cfg, out, accelerator, model, _data(cfg, world, train_src, val_src))
+
+
+def _no_aux(cfg: TrainConfig) -> str:
+    """How to train without the mask loss, naming the preset when that is where the weight came from."""
+    from .config import PRESETS
+
+    preset = PRESETS.get(cfg.preset or "")
+    source = f" (the preset {cfg.preset} sets it)" if preset and preset.aux_masks == cfg.aux_masks else ""
+    return f"give --aux-masks 0{source}"
 
 
 def _resume_config(config: TrainConfig | None, out: Path, resume: bool,
@@ -201,7 +232,7 @@ def _data(cfg: TrainConfig, world: int, train_src, val_src) -> _Data:
     cuda = torch.cuda.is_available()
     workers = cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if cuda else 0)
     per_proc = cfg.batch_size // world
-    train_ds = SourceDataset(train_src, train_augment(cfg), cfg.seed, cache=cfg.cache_images)
+    train_ds = SourceDataset(train_src, train_augment(cfg), cfg.seed, cache=cfg.cache_images, masks=cfg.aux_masks > 0)
     val_ds = SourceDataset(val_src, val_geometry(cfg), cfg.seed, cache=cfg.cache_images)
     sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True)
     loader_kw = dict(num_workers=workers, collate_fn=collate, pin_memory=cuda, persistent_workers=workers > 0)
@@ -309,12 +340,18 @@ class _Trainer:
     def announce(self, resuming: bool, progress: bool, log_every: int | None) -> None:
         """The run's first log line, and its progress bar (or log lines)."""
         cfg, acc, data = self.cfg, self.accelerator, self.data
-        self.unwrapped = unwrapped = acc.unwrap_model(self.model)
+        from .aux import WithMaskHead
+
+        unwrapped = acc.unwrap_model(self.model)
+        if isinstance(unwrapped, WithMaskHead):
+            unwrapped = unwrapped.model  # the classifier is what is saved and recorded, not the mask head
+        self.unwrapped = unwrapped
         if self.main:
-            log.info(f"training {unwrapped.name} ({unwrapped.count_parameters() / 1e6:.1f}M params) on "
+            log.info(f"training {unwrapped.name} ({unwrapped.count_parameters() / 1e6:.2f}M params) on "
                      f"{data.train_src.ref} [{len(data.train_ds)} items, {data.train_src.num_classes} classes], "
                      f"{cfg.epochs} epochs x {data.steps_per_epoch} steps, batch {cfg.batch_size} on "
                      f"{acc.num_processes} process(es), {acc.device}"
+                     + (f", with the object-mask loss (weight {cfg.aux_masks:g})" if cfg.aux_masks else "")
                      + (f", resuming at step {self.run.global_step}" if resuming else ""))
         self.bar = _progress(cfg, unwrapped.name, len(data.train_ds), self.run.global_step, progress and self.main,
                              log_every)
@@ -362,11 +399,21 @@ class _Trainer:
         cfg, run, acc = self.cfg, self.run, self.accelerator
         torch.manual_seed(seed_of(cfg.seed, run.global_step, acc.process_index))  # dropout: a function of the step
         if batch is not None:
-            x, y = batch
+            x, y, *masks = batch
             x = to_input(x, cfg.channels_last)
             with acc.autocast():
                 logits = self.model(x)
+                if masks:  # WithMaskHead: (logits, the mask head's per-token logits)
+                    from .aux import mask_loss
+
+                    logits, pred = logits
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if masks:
+                    loss = loss + cfg.aux_masks * mask_loss(pred, masks[0], self.unwrapped)
+            if not torch.isfinite(loss.detach()):  # before the step: the weights stay those of the last good one
+                raise _Diverged(f"training diverged at step {run.global_step + 1} (loss {float(loss):g}); nothing "
+                                f"of this step was kept: lower --lr ({cfg.lr:g})"
+                                + (f" or --aux-masks ({cfg.aux_masks:g})" if masks else ""))
             acc.backward(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -409,7 +456,8 @@ class _Trainer:
         run.log.append(row)
         run.epoch, run.batch_in_epoch, run.partial = row["epoch"], 0, [0.0, 0.0, 0.0, 0.0]
         if self.main:
-            log.info(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['loss']:.4f}, val top-1 {row['top1']:.2%}, top-5 "
+            what = "loss (class + mask)" if cfg.aux_masks else "loss"
+            log.info(f"epoch {row['epoch']}/{cfg.epochs}: {what} {row['loss']:.4f}, val top-1 {row['top1']:.2%}, top-5 "
                      f"{row['top5']:.2%}, {row['seconds']:.0f} s")
             write_log(self.out, run.log)
         self._clock()
