@@ -35,8 +35,11 @@ class OptiCAM(TargetLayerCAM):
     # tolerance follows from them (metrics.rerun_tolerances): at 100 images, 4 x spread / 10. The 4-step curves and
     # the SSIM (2026-12-05, the 10 + 6 images of tests/test_cpu.py, AVX-512 against AVX2 kernels): deletion AUC
     # 0.040-0.068, MoRF 0.023-0.035, LeRF 0.013-0.018, SRG 0.028-0.041, rand. SSIM 0.008-0.037.
+    # On the mini-vit track (2026-12-06, scripts/kernel_spread.py, Opti-CAM on both sets): the randomisation pass (the
+    # optimisation on a re-initialised ViT) moves most: rand. corr per-image RMS 0.38 (AVX2) and 0.36 (baseline), and
+    # an AVX2 re-run moved the stack-mix rand. SSIM std by 0.021; mu, dead mass, mu hidden and deletion AUC under 3e-4.
     rerun_spread = {"mu": 0.03, "dead_mass": 0.015, "mu_hidden": 0.02, "deletion_auc": 0.07, "morf_auc": 0.04,
-                    "lerf_auc": 0.02, "srg": 0.045, "rand_corr": 0.12, "rand_ssim": 0.04}
+                    "lerf_auc": 0.02, "srg": 0.045, "rand_corr": 0.38, "rand_ssim": 0.08}
 
     def __init__(self, model=None, **config):
         super().__init__(model, **config)
