@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..axes import Axes
 from ..datafolder import writable_folder
-from ..errors import watching_ctrl_c
+from ..errors import StackbenchError, watching_ctrl_c
 from ..isolation import Limits, worker_pool
 from ..methods.base import check_architecture
 from ..models import weights_fingerprint
@@ -67,33 +67,34 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
     the bars of datasets and huggingface_hub)."""
     check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits)
     given = methods if isinstance(methods, (list, tuple)) else [methods]
-    # "all": every registered method that runs on the model; a method named on its own must run on it
-    everything = any(isinstance(m, str) and m == "all" for m in given)
     with worker_pool(given):  # imports meanwhile
         methods = instances(methods, method_config, limits)
         dev = pick_device(device)
         with quiet_libraries(progress):
             return _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out,
-                             seed, progress, figure, allow_incomplete, axes, limits, everything=everything,
+                             seed, progress, figure, allow_incomplete, axes, limits,
                              named={m for m in given if isinstance(m, str)})
 
 
-def _runnable(methods, net, everything: bool, named: set) -> list:
+def _runnable(methods, net, named: set) -> list:
     """The methods to run on `net`: one named that cannot run on its architecture is a wrong input, not a failed
-    run; one brought in by "all" alone is left out."""
+    run; one brought in by "all" alone (every registered method) is left out."""
     keep = []
     for m in methods:
-        if everything and m.name not in named and getattr(net, "arch", "vgg") not in m.architectures:
-            continue
-        check_architecture(m, net)
+        try:
+            check_architecture(m, net)
+        except StackbenchError:
+            if "all" in named and m.name not in named:
+                continue
+            raise
         keep.append(m)
     return keep
 
 
 def _evaluate(methods, dataset, model, dev, target, postprocess, batch_size, limit, save_maps, out, seed, progress,
-              figure, allow_incomplete, axes, limits, everything: bool = False, named=frozenset()) -> list[MethodRun]:
+              figure, allow_incomplete, axes, limits, named=frozenset()) -> list[MethodRun]:
     ds, info, net, band_from = open_inputs(dataset, model, dev, seed, target, allow_incomplete)
-    methods = _runnable(methods, net, everything, named)
+    methods = _runnable(methods, net, named)
     out = writable_folder(out)  # created only once every input checks
     ds = scored_items(ds, limit)
     setting = make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes, limits)

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from ..datafolder import atomic_write_json, writable_folder
 from ..errors import StackbenchError, first_line
 from ..progress import LOG_EVERY_S, Progress, log, quiet_libraries
+from .aux import WithMaskHead, mask_loss
 from .config import TrainConfig, build_model, lr_factor, make_optimizer, model_name
 from .data import (
     EpochSampler,
@@ -154,8 +155,6 @@ def _set_up(cfg: TrainConfig, out: Path, accelerator, train_source, val_source, 
                               f"are (item 0 has no object mask); use a source that does (shapes) or {_no_aux(cfg)}")
     model = build_model(cfg, train_src.num_classes, train_src.class_names)
     if cfg.aux_masks:
-        from .aux import WithMaskHead
-
         if getattr(model, "arch", None) != "vit":
             raise StackbenchError(f"--aux-masks {cfg.aux_masks:g}: {model.name} is not a ViT (the mask loss is read "
                                   f"per token); train a ViT (minivit-*, vit-*) or {_no_aux(cfg)}")
@@ -340,8 +339,6 @@ class _Trainer:
     def announce(self, resuming: bool, progress: bool, log_every: int | None) -> None:
         """The run's first log line, and its progress bar (or log lines)."""
         cfg, acc, data = self.cfg, self.accelerator, self.data
-        from .aux import WithMaskHead
-
         unwrapped = acc.unwrap_model(self.model)
         if isinstance(unwrapped, WithMaskHead):
             unwrapped = unwrapped.model  # the classifier is what is saved and recorded, not the mask head
@@ -404,8 +401,6 @@ class _Trainer:
             with acc.autocast():
                 logits = self.model(x)
                 if masks:  # WithMaskHead: (logits, the mask head's per-token logits)
-                    from .aux import mask_loss
-
                     logits, pred = logits
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if masks:
