@@ -79,15 +79,19 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
 def _runnable(methods, net, named: set) -> list:
     """The methods to run on `net`: one named that cannot run on its architecture is a wrong input, not a failed
     run; one brought in by "all" alone (every registered method) is left out."""
-    keep = []
+    keep, left = [], []
     for m in methods:
         try:
             check_architecture(m, net)
         except StackbenchError:
             if "all" in named and m.name not in named:
+                left.append(m.name)
                 continue
             raise
         keep.append(m)
+    if left:
+        arch = getattr(net, "arch", "vgg")
+        log.info(f"--method all: left out {', '.join(left)} (they do not run on {arch} models)")
     return keep
 
 

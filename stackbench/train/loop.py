@@ -406,7 +406,8 @@ class _Trainer:
                 if masks:
                     loss = loss + cfg.aux_masks * mask_loss(pred, masks[0], self.unwrapped)
             if not torch.isfinite(loss.detach()):  # before the step: the weights stay those of the last good one
-                raise _Diverged(f"training diverged at step {run.global_step + 1} (loss {float(loss):g}); nothing "
+                bad = float(loss.detach())
+                raise _Diverged(f"training diverged at step {run.global_step + 1} (loss {bad:g}); nothing "
                                 f"of this step was kept: lower --lr ({cfg.lr:g})"
                                 + (f" or --aux-masks ({cfg.aux_masks:g})" if masks else ""))
             acc.backward(loss)
