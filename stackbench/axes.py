@@ -43,27 +43,55 @@ class Axes:
     hidden_tolerance: float = 0.01    # |mean mu_hidden - mean mu| above this: orientation-dependent
     rand_threshold: float = 0.8       # mean rand_corr at or above this: model-insensitive
     ssim_threshold: float = 0.8       # mean rand_ssim at or above this: model-insensitive
-    sample: int | None = None         # images per evaluation that get the three axes (seeded); None: every image
+    # images per evaluation that get the three axes (seeded); None: every image; 0: none (`Axes.none()`)
+    sample: int | None = None
 
     def __post_init__(self):
         if self.sample is not None and (isinstance(self.sample, bool) or not isinstance(self.sample, int)
-                                        or self.sample < 1):
+                                        or self.sample < 0):
             raise StackbenchError(f"axes sample (--axes-images) {self.sample!r}: must be a whole number of at "
-                                  "least 1")
+                                  "least 1 (0: no axes, the paper's protocol)")
+
+    @classmethod
+    def none(cls) -> "Axes":
+        """The paper's protocol: mu and its companions on every image, no hidden-wall, deletion or randomisation
+        pass (`--axes none`). Its records are not board rows."""
+        return cls(sample=0)
+
+    @classmethod
+    def of(cls, spec) -> "Axes":
+        """`evaluate`'s `axes`: "all" or None (every image), "none" (the paper's protocol), or an Axes."""
+        if spec is None or spec == "all":
+            return cls()
+        if spec == "none":
+            return cls.none()
+        if isinstance(spec, cls):
+            return spec
+        raise StackbenchError(f"axes {spec!r:.40}: give 'all', 'none' or a stackbench.axes.Axes (e.g. "
+                              "Axes(sample=20))")
+
+    @property
+    def measured(self) -> bool:
+        """Whether any image gets the axes."""
+        return self.sample != 0
 
     def fitted(self, n: int) -> "Axes":
         """These axes for a set of `n` images: a "sample" of every image is the full measurement."""
-        return replace(self, sample=None) if self.sample is not None and self.sample >= n else self
+        return replace(self, sample=None) if self.sample and self.sample >= n else self
 
     def chosen(self, n: int, seed: int) -> frozenset | None:
-        """The dataset indices (of `n`) that get the axes: None for every image, else a seeded sample."""
+        """The dataset indices (of `n`) that get the axes: None for every image, else a seeded sample (empty for
+        none)."""
         if self.sample is None or self.sample >= n:
             return None
         return frozenset(int(i) for i in np.random.default_rng([int(seed), 2]).permutation(n)[:self.sample])
 
     def describe(self, seed: int, rand_seed: int | None = None) -> dict:
         """The record's `axes`: every parameter that reproduces the new metrics. `sample` appears only when the
-        axes were measured on part of the images (a board row never is)."""
+        axes were measured on part of the images (a board row never is); with none measured, only
+        `measured: "none"` and the empty-map rule of mu."""
+        if not self.measured:
+            return {"measured": "none", "empty_rule": M.EMPTY_RULE}
         sample = {"sample": {"images": self.sample, "seed": seed,
                              "choice": "the dataset indices numpy default_rng([seed, 2]).permutation(n)[:images]; "
                                        "the other rows have no orientation and no axis values"}} \
@@ -102,6 +130,9 @@ class Axes:
     def flags(self, metrics: dict, mu: float | None = None) -> dict:
         """The row's flags from its aggregates; `mu` is the mean mu over the images that got the axes, when they
         were a sample (mu_hidden is compared with mu on the same images)."""
+        if not self.measured:  # not measured is not "not flagged"
+            return {"orientation_dependent": None, "model_insensitive": None}
+
         def mean(name):
             return (metrics.get(name) or {}).get("mean")
 
@@ -148,15 +179,17 @@ class Views:
     of `handed(view)` (no wall attribute, `stackbench.isolation.handed`) under an opaque `token(view)`, so neither
     the model nor the call names the orientation."""
 
-    def __init__(self, net: torch.nn.Module, seed: int, orientations=MOVING):
+    def __init__(self, net: torch.nn.Module, seed: int, orientations=MOVING, random: bool = True):
         from .models.variants import orient, reparametrise
 
-        self.net, self.seed = net, seed
-        self.rand_seed, rnd = seed, reinitialised(net, seed)
-        while _same_weights(rnd, net):  # the model is itself that initialisation (NAME@random with the run's seed)
-            self.rand_seed += 1
-            rnd = reinitialised(net, self.rand_seed)
-        self._bb: dict[str, Backbone] = {"canonical": backbone_for(net), "random": backbone_for(rnd)}
+        self.net, self.seed, self.rand_seed = net, seed, seed
+        self._bb: dict[str, Backbone] = {"canonical": backbone_for(net)}
+        if random:  # not without the axes: a VGG16 copy is 0.5 GB
+            rnd = reinitialised(net, seed)
+            while _same_weights(rnd, net):  # the model is itself that initialisation (NAME@random, the run's seed)
+                self.rand_seed += 1
+                rnd = reinitialised(net, self.rand_seed)
+            self._bb["random"] = backbone_for(rnd)
         for g in orientations:  # only those some image needs (a VGG16 copy is 0.8 GB)
             model = reparametrise(orient(net, g), [int(seed), 4, MOVING.index(g)], inplace=True)
             wall = model.wall

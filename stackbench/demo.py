@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
+from .axes import Axes
 from .constants import DEMO_AXES, DEMO_IMAGES, QUICK_AXES, QUICK_IMAGES
 from .errors import OtherRecipe, StackbenchError
 from .methods import ATTENTION_METHODS
@@ -84,25 +85,30 @@ def _dur(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def axes_scope(axes_images: int | None, n: int) -> str:
-    """Where the board's axes are measured in a set of `n` images: every image, or a seeded sample."""
+def axes_scope(axes, n: int) -> str:
+    """Where the board's axes (an `Axes`) are measured in a set of `n` images: every image, a seeded sample, or
+    none."""
     from .metrics import images_phrase
 
-    return ("every image" if axes_images is None or axes_images >= n
-            else f"a seeded sample of {images_phrase(axes_images)}")
+    if not axes.measured:
+        return "no image (the paper's protocol: mu alone)"
+    return "every image" if axes.sample is None or axes.sample >= n else f"a seeded sample of {images_phrase(axes.sample)}"
+
+
+def axes_count(axes, n: int) -> int:
+    """The images of `n` that get the axes."""
+    return 0 if not axes.measured else min(n, axes.sample or n)
 
 
 def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, batch_size: int, progress: bool,
-                   n: int, axes_images: int | None, probe: str, methods=METHODS) -> Step:
+                   n: int, axes, probe: str, methods=METHODS, num_proc: int = 1) -> Step:
     """The evaluation of every method on both sets. Its estimate is a measured cost per image (`stackbench.rates`)
     scaled by a calibration of `probe` (the model's architecture) timed here now; a run that computes every
     method records its own cost for this machine's next estimates."""
     from . import rates
-    from .axes import Axes
     from .evaluate import evaluate
 
-    k = min(n, axes_images or n)
-    units = (n + rates.AXES_UNITS * k) * len(data)
+    units = (n + rates.AXES_UNITS * axes_count(axes, n)) * len(data)
     unit_s, basis = rates.per_unit(probe, device)
 
     def run():
@@ -110,7 +116,7 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
         t0, fresh = time.perf_counter(), True
         for ds, folder in data.items():
             runs = evaluate(list(methods), str(folder), model, out=out / "results" / ds, device=device,
-                            batch_size=batch_size, progress=progress, axes=Axes(sample=axes_images))
+                            batch_size=batch_size, progress=progress, axes=axes, num_proc=num_proc)
             fresh = fresh and all(r.status == "done" for r in runs)  # a resumed run measures nothing
         if fresh:
             seconds = time.perf_counter() - t0
@@ -118,7 +124,7 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
             rates.record(device, arch, ref_of(probe), seconds / units, (before + after) / 2)
 
     return Step("evaluate", f"{len(methods)} methods ({', '.join(methods)}) on both sets with {ref_of(model)}: mu on "
-                            f"every image, the board's axes on {axes_scope(axes_images, n)} per set",
+                            f"every image, the board's axes on {axes_scope(axes, n)} per set",
                 unit_s * units, run, basis)
 
 
@@ -196,7 +202,7 @@ def _check_out(out: Path, dry_run: bool = False) -> None:
 
 def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = "minivgg-masked",
          num_images: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
-         echo=print, axes_images: int | None = None) -> Outcome | None:
+         echo=print, axes_images: int | None = None, num_proc: int = 1) -> Outcome | None:
     """The mini track from nothing: generate mini STACK-MIX and STACK-GEN, evaluate the paper's eight methods and
     the four controls with the shipped minivgg-masked (mu on every image, the board's axes on `axes_images` of each
     set: DEMO_AXES, QUICK_AXES with `quick`), write the report. A second run reuses what is done."""
@@ -207,7 +213,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
         raise StackbenchError(f"--num-images {num_images!r}: must be a whole number of at least 1")
     n = num_images or (QUICK_IMAGES if quick else DEMO_IMAGES)
-    k = axes_images or (QUICK_AXES if quick else DEMO_AXES)
+    axes = Axes(sample=axes_images or (QUICK_AXES if quick else DEMO_AXES))
     dev = _device(device)
     arch = _check_walled(model)
     methods = methods_for(arch)
@@ -222,7 +228,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
              lambda: _mix(data["stack-mix"], mix, progress), REFERENCE_RATE),
         Step("stack-gen", f"{n} mini STACK-GEN scenes (generation/stack-gen/mini.json)", n / 80,
              lambda: _gen(data["stack-gen"], gen, dev, progress), REFERENCE_RATE),
-        _evaluate_step(out, data, model, dev, 16, progress, n, k, probe=model, methods=methods),
+        _evaluate_step(out, data, model, dev, 16, progress, n, axes, probe=model, methods=methods, num_proc=num_proc),
     ]
     from .isolation import worker_pool
 
@@ -233,7 +239,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
         return None
     track = "mini-vit" if arch == "vit" else "mini"
     result = _report(out, data, f"stackbench demo: CAM-based methods see through walls ({track} track)",
-                     {"model": ref_of(model), "images per set": n, "board axes on": f"{axes_scope(k, n)} per set",
+                     {"model": ref_of(model), "images per set": n, "board axes on": f"{axes_scope(axes, n)} per set",
                       "device": dev, "datasets": "mini STACK-MIX (fit layout, "
                       "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(methods)}, methods)
     result.seconds = time.perf_counter() - t0
@@ -257,14 +263,15 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
               model: str | None = None, train: bool = False, train_source: str | None = None,
               num_images: int = 100, verify_model: str | None = "preset", steps: int | None = None,
               gen_size: int | None = None, device: str = "auto", progress: bool = True, dry_run: bool = False,
-              echo=print, axes_images: int | None = None) -> Outcome | None:
+              echo=print, axes="none", num_proc: int = 1) -> Outcome | None:
     """The paper's pipeline: STACK-MIX from ImageNet validation images, STACK-GEN with the given Stable Diffusion
     checkpoint, the walled VGG16 (loaded, or trained with the paper preset), the eight methods and the controls, the
-    report. The board's axes on every image, or on a seeded sample of `axes_images` per set."""
+    report. `axes`: "none" (the paper's Table 1 is mu), "all", or an `Axes` (e.g. a seeded sample)."""
     from .generate import load_preset
 
     if bool(model) == bool(train):
         raise StackbenchError("give exactly one of --model REF (a trained walled model) or --train")
+    axes = Axes.of(axes)
     t0 = time.perf_counter()
     out = Path(out)
     dev = _device(device)
@@ -295,13 +302,15 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
                          lambda: run_train(cfg, model_dir, progress=progress), REFERENCE_RATE))
     # The model's cost is its architecture's: time that (the weights need not exist yet, nor be read).
     probe = "vgg16-masked" if train or model_ref.startswith("paper:") else model_ref
-    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, num_images, axes_images, probe=probe))
+    plan.append(_evaluate_step(out, data, model_ref, dev, 16, progress, num_images, axes, probe=probe,
+                               num_proc=num_proc))
     with quiet_libraries(progress), _earlier_run(out):
         run_steps(plan, dry_run, echo)
     if dry_run:
         return None
     result = _report(out, data, "stackbench reproduce: the paper's Table 1 in your setting",
                      {"model": portable(model_ref, out), "images per set": num_images, "device": dev,
-                      "STACK-MIX source": imagenet, "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS)})
+                      "STACK-MIX source": imagenet, "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS),
+                      "board axes on": f"{axes_scope(axes, num_images)} per set"})
     result.seconds = time.perf_counter() - t0
     return result

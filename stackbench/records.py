@@ -201,18 +201,20 @@ class RandomisationAxis(TypedDict):
 
 
 class AxesInfo(TypedDict):
-    """`Axes.describe`: every parameter that reproduces the board's axes."""
+    """`Axes.describe`: every parameter that reproduces the board's axes; with none measured (`--axes none`, the
+    paper's protocol) only `measured: "none"` and the empty rule (`_check_schema_parts`)."""
+    measured: NotRequired[str]
     empty_rule: str
     sample: NotRequired[AxesSample]
-    hidden: HiddenAxis
-    deletion: DeletionAxis
+    hidden: NotRequired[HiddenAxis]
+    deletion: NotRequired[DeletionAxis]
     road: NotRequired[RoadAxis]          # since schema 3 (`_check_schema_parts`)
-    randomisation: RandomisationAxis
+    randomisation: NotRequired[RandomisationAxis]
 
 
 class Flags(TypedDict):
-    orientation_dependent: bool
-    model_insensitive: bool
+    orientation_dependent: bool | None   # null: the axes were not measured
+    model_insensitive: bool | None
 
 
 class MapsInfo(TypedDict):
@@ -251,8 +253,9 @@ class RunInfo(TypedDict):
 
 
 class Timing(TypedDict):
-    seconds: float
+    seconds: float                       # the method's own, summed over the processes
     images_per_s: float | None
+    processes: NotRequired[int]          # that shared the images (the rows do not depend on it)
 
 
 class Submission(TypedDict):
@@ -469,7 +472,12 @@ def _check_schema_parts(record: dict, where: str) -> None:
     extra = [k for k in _SINCE_2 if (k in record) != axes]
     if extra:
         raise StackbenchError(f"{where}: field {extra[0]} is {'missing' if axes else 'not part of ' + SCHEMA_1}")
+    if axes and _axes_none(record, where):
+        return
     if axes:
+        for name in ("hidden", "deletion", "randomisation"):
+            if name not in record["axes"]:
+                raise StackbenchError(f"{where}: field axes.{name} is missing")
         since_3 = {"axes.road": "road" in record["axes"],
                    "axes.hidden.reparametrised": "reparametrised" in record["axes"]["hidden"],
                    "axes.randomisation.ssim_threshold": "ssim_threshold" in record["axes"]["randomisation"],
@@ -478,6 +486,29 @@ def _check_schema_parts(record: dict, where: str) -> None:
             if present != (schema == SCHEMA):
                 raise StackbenchError(f"{where}: field {name} is "
                                       f"{'missing' if schema == SCHEMA else 'not part of ' + schema}")
+
+
+def axes_measured(record: dict) -> bool:
+    """Whether a /2+ record measured the board's axes (`--axes none` records did not)."""
+    return (record.get("axes") or {}).get("measured") != "none"
+
+
+def _axes_none(record: dict, where: str) -> bool:
+    """A record of the paper's protocol (`axes.measured` "none"): no axis parameters, metric or flag. True when it
+    is one; refused when `measured` says anything else or the record carries what was not measured."""
+    axes = record["axes"]
+    if "measured" not in axes:
+        return False
+    if axes["measured"] != "none":
+        raise StackbenchError(f"{where}: field axes.measured is {axes['measured']!r:.40}; only 'none' is written "
+                              "(a record that measured the axes has no such field)")
+    extra = [k for k in axes if k not in ("measured", "empty_rule")]
+    counted = [m for m in AXES_METRICS if record["metrics"].get(m, {}).get("n")]
+    flagged = [f for f, v in record["flags"].items() if v is not None]
+    if extra or counted or flagged:
+        what = f"axes.{extra[0]}" if extra else f"metrics.{counted[0]}" if counted else f"flags.{flagged[0]}"
+        raise StackbenchError(f"{where}: field {what} is given although axes.measured is 'none'")
+    return True
 
 
 def _check_aggregate(record: dict, metric: str, agg: dict, where: str) -> None:
@@ -541,7 +572,8 @@ def base_record(dataset: DatasetInfo, model: ModelInfo, *, band: Band, target: s
 
 def method_record(base: BaseRecord, method: MethodInfo, rows: list[dict], *, metrics: Metrics, flags: Flags,
                   ids: list[str], shas: list[str], skipped: list[Skipped], rows_file: str, rows_sha256: str,
-                  classes: dict | None, seconds: float, tolerances: dict[str, float] | None = None) -> Record:
+                  classes: dict | None, seconds: float, tolerances: dict[str, float] | None = None,
+                  processes: int = 1) -> Record:
     """One method's finished record: `base` with the method, its metrics (`aggregate_rows`) and flags, and what
     pins its rows (the images scored, their maps, the Parquet file)."""
     n = len(rows)
@@ -555,7 +587,8 @@ def method_record(base: BaseRecord, method: MethodInfo, rows: list[dict], *, met
         "items": {"n": n, "digest": items_digest(ids, shas), "skipped": skipped},
         "rows": {"file": rows_file, "sha256": rows_sha256, "columns": list(rows[0])},
         **({"accuracy": acc} if (acc := accuracy(rows, classes)) else {}),
-        "timing": {"seconds": round(seconds, 4), "images_per_s": round(n / seconds, 3) if seconds > 0 else None},
+        "timing": {"seconds": round(seconds, 4), "images_per_s": round(n / seconds, 3) if seconds > 0 else None,
+                   "processes": processes},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -125,12 +125,28 @@ def checkpoint_ref(text: str) -> Ref:
     return Ref(text, "hub", text)
 
 
-def pick_device(device: str):
-    """A torch.device for auto (cuda if present, else cpu), cpu, cuda, cuda:N, mps or xpu; one clear error
-    otherwise. torch is imported here, not at the top: `stackbench --help` must stay fast."""
+def distributed_state():
+    """accelerate's PartialState when launched as several processes (`accelerate launch`, torchrun; gloo on CPU),
+    else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def pick_device(device: str, state=None):
+    """A torch.device for auto (this process' accelerator under `accelerate launch` (`state`), else cuda if
+    present, else cpu), cpu, cuda, cuda:N, mps or xpu; one clear error otherwise. torch is imported here, not at
+    the top: `stackbench --help` must stay fast."""
     import torch
 
     if device == "auto":
+        if state is not None:
+            return torch.device(state.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)

@@ -15,7 +15,7 @@ from .metrics import METRICS, images_phrase, uniform_mu
 from .present import html as H
 from .present.tables import markdown_table
 from .records import axes_sample as records_sample
-from .records import band_first, portable, read_record, sampled_mu, schema_number
+from .records import axes_measured, band_first, portable, read_record, sampled_mu, schema_number
 from .standings import AXES_SHOWN, standings
 from .wall import Wall
 
@@ -48,6 +48,9 @@ def collect(results: dict[str, Path], methods) -> dict[str, dict[str, dict]]:
 def axes_data(found: dict, datasets) -> tuple[list[str], list[str], list[list[str]]]:
     """(notes, header, rows) of the board's axes per method (mean over the sets): mu behind a hidden wall, SRG,
     deletion AUC, randomisation by rank and by SSIM; methods whose records predate the axes are left out."""
+    if not any(_with_axes(per) for per in found.values()):
+        return (["The board's axes were not measured (evaluate --axes none: the paper's protocol, mu alone)."],
+                [], [])
     k = axes_sample(found)
     notes = ([f"The board's axes on a seeded sample of {images_phrase(k)} per set (mu is on the same images); a "
               "board row measures them on every image."] if k else [])
@@ -55,7 +58,7 @@ def axes_data(found: dict, datasets) -> tuple[list[str], list[str], list[list[st
     header = ["method", MU.label, HIDDEN.label, SRG.label, DELETION.label, RAND.label, SSIM.label, "flags"]
     rows = []
     for m, per in found.items():
-        if not all("flags" in p["record"] for p in per.values()):
+        if not _with_axes(per):
             continue
         flags = [w + _which(found, m, k) for w, k in FLAGS if _flagged(found, m, k)]
         rows.append([f"{m}{' (control)' if m in CONTROLS else ''}", MU.show(_mean(found, m, "mu_axes", datasets)),
@@ -64,13 +67,18 @@ def axes_data(found: dict, datasets) -> tuple[list[str], list[str], list[list[st
     return notes, header, rows
 
 
+def _with_axes(per: dict) -> bool:
+    """Whether every set's record of a method measured the board's axes (not /1, not --axes none)."""
+    return all("flags" in p["record"] and axes_measured(p["record"]) for p in per.values())
+
+
 def axes_table(found: dict, datasets) -> str:
     """`axes_data` in Markdown: its notes, then the table."""
     return _axes_markdown(*axes_data(found, datasets))
 
 
 def _axes_markdown(notes: list[str], header: list[str], rows: list[list[str]]) -> str:
-    return "\n\n".join([*notes, markdown_table(header, rows)])
+    return "\n\n".join([*notes, markdown_table(header, rows)] if header else notes)
 
 
 def table_data(found: dict, datasets, reported: dict | None = None) -> tuple[list[str], list[list[str]]]:
@@ -239,7 +247,7 @@ def _which(found, m, flag) -> str:
 
 def axes_findings(found: dict, datasets) -> list[str]:
     """The board's axes, stated from the measured numbers: hidden walls, deletion, randomisation, the controls."""
-    v2 = {m: per for m, per in found.items() if all("flags" in p["record"] for p in per.values())}
+    v2 = {m: per for m, per in found.items() if _with_axes(per)}
     if not v2:
         return []
     methods = [m for m in v2 if m not in CONTROLS]
@@ -353,7 +361,7 @@ def _html(title: str, context: dict, table1: tuple, axes: tuple, facts: list[str
     body = [H.paragraph(H.Markup(what)), H.heading(2, "Findings"), H.bullets(facts),
             H.heading(2, f"{MU.label} (mean ± std over images)"), H.table(*table1), _img(paths["chart"]),
             H.heading(2, "The board's axes (mean over the sets)"), *map(H.paragraph, notes),
-            H.table(axes_header, axes_rows)]
+            *([H.table(axes_header, axes_rows)] if axes_header else [])]
     for d in datasets:
         if f"overlays-{d}" in paths:
             body += [H.heading(3, f"{d.upper()}: saliency maps, the wall hatched"), _img(paths[f"overlays-{d}"])]

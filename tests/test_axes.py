@@ -344,3 +344,55 @@ def test_axes_on_a_sample_match_a_full_run_and_never_make_a_board_row(controls_r
         assert res.exit_code == 2 and "--axes-images" in res.output and not (tmp_path / "bad").exists()
     with pytest.raises(StackbenchError, match="axes-images"):
         Axes(sample=True)
+
+
+def test_axes_none_is_the_papers_protocol_and_never_a_board_row(controls_run, data, mix_store, tmp_path):
+    from click.testing import CliRunner
+
+    from stackbench.cli import main
+    from stackbench.errors import Refused
+    from stackbench.records import validate_record
+
+    runs = evaluate(["GradCAM", "ConstantSeen"], str(data / "mix"), "minivgg-masked", out=tmp_path / "n",
+                    progress=False, device="cpu", figure=False, axes="none")
+    for r in runs:
+        rows = pq.read_table(r.record_path.with_suffix(".parquet")).to_pylist()
+        full = {row["index"]: row for row in pq.read_table(
+            controls_run[r.name].record_path.with_suffix(".parquet")).to_pylist()}
+        assert [row["mu"] for row in rows] == [full[row["index"]]["mu"] for row in rows]  # the same mu, bitwise
+        assert all(row[k] is None for row in rows for k in ("orientation", "mu_hidden", "deletion_auc", "srg",
+                                                            "rand_corr", "rand_ssim"))
+        rec = r.record
+        assert rec["axes"] == {"measured": "none", "empty_rule": M.EMPTY_RULE}
+        assert rec["flags"] == {"orientation_dependent": None, "model_insensitive": None}  # not measured, not False
+        assert rec["metrics"]["mu"] == controls_run[r.name].record["metrics"]["mu"]
+        assert all(rec["metrics"][k]["n"] == 0 for k in ("mu_hidden", "deletion_auc", "srg", "rand_corr"))
+    # a record may not claim "none" and carry axis numbers
+    forged = json.loads(json.dumps(controls_run["GradCAM"].record))
+    forged["axes"] = runs[0].record["axes"]
+    forged["flags"] = runs[0].record["flags"]
+    with pytest.raises(StackbenchError, match="field axes.measured|metrics.mu_hidden is given"):
+        validate_record(forged)
+    # verify and build refuse such a row with the line that says how to make one
+    (path,) = submit(mix_store, "GradCAM")
+    rec = {**runs[0].record, "track": "test", "submission": json.loads(path.read_text())["submission"]}
+    blob = runs[0].record_path.with_suffix(".parquet").read_bytes()
+    path.with_suffix(".parquet").write_bytes(blob)
+    path.write_text(json.dumps({**rec, "rows": {**rec["rows"], "file": path.with_suffix(".parquet").name}}))
+    (v,) = lb.verify(store=mix_store, rerun=False)
+    assert v.failed and "the board's axes were not measured (evaluate --axes none" in v.message, v.message
+    assert "stackbench submit" in v.message
+    with pytest.raises(Refused, match="axes none"):
+        lb.build(mix_store)
+    # the CLI: --axes none, and the one line for a contradiction or a wrong value
+    for args, said in ((["--axes", "none", "--axes-images", "3"], "--axes none measures no axes"),
+                       (["--axes", "some"], "--axes")):
+        res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAM", "--dataset", str(data / "mix"), *args,
+                                        "--out", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and said in res.output and not (tmp_path / "bad").exists(), res.output
+    res = CliRunner().invoke(main, ["evaluate", "--method", "HiResCAM", "--dataset", str(data / "mix"), "--axes",
+                                    "none", "--model", "minivgg-masked", "--out", str(tmp_path / "cli"),
+                                    "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0 and "not measured (--axes none" in res.output, res.output
+    with pytest.raises(StackbenchError, match="give 'all', 'none'"):
+        evaluate(["GradCAM"], str(data / "mix"), "minivgg-masked", out=tmp_path / "x", axes="some")

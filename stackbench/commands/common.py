@@ -71,6 +71,35 @@ def out_option(help: str, default: str | None = None, required: bool = False, pa
     return option("--out", type=kind, default=default, required=required, metavar="DIR", help=help)
 
 
+def axes_option(default: str):
+    """`--axes all|none`: the board's axes on every image, or the paper's protocol (mu alone)."""
+    return option("--axes", type=click.Choice(["all", "none"]), default=None, show_default=False,
+                  help="all: the board's axes (hidden wall, deletion, randomisation) too; none: the paper's protocol, mu "
+                       f"and its companions alone (not a board row)  [default: {default}]")
+
+
+def axes_of(choice: str | None, images: int | None, default: str):
+    """`--axes` and `--axes-images` -> a stackbench.axes.Axes; the two are refused together with none."""
+    from ..axes import Axes
+    from ..errors import StackbenchError
+
+    if images is not None and choice == "none":
+        raise StackbenchError(f"--axes none measures no axes; drop --axes-images {images} (or give --axes all)")
+    return Axes(sample=images) if images is not None else Axes.of(choice or default)
+
+
+EVAL_PROCS_HELP = ("processes that share the images, the CPU threads split among them (several GPUs: one each); the rows "
+                   "are one process' with that many threads. Many machines or GPUs: accelerate launch -m stackbench "
+                   "evaluate")
+
+
+def is_main_process() -> bool:
+    """Not one of accelerate's other processes (they do their share and say nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def num_proc_option(help: str, default: int | None = 1):
     """Parallelism has one name, `--num-proc` (as in `datasets`)."""
     return count_option("--num-proc", default=default, help=help)

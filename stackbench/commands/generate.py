@@ -142,21 +142,12 @@ def stack_gen(preset, generator, model, revision, classes, num_images, seed, ste
         fields["verify_model"] = verify_model or fields.get("verify_model") or "openai/clip-vit-base-patch32"
     if prompts:
         fields["prompts"] = load_prompts(prompts)
-    state = _distributed_state()
-    device = str(state.device) if device == "auto" and state is not None else str(pick_device(device))
+    from ..refs import distributed_state
+
+    state = distributed_state()
+    device = str(pick_device(device, state))
     result = generate_stack_gen(out, StackGenRecipe.from_fields(fields), device=device, num_proc=num_proc,
                                 shard_size=shard_size, overwrite=overwrite, progress=not no_progress, state=state)
     if state is None or state.is_main_process:
         print_summary(result)
 
-
-def _distributed_state():
-    """accelerate's PartialState when launched as several processes (gloo on CPU), else None."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import (
+    EVAL_PROCS_HELP,
     METHOD_HELP,
     dataset_override_option,
     device_option,
@@ -14,6 +15,7 @@ from .common import (
     format_table,
     json_option,
     no_progress_option,
+    num_proc_option,
     option,
 )
 
@@ -35,9 +37,10 @@ def track_option(help: str, default: str | None = None):
 @click.option("--replace", is_flag=True, help="overwrite a row of the same name")
 @dataset_override_option()
 @device_option()
+@num_proc_option(EVAL_PROCS_HELP)
 @no_progress_option
 @store_option
-def submit(method, track, name, author, url, description, replace, datasets, device, no_progress, store):
+def submit(method, track, name, author, url, description, replace, datasets, device, num_proc, no_progress, store):
     """Run the track's official evaluation of a method on both datasets and add it to the store (a plugin file is
     copied into the store's methods/ folder, so anyone can re-run it). Prints the files to commit and the board's
     rules for a method (forward and backward only; no wall objects, published weights, dataset layout or seeds; no
@@ -47,7 +50,8 @@ def submit(method, track, name, author, url, description, replace, datasets, dev
     store = lb.resolve_store(store)
     new_board = not (store / "tracks.json").is_file()
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
-                      store=store, device=device, progress=not no_progress, datasets=list(datasets))
+                      store=store, device=device, progress=not no_progress, datasets=list(datasets),
+                      num_proc=num_proc)
     for p in paths:
         click.echo(f"wrote {p} (+ {p.with_suffix('.parquet').name})")
     code = sorted((store / lb.METHODS_DIR / lb.stem_for(name or paths[0].stem)).glob("*"))

@@ -21,7 +21,7 @@ from .state import Setting
 TARGET_RULES = ("predicted", "label")
 
 
-def check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits=None) -> None:
+def check_args(target, postprocess, batch_size, limit, seed, axes, method_config, limits=None, num_proc=1) -> None:
     """The plain arguments, in the order their errors are reported."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise StackbenchError(f"--seed {seed!r}: must be a whole number from 0 to 2**63 - 1")
@@ -33,8 +33,9 @@ def check_args(target, postprocess, batch_size, limit, seed, axes, method_config
         raise StackbenchError(f"--batch-size {batch_size}: must be at least 1")
     if limit is not None and limit < 1:
         raise StackbenchError(f"--limit {limit}: must be at least 1")
-    if axes is not None and not isinstance(axes, Axes):
-        raise StackbenchError(f"axes {axes!r:.40}: give a stackbench.axes.Axes (e.g. Axes(sample=20)) or None")
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
+        raise StackbenchError(f"--num-proc {num_proc!r}: must be a whole number of at least 1")
+    Axes.of(axes)
     if method_config is not None and not isinstance(method_config, dict):
         raise StackbenchError(f"method_config {method_config!r:.40}: a dict of method name -> options")
     if limits is not None and not isinstance(limits, Limits):
@@ -108,11 +109,12 @@ def scored_items(ds, limit):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-def make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes, limits=None) -> Setting:
-    axes = (axes or Axes()).fitted(len(ds))
+def make_setting(ds, info, net, band_from, target, postprocess, seed, save_maps, axes, limits=None,
+                 batch_size: int = 8) -> Setting:
+    axes = Axes.of(axes).fitted(len(ds))
     return Setting(target, postprocess, seed, save_maps, net.wall, axes, axes.chosen(len(ds), seed),
                    name=Path(info["ref"].rstrip("/")).name or info["ref"], classes=label_space(ds, net),
-                   band_from=band_from, limits=limits or Limits())
+                   band_from=band_from, limits=limits or Limits(), batch_size=batch_size)
 
 
 def job_views(net, fingerprint: str, seed: int, setting: Setting, n: int) -> Views:
@@ -121,11 +123,12 @@ def job_views(net, fingerprint: str, seed: int, setting: Setting, n: int) -> Vie
     harness copies are not rebuilt, and the shared worker holds their handed models already. The views are
     functions of these alone, so the rows are the bytes of fresh ones."""
     orientations = orientations_for(seed, range(n) if setting.chosen is None else setting.chosen)
+    random = setting.axes.measured
     p = next(net.parameters())
     key = ("views", fingerprint, type(net).__qualname__, repr(getattr(net, "wall", None)),
-           tuple(getattr(net, "input_size", ())), str(p.device), seed, tuple(orientations))
+           tuple(getattr(net, "input_size", ())), str(p.device), seed, tuple(orientations), random)
     with worker_pool() as pool:  # the job's (evaluate opens it)
-        return pool.kept(key, lambda: Views(net, seed, orientations), lambda v: v.tokens)
+        return pool.kept(key, lambda: Views(net, seed, orientations, random), lambda v: v.tokens)
 
 
 def base_record(out: Path, info, net, fingerprint: str, dev, setting: Setting, limit, batch_size,

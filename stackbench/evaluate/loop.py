@@ -53,10 +53,12 @@ def _image_bytes(image) -> bytes | None:
     return data
 
 
-def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
-    """Yield (indices, ids, labels, image_sha256s, x01) per batch; undecodable items go to `skipped`."""
-    for start in range(0, len(ds), batch_size):
-        chunk = ds[start:start + batch_size]
+def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list, start: int = 0, stop: int | None = None):
+    """Yield (indices, ids, labels, image_sha256s, x01) per batch of items [start, stop); undecodable items go to
+    `skipped`."""
+    stop = len(ds) if stop is None else stop
+    for first in range(start, stop, batch_size):
+        chunk = ds[first:min(first + batch_size, stop)]
         idx, ids, labels, shas, xs = [], [], [], [], []
         columns = zip(chunk["id"], chunk["image"], chunk["label"], strict=True)
         for j, (ident, image, label) in enumerate(columns):
@@ -69,7 +71,7 @@ def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
                 skipped.append({"id": str(ident), "reason": first_line(e)})
                 continue
             xs.append(x)
-            idx.append(start + j)
+            idx.append(first + j)
             ids.append(str(ident))
             labels.append(int(label))
             shas.append(sha)
@@ -77,15 +79,20 @@ def iter_batches(ds, batch_size: int, size: tuple[int, int], skipped: list):
             yield idx, ids, labels, shas, torch.stack(xs)
 
 
-def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, batch_size, progress):
-    """The batches: every view's shared pass, then every live method. Returns (skipped, ids, image shas)."""
+def run_batches(todo: list[MethodRun], ds, views: Views, setting: Setting, parts, chunks: list[int], rank: int,
+                bar) -> None:
+    """This process' `chunks` (`parts.Layout`): every view's shared pass per batch, then every live method; each
+    method's rows of a chunk written to `parts` once the chunk is done (its failure, when it fails)."""
+    need = [r for r in todo if any(not parts.has(r, c) for c in chunks)]
     with worker_pool() as pool:
         try:
-            for r in todo:
+            for r in need:
                 _attempt(r, [Pass("setup", "canonical", None, [])], lambda r=r: _start(r, pool, views, setting))
-            return _run(todo, ds, views, setting, batch_size, progress)
+                if r.status == "failed":
+                    parts.write_failure(r, -1, rank)
+            _run(need, ds, views, setting, parts, chunks, rank, bar)
         finally:
-            for r in todo:
+            for r in need:
                 if r.session is not None:
                     r.session.close()
 
@@ -103,23 +110,33 @@ def _hand(r: MethodRun, views: Views, view: str, seed: int) -> None:
         r.session.view(token, views.handed(view), seed)
 
 
-def _run(todo: list[MethodRun], ds, views: Views, setting: Setting, batch_size, progress):
-    bar = Progress(len(ds), f"evaluate {setting.name}", enabled=progress)  # one bar: the methods share each pass
-    skipped: list[dict] = []
-    all_ids, all_shas = [], []
-    try:
-        for idx, ids, labels, shas, x01 in iter_batches(ds, batch_size, setting.size, skipped):
-            live = [r for r in todo if r.status == "pending"]
+def _run(todo: list[MethodRun], ds, views: Views, setting: Setting, parts, chunks: list[int], rank: int, bar):
+    for c in chunks:
+        live = [r for r in todo if r.status == "pending" and not parts.has(r, c)]
+        if not live:
+            continue
+        skipped, ids, shas = [], [], []
+        setting.clock.update(forward=0.0, backward=0.0)
+        for idx, b_ids, labels, b_shas, x01 in iter_batches(ds, setting.batch_size, setting.size, skipped,
+                                                            *parts.layout.span(c)):
+            live = [r for r in live if r.status == "pending"]
             if not live:
                 break
-            all_ids += ids
-            all_shas += shas
-            _batch(live, views, setting, x01, idx, ids, labels)
-            bar.update(len(ids), postfix=_rates(todo, len(all_ids)))
-    finally:
-        bar.close()
+            ids += b_ids
+            shas += b_shas
+            _batch(live, views, setting, x01, idx, b_ids, labels)
+            bar.update(len(b_ids), postfix=_rates(todo))
+        parts.write_chunk(c, ids, shas, skipped, dict(setting.clock))
+        for r in live:
+            if r.status == "pending":
+                parts.write_part(r, c)
+            elif r.error:
+                parts.write_failure(r, c, rank)
+            r.rows, r.maps, r.grid_maps, r.seconds = [], [], [], 0.0
     _teardown(todo)  # after a Ctrl-C or an error, the workers are stopped instead (run_batches)
-    return skipped, all_ids, all_shas
+    for r in todo:
+        if r.status == "failed" and r.error and not parts.failure(r):
+            parts.write_failure(r, parts.layout.count, rank)
 
 
 def _teardown(todo: list[MethodRun]) -> None:
@@ -137,11 +154,12 @@ def _teardown(todo: list[MethodRun]) -> None:
             r.status, r.error = "failed", reason
 
 
-def _rates(runs, n: int) -> str:
-    """The bar's postfix: each method's own rate (its maps and axes; the shared pass is apart), slowest first, so
-    a narrow terminal still shows the ones that set the pace."""
-    parts = sorted(runs, key=lambda r: (r.status != "failed", -r.seconds))
-    return ", ".join(f"{r.name} FAILED" if r.status == "failed" else f"{r.name} {rate(n, r.seconds)}" for r in parts)
+def _rates(runs) -> str:
+    """The bar's postfix: each method's own rate in the chunk at hand (its maps and axes; the shared pass is
+    apart), slowest first, so a narrow terminal still shows the ones that set the pace."""
+    order = sorted(runs, key=lambda r: (r.status != "failed", -r.seconds))
+    return ", ".join(f"{r.name} FAILED" if r.status == "failed" else f"{r.name} {rate(len(r.rows), r.seconds)}"
+                     for r in order)
 
 
 @dataclass

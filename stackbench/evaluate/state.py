@@ -48,6 +48,7 @@ class Setting:
     classes: dict | None = None        # `label_space`: do the dataset's labels name the model's classes?
     band_from: int = 170               # the dataset's band, where mu is scored (inside the model's dead zone)
     limits: Limits = field(default_factory=Limits)  # what a method's worker may spend
+    batch_size: int = 8                # images per batch (a batch is the same images in every process)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -49,7 +49,8 @@ def resume(runs: list[MethodRun], out: Path, base: dict) -> None:
                 pass  # unreadable or tampered: compute it again
 
 
-def finish(todo: list[MethodRun], setting: Setting, base, out: Path, all_ids, all_shas, skipped) -> None:
+def finish(todo: list[MethodRun], setting: Setting, base, out: Path, all_ids, all_shas, skipped,
+           processes: int = 1) -> None:
     """Share the shared passes' time among the methods and write each finished method's rows and record."""
     share = setting.clock["forward"] / max(1, len(todo))
     grad_users = [r for r in todo if "gradients" in r.method.needs]
@@ -61,11 +62,11 @@ def finish(todo: list[MethodRun], setting: Setting, base, out: Path, all_ids, al
             r.status, r.error = "failed", f"no item could be evaluated (all {len(skipped)} were skipped{why})"
             continue
         r.seconds += share + (setting.clock["backward"] / len(grad_users) if r in grad_users else 0.0)
-        r.record = write(r, base, out, all_ids, all_shas, skipped, setting)
+        r.record = write(r, base, out, all_ids, all_shas, skipped, setting, processes)
         r.status = "done"
 
 
-def write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Setting) -> dict:
+def write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Setting, processes: int = 1) -> dict:
     """A finished method's rows (and maps, when saved), then its record."""
     stem = file_stem(r.name)
     data = rows_table(r.rows)
@@ -78,7 +79,7 @@ def write(r: MethodRun, base: dict, out: Path, ids, shas, skipped, setting: Sett
     flags = setting.axes.flags(metrics, sampled_mu(r.rows) if setting.chosen is not None else None)
     record = method_record(base, r.method.describe(), r.rows, metrics=metrics, flags=flags, ids=ids, shas=shas,
                            skipped=skipped, rows_file=f"{stem}.parquet", rows_sha256=hashlib.sha256(data).hexdigest(),
-                           classes=setting.classes, seconds=r.seconds,
+                           classes=setting.classes, seconds=r.seconds, processes=processes,
                            tolerances=rerun_tolerances(getattr(r.method, "rerun_spread", None), len(r.rows)))
     validate_record(record, where=f"result record of {r.name}")
     atomic_write_json(r.record_path, record)  # last: a record on disk means the rows beside it are complete

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import metrics as M
-from ..records import axes_sample
+from ..records import axes_measured, axes_sample
 from .state import MethodRun
 
 # The metric columns, headed and formatted as metrics.METRICS says.
@@ -63,8 +63,12 @@ def accuracy_note(runs: list[MethodRun]) -> str | None:
 
 
 def sample_note(runs: list[MethodRun]) -> str | None:
-    """One line when the axes ran on a sample (the summary's axis columns are over those images only)."""
-    k = axes_sample(r.record for r in runs if r.record)
+    """One line when the axes ran on a sample (the summary's axis columns are over those images only) or on none."""
+    records = [r.record for r in runs if r.record]
+    if any(not axes_measured(rec) for rec in records):
+        return ("the board's axes not measured (--axes none: the paper's protocol, mu and its companions alone); "
+                "such a record is not a board row")
+    k = axes_sample(records)
     return None if k is None else (
         f"the board's axes (mu hidden, deletion AUC, rand. corr, flags) on a seeded sample of {M.images_phrase(k)} "
         "(the rows with an orientation), mu on every image; such a record is not a board row")

@@ -18,7 +18,15 @@ from ..errors import (
 from ..metrics import images_phrase, rerun_tolerances
 from ..models import file_sha256
 from ..progress import Progress, quiet_libraries
-from ..records import METRICS, SCHEMA, aggregate_rows, schema_number, validate_record, weights_fingerprint_of
+from ..records import (
+    METRICS,
+    SCHEMA,
+    aggregate_rows,
+    axes_measured,
+    schema_number,
+    validate_record,
+    weights_fingerprint_of,
+)
 from ..refs import method_ref
 from .badges import read_file, record_verdicts
 from .store import (
@@ -120,6 +128,10 @@ def _check_axes(record: dict, metrics: dict, where: str, unmeasured: int = 0) ->
     with like), and its flags are what those parameters give on its own rows."""
     from ..axes import Axes
 
+    if not axes_measured(record):
+        raise StackbenchError(f"{where}: the board's axes were not measured (evaluate --axes none: the paper's "
+                              "protocol, mu alone); a board row needs them on every image: re-run it with "
+                              "`stackbench submit` (or evaluate without --axes none)")
     run, rand = record["seeds"]["run"], record["axes"]["randomisation"]["seed"]
     sample = record["axes"].get("sample")
     if sample or unmeasured:

@@ -61,20 +61,21 @@ def _code_to_store(m, store: Path, name: str) -> tuple[str, Path, bytes] | None:
 def submit(method: str, track: str | Track = "mini", *, name: str | None = None, author: str | None = None,
            url: str | None = None, description: str | None = None, replace: bool = False, store: Path | None = None,
            device: str = "auto", progress: bool = True, method_config: dict | None = None,
-           datasets: dict[str, str] | list[tuple[str, str]] | None = None) -> list[Path]:
+           datasets: dict[str, str] | list[tuple[str, str]] | None = None, num_proc: int = 1) -> list[Path]:
     """Run the track's official evaluation of `method` on each of its datasets and write the records into the
     store, with the method's code when it is a plugin file (methods/<name>/). `datasets` ({name: folder or
     hf:REPO@REV}) gives the pinned data instead of regenerating it (used only when its fingerprint is the pin).
-    Returns the written record paths."""
+    `num_proc`: processes that share the images (`evaluate`; the rows are the same). Returns the written record
+    paths."""
     from ..isolation import worker_pool
 
     with worker_pool([method]):  # a built-in's worker serves every dataset of the track
         return _checked_submit(method, track, name, author, url, description, replace, store, device, progress,
-                               method_config, datasets)
+                               method_config, datasets, num_proc)
 
 
 def _checked_submit(method, track, name, author, url, description, replace, store, device, progress, method_config,
-                    datasets) -> list[Path]:
+                    datasets, num_proc=1) -> list[Path]:
     from ..evaluate import resolve_methods
     from ..refs import pick_device
 
@@ -90,7 +91,7 @@ def _checked_submit(method, track, name, author, url, description, replace, stor
     created = store is not None and init_store(store)
     try:
         return _submit(m, method, track, name, author, url, description, replace, resolve_store(store), device,
-                       progress, created, datasets)
+                       progress, created, datasets, num_proc)
     except BaseException:
         if created:  # a board this submission started: leave nothing of it behind
             _undo_new_store(Path(store), made)
@@ -126,7 +127,7 @@ def _check_writable(store: Path) -> None:
 
 
 def _submit(m, method, track, name, author, url, description, replace, store: Path, device, progress,
-            created: bool, datasets: dict | None) -> list[Path]:
+            created: bool, datasets: dict | None, num_proc: int = 1) -> list[Path]:
     from ..evaluate import evaluate
 
     t = get_track(track, store)
@@ -149,7 +150,7 @@ def _submit(m, method, track, name, author, url, description, replace, store: Pa
             folder = folders[ds]
             (run,) = evaluate([m], str(folder), t.model, target=t.target, postprocess=t.postprocess,
                               batch_size=t.batch_size, device=device, out=Path(tmp) / ds, seed=t.seed,
-                              progress=progress, figure=False, limits=t.method_limits)
+                              progress=progress, figure=False, limits=t.method_limits, num_proc=num_proc)
             if run.status != "done":
                 raise StackbenchError(f"{name} failed on {t.name}/{ds}: {run.error}; nothing was written")
             record = dict(run.record)

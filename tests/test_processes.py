@@ -1,0 +1,145 @@
+"""Evaluation on several processes: `--num-proc` started here and `accelerate launch`'s (gloo), chunks merged into
+the record and rows one process writes; a killed process resumed from the finished chunks."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from test_leaderboard import data  # noqa: F401 - fixture
+
+from stackbench.errors import StackbenchError
+from stackbench.evaluate import evaluate
+from stackbench.evaluate.parts import PARTS, Layout
+from stackbench.records import stable
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["GradCAM", "ScoreCAM", "Opti-CAM"]
+SLOW = '''
+import time
+from stackbench.methods import get_method_class
+
+GradCAM = get_method_class("GradCAM")
+
+
+class SlowGradCAM(GradCAM):
+    name = "SlowGradCAM"
+
+    def explain(self, batch):
+        time.sleep(0.4)
+        return super().explain(batch)
+'''
+
+
+def _env(threads: int = 1) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    return {**env, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+
+
+def _same(one: Path, two: Path, names) -> None:
+    """The rows files are the same bytes; the records the same but for when they were made and how long it took."""
+    for m in names:
+        assert (one / f"{m}.parquet").read_bytes() == (two / f"{m}.parquet").read_bytes(), m
+        a, b = (json.loads((d / f"{m}.json").read_text()) for d in (one, two))
+        assert stable(a) == stable(b), m
+    assert not (two / PARTS).exists()  # nothing of the parts is left behind
+
+
+@pytest.fixture(scope="module")
+def one(data, tmp_path_factory):  # noqa: F811
+    """The reference: one process with one thread (the threads each of the processes below has)."""
+    out = tmp_path_factory.mktemp("one")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = evaluate(METHODS, str(data / "mix"), "minivgg-masked", out=out, batch_size=2, progress=False,
+                        device="cpu", figure=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(r.status == "done" for r in runs), [r.error for r in runs]
+    return out
+
+
+def test_chunks_are_whole_batches_whatever_the_processes():
+    lay = Layout(100, 8)
+    assert lay.per_chunk == 8 and lay.count == 13 and lay.span(12) == (96, 100)
+    assert lay.mine(0, 2) == [0, 2, 4, 6, 8, 10, 12] and lay.mine(1, 2) == [1, 3, 5, 7, 9, 11]
+    big = Layout(10_000, 8)  # 1250 batches: 64 chunks at most, each of whole batches
+    assert big.per_chunk % 8 == 0 and big.count <= 64 and big.span(big.count - 1)[1] == 10_000
+
+
+def test_two_processes_write_what_one_writes(one, data, tmp_path_factory):  # noqa: F811
+    tmp_path = tmp_path_factory.mktemp("two")  # beside `one`: the records name the dataset by the same relative path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # one each
+    try:
+        runs = evaluate(METHODS, str(data / "mix"), "minivgg-masked", out=tmp_path, batch_size=2,
+                        progress=False, device="cpu", figure=False, num_proc=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(r.status == "done" for r in runs), [r.error for r in runs]
+    assert all(r.record["timing"]["processes"] == 2 for r in runs)
+    _same(one, tmp_path, METHODS)
+    with pytest.raises(StackbenchError, match="--num-proc 0"):
+        evaluate(["GradCAM"], str(data / "mix"), "minivgg-masked", out=tmp_path / "x", num_proc=0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_accelerate_launch_writes_what_one_process_writes(one, data, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("acc")
+    # --multi_gpu is accelerate's launcher of several processes (torchrun's); without a GPU they use gloo on the CPU
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "stackbench",
+           "evaluate", "--dataset", str(data / "mix"), "--model", "minivgg-masked", "--batch-size", "2",
+           "--device", "cpu", "--no-progress", "--out", str(out)]
+    for m in METHODS[:2]:
+        cmd[cmd.index("evaluate") + 1:cmd.index("evaluate") + 1] = ["--method", m]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("| GradCAM") == 1, r.stdout  # the main process alone prints the summary
+    _same(one, out, METHODS[:2])
+    assert json.loads((out / "GradCAM.json").read_text())["timing"]["processes"] == 2
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children(recursive=True) if "_child(" in " ".join(p.cmdline())]
+
+
+def test_a_killed_process_resumes_to_the_same_rows(data, tmp_path):  # noqa: F811
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(SLOW)
+    args = [sys.executable, "-m", "stackbench", "evaluate", "--method", f"{plugin}:SlowGradCAM", "--dataset",
+            str(data / "mix"), "--model", "minivgg-masked", "--batch-size", "1", "--device", "cpu"]
+    ref = subprocess.run(args + ["--out", str(tmp_path / "ref"), "--no-progress"], env=_env(1), capture_output=True,
+                         text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    p = subprocess.Popen(args + ["--out", str(out), "--num-proc", "2"], env=_env(2), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    t0, killed = time.time(), None
+    while killed is None and time.time() - t0 < 240 and p.poll() is None:
+        if list(out.glob(f"{PARTS}/*/SlowGradCAM-*/00001.json")):  # process 2 finished its first chunk
+            (child,) = _children(p.pid)
+            child.send_signal(signal.SIGKILL)
+            killed = child.pid
+        time.sleep(0.05)
+    _, err = p.communicate(timeout=240)
+    assert killed and p.returncode == 2, err[-2000:]
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "process 2 of 2: stopped without a word" in lines[0], err[-2000:]
+    assert "run the same command again" in lines[0] and "Traceback" not in err
+    assert not (out / "SlowGradCAM.json").exists()  # no record from part of the images
+    again = subprocess.run(args + ["--out", str(out), "--num-proc", "2"], env=_env(2), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming: " in again.stderr, again.stderr[-2000:]
+    assert (out / "SlowGradCAM.parquet").read_bytes() == (tmp_path / "ref" / "SlowGradCAM.parquet").read_bytes()
+    a, b = (json.loads((d / "SlowGradCAM.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert {k: v for k, v in stable(a).items() if k != "dataset"} == \
+        {k: v for k, v in stable(b).items() if k != "dataset"}
+    assert not (out / PARTS).exists()
