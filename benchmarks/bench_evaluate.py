@@ -11,16 +11,29 @@ forward-equivalent) are given the normalised images: input preparation is timed 
     python benchmarks/bench_evaluate.py --model vgg16-masked@random --images 2 --slow-images 1
     python benchmarks/bench_evaluate.py --model minivit-masked@random --images 8   (pytorch-grad-cam's ViT usage)
     python benchmarks/bench_evaluate.py --model minivit-masked@random --costs ScoreCAM,AttentionRollout,...
+    python benchmarks/bench_evaluate.py --whole --images 48 --rounds 3
 
 --slow-images: images for ScoreCAM and AblationCAM (the library costs ~100 s per image each on VGG16/CPU).
+--whole: whole processes on a mini STACK-MIX of --images images, in alternating rounds (median): the paper's usage
+(a Python process: load the model and images, one pytorch-grad-cam object per method with its defaults, mu the
+paper's way) against `stackbench evaluate --axes none` (the paper's protocol: mu and its companions, records, rows,
+overlay figure) and against `stackbench evaluate` (the board's measurement: every axis on every image).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -136,7 +149,96 @@ def _args():
     ap.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs (shared CPU)")
     ap.add_argument("--costs", default=None, metavar="M1,M2", help="also time these methods one by one, and the "
                     "shared-pass family together, in forward-equivalents per image")
+    ap.add_argument("--whole", action="store_true", help="time whole processes instead (see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="--whole: alternating rounds (the median is shown)")
     return ap.parse_args()
+
+
+# The paper's usage, as a whole process: argv = dataset folder, model, methods, images; prints the per-image mu.
+PAPER_USAGE = """
+import json, sys, numpy as np, torch
+import pytorch_grad_cam as L
+from stackbench import load_model, open_dataset
+folder, model, names, n = sys.argv[1], sys.argv[2], sys.argv[3].split(","), int(sys.argv[4])
+classes = {"GradCAM": L.GradCAM, "GradCAM++": L.GradCAMPlusPlus, "XGradCAM": L.XGradCAM, "AblationCAM": L.AblationCAM,
+           "EigenCAM": L.EigenCAM, "HiResCAM": L.HiResCAM, "ScoreCAM": L.ScoreCAM}
+net, ds = load_model(model), open_dataset(folder)
+mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+x = torch.stack([torch.from_numpy(np.asarray(ds[i]["image"].convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 255
+                 for i in range(n)])
+x = (x - mean) / std
+mu = {}
+for name in names:
+    cam = classes[name](model=net, target_layers=[net.target_layer])
+    maps = np.concatenate([cam(input_tensor=x[i:i + 8], targets=None) for i in range(0, n, 8)])
+    mu[name] = (np.linalg.norm(maps[:, 170:], axis=(1, 2)) / np.linalg.norm(maps, axis=(1, 2))).tolist()
+print(json.dumps(mu))
+"""
+GROUPS = {"six (GradCAM, ++, XGradCAM, AblationCAM, EigenCAM, HiResCAM)": SIX, "ScoreCAM": ["ScoreCAM"],
+          "all seven": [*SIX, "ScoreCAM"]}
+
+
+def _timed(cmd: list[str], env: dict) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    if r.returncode:
+        sys.exit(f"{' '.join(cmd[:4])} ... failed:\n{r.stderr[-2000:]}")
+    return dt, r.stdout
+
+
+def whole(args) -> None:
+    """Whole processes, alternating rounds: the paper's usage, `evaluate --axes none`, `evaluate` (every axis)."""
+    from bench_cli import console_script
+
+    from stackbench.present.tables import markdown_table
+
+    sb = console_script()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
+    try:
+        data = tmp / "mix"
+        _timed([sb, "generate", "stack-mix", "--preset", "mini", "--num-images", str(args.images), "--out", str(data),
+                "--no-progress"], env)
+        times = {(g, side): [] for g in GROUPS for side in ("paper", "none", "all")}
+        worst = 0.0
+        for r in range(args.rounds):
+            for g, names in GROUPS.items():
+                dt, out = _timed([sys.executable, "-c", PAPER_USAGE, str(data), args.model, ",".join(names),
+                                  str(args.images)], env)
+                times[g, "paper"].append(dt)
+                ref_mu = json.loads(out.strip().splitlines()[-1])
+                for side in ("none", "all"):
+                    res = tmp / f"r{r}-{side}"
+                    shutil.rmtree(res, ignore_errors=True)
+                    cmd = [sb, "evaluate", *[a for n in names for a in ("--method", n)], "--dataset", str(data),
+                           "--model", args.model, "--out", str(res), "--no-progress", "--axes", side]
+                    times[g, side].append(_timed(cmd, env)[0])
+                    worst = max(worst, _mu_gap(res, ref_mu))
+                print(f"round {r + 1}: {g}: paper {times[g, 'paper'][-1]:.2f} s, --axes none "
+                      f"{times[g, 'none'][-1]:.2f} s, every axis {times[g, 'all'][-1]:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{args.images} images, {args.model}, torch threads {args.threads or 'default'}; whole processes, median "
+          f"of {args.rounds} alternating rounds")
+    rows = [[g, f"{med[g, 'paper']:.2f}", f"{med[g, 'none']:.2f}", f"{med[g, 'paper'] / med[g, 'none']:.2f}x",
+             f"{med[g, 'all']:.2f}", f"{med[g, 'paper'] / med[g, 'all']:.2f}x"] for g in GROUPS]
+    print(markdown_table(["methods", "paper's usage s", "evaluate --axes none s", "speed-up",
+                          "evaluate (every axis) s", "speed-up"], rows))
+    print(f"max |mu_ours - mu_paper| over images where the paper's mu is defined: {worst:.2e}")
+
+
+def _mu_gap(results: Path, ref_mu: dict) -> float:
+    """The largest per-image mu difference from the paper's usage (its NaN, an all-zero map, left out)."""
+    import pyarrow.parquet as pq
+
+    gap = 0.0
+    for name, ref in ref_mu.items():
+        ours = [row["mu"] for row in pq.read_table(results / f"{name}.parquet").to_pylist()]
+        gap = max([gap, *(abs(a - b) for a, b in zip(ours, ref, strict=True) if np.isfinite(b))])
+    return gap
 
 
 def reference_runs(net, x_fast, x_slow, repeat: int) -> tuple[dict, dict]:
@@ -170,6 +272,8 @@ def our_runs(net, x_fast, x_slow, repeat: int) -> tuple[dict, dict]:
 def main():
     args = _args()
     warnings.filterwarnings("ignore")
+    if args.whole:
+        return whole(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     from stackbench import metrics as M

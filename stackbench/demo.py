@@ -18,6 +18,7 @@ from .errors import OtherRecipe, StackbenchError
 from .methods import ATTENTION_METHODS
 from .progress import quiet_libraries
 from .records import portable
+from .refs import one_process
 
 METHODS = report.PAPER_METHODS + report.CONTROLS
 # A ViT's demo: the paper's methods on the token grid, LayerCAM, the methods that read the attention, the controls.
@@ -92,7 +93,9 @@ def axes_scope(axes, n: int) -> str:
 
     if not axes.measured:
         return "no image (the paper's protocol: mu alone)"
-    return "every image" if axes.sample is None or axes.sample >= n else f"a seeded sample of {images_phrase(axes.sample)}"
+    if axes.sample is None or axes.sample >= n:
+        return "every image"
+    return f"a seeded sample of {images_phrase(axes.sample)}"
 
 
 def axes_count(axes, n: int) -> int:
@@ -208,6 +211,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     set: DEMO_AXES, QUICK_AXES with `quick`), write the report. A second run reuses what is done."""
     from .generate import load_preset
 
+    one_process("demo")
     t0 = time.perf_counter()
     out = Path(out)
     if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
@@ -269,6 +273,7 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     report. `axes`: "none" (the paper's Table 1 is mu), "all", or an `Axes` (e.g. a seeded sample)."""
     from .generate import load_preset
 
+    one_process("reproduce")
     if bool(model) == bool(train):
         raise StackbenchError("give exactly one of --model REF (a trained walled model) or --train")
     axes = Axes.of(axes)

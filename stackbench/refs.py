@@ -138,6 +138,17 @@ def distributed_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def one_process(command: str) -> None:
+    """Refuse a job that is not written for several processes (the demo, reproduce, submit) under accelerate
+    launch or torchrun: each process would run the whole job into the same folders."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise StackbenchError(f"stackbench {command} runs as one process, not under accelerate launch or torchrun; "
+                              "give it --num-proc N to share its evaluation (accelerate launch serves generate, "
+                              "train and evaluate)")
+
+
 def pick_device(device: str, state=None):
     """A torch.device for auto (this process' accelerator under `accelerate launch` (`state`), else cuda if
     present, else cpu), cpu, cuda, cuda:N, mps or xpu; one clear error otherwise. torch is imported here, not at

@@ -14,8 +14,8 @@ from .methods import CONTROLS, PAPER_METHODS
 from .metrics import METRICS, images_phrase, uniform_mu
 from .present import html as H
 from .present.tables import markdown_table
-from .records import axes_sample as records_sample
 from .records import axes_measured, band_first, portable, read_record, sampled_mu, schema_number
+from .records import axes_sample as records_sample
 from .standings import AXES_SHOWN, standings
 from .wall import Wall
 

@@ -180,7 +180,7 @@ def test_bad_input_leaves_nothing_behind(stack, tmp_path, monkeypatch):
         stackbench.build_dataset("stack-mix", tmp_path / "half", classes=2.5)
     one = stackbench.build_dataset("stack-mix", tmp_path / "one", classes=3, num_images=2, progress=False)
     assert set(stackbench.open_dataset(one)["class_name"]) == {"star"}  # an int is one class index
-    with pytest.raises(stackbench.StackbenchError, match="give a stackbench.axes.Axes"):
+    with pytest.raises(stackbench.StackbenchError, match="give .all., .none. or a stackbench.axes.Axes"):
         evaluate(["GradCAM"], data, model, out=tmp_path / "ev", axes="x")
     with pytest.raises(stackbench.StackbenchError, match="has no rows"):
         stackbench.open_dataset(data.select([]))

@@ -60,6 +60,9 @@ def test_reproduce_with_stand_ins(tmp_path, monkeypatch):
     vgg = REFERENCES["vgg"]
     assert f"evaluate estimate: measured on {vgg['machine']} on {vgg['date']} with {vgg['model']}" in dry.output
     assert "calibration timed here now" in dry.output and " cores" in dry.output
+    i = args.index("--axes-images")  # without it, reproduce measures mu alone: the paper's Table 1 is mu
+    paper = CliRunner().invoke(main, args[:i] + args[i + 2:] + ["--dry-run"])
+    assert paper.exit_code == 0 and "board's axes on no image (the paper's protocol: mu alone)" in paper.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "\x1b[" not in r.stderr and "evaluate stack-mix:" not in r.stderr  # --no-progress: no bars, no lines

@@ -16,6 +16,7 @@ from test_leaderboard import data  # noqa: F401 - fixture
 from stackbench.errors import StackbenchError
 from stackbench.evaluate import evaluate
 from stackbench.evaluate.parts import PARTS, Layout
+from stackbench.methods import SaliencyMethod
 from stackbench.records import stable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,24 @@ class SlowGradCAM(GradCAM):
         return super().explain(batch)
 '''
 
+BROKEN = '''
+import torch
+from stackbench.methods import get_method_class
+
+GradCAM = get_method_class("GradCAM")
+
+
+class BrokenCAM(GradCAM):
+    name = "BrokenCAM"
+
+    def explain(self, batch):
+        maps = super().explain(batch)
+        for j, i in enumerate(batch.index):
+            if i in (3, 4):  # process 2 meets item 3 first, process 1 item 4
+                maps[j] = float("nan")
+        return maps
+'''
+
 
 def _env(threads: int = 1) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
@@ -51,7 +70,7 @@ def _same(one: Path, two: Path, names) -> None:
 
 
 @pytest.fixture(scope="module")
-def one(data, tmp_path_factory):  # noqa: F811
+def one(data, tmp_path_factory):
     """The reference: one process with one thread (the threads each of the processes below has)."""
     out = tmp_path_factory.mktemp("one")
     threads = torch.get_num_threads()
@@ -73,7 +92,7 @@ def test_chunks_are_whole_batches_whatever_the_processes():
     assert big.per_chunk % 8 == 0 and big.count <= 64 and big.span(big.count - 1)[1] == 10_000
 
 
-def test_two_processes_write_what_one_writes(one, data, tmp_path_factory):  # noqa: F811
+def test_two_processes_write_what_one_writes(one, data, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two")  # beside `one`: the records name the dataset by the same relative path
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # one each
@@ -90,13 +109,13 @@ def test_two_processes_write_what_one_writes(one, data, tmp_path_factory):  # no
     assert not (tmp_path / "x").exists()
 
 
-def test_accelerate_launch_writes_what_one_process_writes(one, data, tmp_path_factory):  # noqa: F811
+def test_accelerate_launch_writes_what_one_process_writes(one, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("acc")
     # --multi_gpu is accelerate's launcher of several processes (torchrun's); without a GPU they use gloo on the CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", "-m", "stackbench",
-           "evaluate", "--dataset", str(data / "mix"), "--model", "minivgg-masked", "--batch-size", "2",
-           "--device", "cpu", "--no-progress", "--out", str(out)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+           "-m", "stackbench", "evaluate", "--dataset", str(data / "mix"), "--model", "minivgg-masked",
+           "--batch-size", "2", "--device", "cpu", "--no-progress", "--out", str(out)]
     for m in METHODS[:2]:
         cmd[cmd.index("evaluate") + 1:cmd.index("evaluate") + 1] = ["--method", m]
     r = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=300)
@@ -110,7 +129,7 @@ def _children(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True) if "_child(" in " ".join(p.cmdline())]
 
 
-def test_a_killed_process_resumes_to_the_same_rows(data, tmp_path):  # noqa: F811
+def test_a_killed_process_resumes_to_the_same_rows(data, tmp_path):
     plugin = tmp_path / "slow.py"
     plugin.write_text(SLOW)
     args = [sys.executable, "-m", "stackbench", "evaluate", "--method", f"{plugin}:SlowGradCAM", "--dataset",
@@ -143,3 +162,43 @@ def test_a_killed_process_resumes_to_the_same_rows(data, tmp_path):  # noqa: F81
     assert {k: v for k, v in stable(a).items() if k != "dataset"} == \
         {k: v for k, v in stable(b).items() if k != "dataset"}
     assert not (out / PARTS).exists()
+
+
+def test_a_failure_is_named_by_its_first_item_in_dataset_order(data, tmp_path):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(BROKEN)
+    errors = []
+    for n in (1, 2):
+        (bad, good) = evaluate([f"{plugin}:BrokenCAM", "HiResCAM"], str(data / "mix"), "minivgg-masked",
+                               out=tmp_path / str(n), batch_size=1, progress=False, device="cpu", figure=False,
+                               axes="none", num_proc=n)
+        assert bad.status == "failed" and good.status == "done", (bad.error, good.error)
+        errors.append(bad.error)
+        assert not (tmp_path / str(n) / "BrokenCAM.json").exists() and not (tmp_path / str(n) / PARTS).exists()
+    ids = [str(i) for i in __import__("stackbench").open_dataset(str(data / "mix"))["id"]]
+    assert errors[0] == errors[1] and f"first offending item: {ids[3]!r}" in errors[0], errors
+
+
+class Mean(SaliencyMethod):  # a class of the caller's, sent to the started process by value
+    name = "Mean"
+    needs = frozenset({"activations"})
+
+    def explain(self, batch):
+        return batch.activations.mean(dim=1)
+
+
+def test_objects_go_to_the_started_processes(data, tmp_path_factory):
+    import stackbench
+
+    ds, net = stackbench.open_dataset(str(data / "mix")), stackbench.load_model("minivgg-masked")
+    outs = [tmp_path_factory.mktemp(f"objects{n}") for n in (1, 2)]
+    threads = torch.get_num_threads()
+    for n, out in zip((1, 2), outs, strict=True):
+        torch.set_num_threads(n)  # one thread per process in both
+        try:
+            runs = evaluate([Mean, "HiResCAM"], ds, net, out=out, batch_size=2, progress=False, figure=False,
+                            axes="none", num_proc=n)
+        finally:
+            torch.set_num_threads(threads)
+        assert [r.status for r in runs] == ["done", "done"], [r.error for r in runs]
+    _same(*outs, ["Mean", "HiResCAM"])

@@ -74,8 +74,8 @@ def out_option(help: str, default: str | None = None, required: bool = False, pa
 def axes_option(default: str):
     """`--axes all|none`: the board's axes on every image, or the paper's protocol (mu alone)."""
     return option("--axes", type=click.Choice(["all", "none"]), default=None, show_default=False,
-                  help="all: the board's axes (hidden wall, deletion, randomisation) too; none: the paper's protocol, mu "
-                       f"and its companions alone (not a board row)  [default: {default}]")
+                  help="all: the board's axes (hidden wall, deletion, randomisation) too; none: the paper's "
+                       f"protocol, mu and its companions alone (not a board row)  [default: {default}]")
 
 
 def axes_of(choice: str | None, images: int | None, default: str):
@@ -88,9 +88,9 @@ def axes_of(choice: str | None, images: int | None, default: str):
     return Axes(sample=images) if images is not None else Axes.of(choice or default)
 
 
-EVAL_PROCS_HELP = ("processes that share the images, the CPU threads split among them (several GPUs: one each); the rows "
-                   "are one process' with that many threads. Many machines or GPUs: accelerate launch -m stackbench "
-                   "evaluate")
+EVAL_PROCS_HELP = ("processes that share the images, the CPU threads split among them (several GPUs: one each); the "
+                   "rows are one process' with that many threads. Many machines or GPUs: accelerate launch -m "
+                   "stackbench evaluate")
 
 
 def is_main_process() -> bool:

@@ -17,8 +17,6 @@ validated by `stackbench.records`. `evaluate` below strings them together.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
 from pathlib import Path
 

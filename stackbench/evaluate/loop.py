@@ -20,7 +20,7 @@ from ..errors import first_line, foreign_failure
 from ..isolation.pool import worker_pool
 from ..isolation.session import SetupFailure, WorkerFailure, in_call
 from ..methods.passes import MethodFailure, make_batch, score_output
-from ..progress import Progress, rate
+from ..progress import rate
 from ..records import AXES_METRICS
 from ..wall import apply, inverse
 from .state import MethodRun, Setting
@@ -112,14 +112,14 @@ def _hand(r: MethodRun, views: Views, view: str, seed: int) -> None:
 
 def _run(todo: list[MethodRun], ds, views: Views, setting: Setting, parts, chunks: list[int], rank: int, bar):
     for c in chunks:
-        live = [r for r in todo if r.status == "pending" and not parts.has(r, c)]
-        if not live:
+        started = [r for r in todo if r.status == "pending" and not parts.has(r, c)]
+        if not started:
             continue
         skipped, ids, shas = [], [], []
         setting.clock.update(forward=0.0, backward=0.0)
         for idx, b_ids, labels, b_shas, x01 in iter_batches(ds, setting.batch_size, setting.size, skipped,
                                                             *parts.layout.span(c)):
-            live = [r for r in live if r.status == "pending"]
+            live = [r for r in started if r.status == "pending"]
             if not live:
                 break
             ids += b_ids
@@ -127,15 +127,16 @@ def _run(todo: list[MethodRun], ds, views: Views, setting: Setting, parts, chunk
             _batch(live, views, setting, x01, idx, b_ids, labels)
             bar.update(len(b_ids), postfix=_rates(todo))
         parts.write_chunk(c, ids, shas, skipped, dict(setting.clock))
-        for r in live:
+        for r in started:
             if r.status == "pending":
                 parts.write_part(r, c)
-            elif r.error:
+            else:
                 parts.write_failure(r, c, rank)
             r.rows, r.maps, r.grid_maps, r.seconds = [], [], [], 0.0
+    pending = [r for r in todo if r.status == "pending"]
     _teardown(todo)  # after a Ctrl-C or an error, the workers are stopped instead (run_batches)
-    for r in todo:
-        if r.status == "failed" and r.error and not parts.failure(r):
+    for r in pending:
+        if r.status == "failed":  # at teardown: after every chunk
             parts.write_failure(r, parts.layout.count, rank)
 
 

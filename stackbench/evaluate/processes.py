@@ -103,6 +103,7 @@ def start(num_proc: int, target, args: tuple) -> list:
     an equal share of this process' torch threads; returns [(process, pipe)] for `join`. Each is a fresh
     interpreter (`python -c`), not multiprocessing's spawn: a script without a
     `__main__` guard must not run again in it."""
+    import cloudpickle  # objects of a notebook's __main__ go by value, as a method's class does to its worker
     import torch
 
     threads = max(1, torch.get_num_threads() // num_proc)
@@ -112,8 +113,8 @@ def start(num_proc: int, target, args: tuple) -> list:
         p = subprocess.Popen([sys.executable, "-c", f"from {__name__} import _child; _child({write})"],
                              stdin=subprocess.PIPE, pass_fds=(write,))
         os.close(write)
-        try:
-            p.stdin.write(pickle.dumps((target, (*args, rank, num_proc, threads))))
+        try:  # this interpreter's import path first: a notebook's or a test's classes unpickle there too
+            p.stdin.write(pickle.dumps(sys.path) + cloudpickle.dumps((target, (*args, rank, num_proc, threads))))
             p.stdin.close()
         except OSError:
             pass  # it stopped at once: `join` says so
@@ -124,7 +125,9 @@ def start(num_proc: int, target, args: tuple) -> list:
 def _child(fd: int) -> None:
     """A started process: its chunks, then one message (None, or its error's line) to the one that started it."""
     try:
-        target, args = pickle.loads(sys.stdin.buffer.read())
+        paths = pickle.load(sys.stdin.buffer)
+        sys.path[:0] = [p for p in paths if p not in sys.path]
+        target, args = pickle.load(sys.stdin.buffer)
         target(*args)
         message = None
     except StackbenchError as e:

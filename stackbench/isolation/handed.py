@@ -32,8 +32,8 @@ def handed(model: nn.Module) -> nn.Module:
 
 
 def _plain_linear(m: WallLinear) -> nn.Linear:
-    lin = torch.nn.utils.skip_init(nn.Linear, m.in_features, m.out_features, bias=m.bias is not None,
-                                   device=m.weight.device, dtype=m.weight.dtype)
+    # built on the meta device, its tensors then the model's (skip_init's to_empty imports sympy: 0.3 s a process)
+    lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta", dtype=m.weight.dtype)
     dead = m.dead
     w = m.weight if not m.weight[:, dead].any() else nn.Parameter(m.weight.masked_fill(dead, 0))
     lin.weight = w
