@@ -91,6 +91,24 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, busy: str | None = None):
+    """One writer at a time in `folder`: an exclusive lock on the folder itself, released when the block ends or
+    the process dies (nothing is left behind). `busy`: refuse at once with this line when another process holds
+    it, instead of waiting for it."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise StackbenchError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def writable_folder(out: str | Path, option: str = "--out") -> Path:
     """`out` as a folder this process can write into (created if needed), or one line saying why not."""
     out = Path(out)

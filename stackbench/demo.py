@@ -87,15 +87,15 @@ def _dur(s: float) -> str:
 
 
 def axes_scope(axes, n: int) -> str:
-    """Where the board's axes (an `Axes`) are measured in a set of `n` images: every image, a seeded sample, or
+    """Where the board's axes (an `Axes`) are measured in each set of `n` images: every image, a seeded sample, or
     none."""
     from .metrics import images_phrase
 
     if not axes.measured:
-        return "no image (the paper's protocol: mu alone)"
+        return "not measured (the paper's protocol: mu alone)"
     if axes.sample is None or axes.sample >= n:
-        return "every image"
-    return f"a seeded sample of {images_phrase(axes.sample)}"
+        return "every image per set"
+    return f"a seeded sample of {images_phrase(axes.sample)} per set"
 
 
 def axes_count(axes, n: int) -> int:
@@ -127,7 +127,7 @@ def _evaluate_step(out: Path, data: dict[str, Path], model: str, device: str, ba
             rates.record(device, arch, ref_of(probe), seconds / units, (before + after) / 2)
 
     return Step("evaluate", f"{len(methods)} methods ({', '.join(methods)}) on both sets with {ref_of(model)}: mu on "
-                            f"every image, the board's axes on {axes_scope(axes, n)} per set",
+                            f"every image, the board's axes: {axes_scope(axes, n)}",
                 unit_s * units, run, basis)
 
 
@@ -209,9 +209,11 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
     """The mini track from nothing: generate mini STACK-MIX and STACK-GEN, evaluate the paper's eight methods and
     the four controls with the shipped minivgg-masked (mu on every image, the board's axes on `axes_images` of each
     set: DEMO_AXES, QUICK_AXES with `quick`), write the report. A second run reuses what is done."""
+    from .evaluate.inputs import check_num_proc
     from .generate import load_preset
 
     one_process("demo")
+    check_num_proc(num_proc)
     t0 = time.perf_counter()
     out = Path(out)
     if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
@@ -243,7 +245,7 @@ def demo(out: str | Path = "stackbench-demo", quick: bool = False, model: str = 
         return None
     track = "mini-vit" if arch == "vit" else "mini"
     result = _report(out, data, f"stackbench demo: CAM-based methods see through walls ({track} track)",
-                     {"model": ref_of(model), "images per set": n, "board axes on": f"{axes_scope(axes, n)} per set",
+                     {"model": ref_of(model), "images per set": n, "board axes": axes_scope(axes, n),
                       "device": dev, "datasets": "mini STACK-MIX (fit layout, "
                       "shapes test split), mini STACK-GEN (shapes scenes)", "methods": ", ".join(methods)}, methods)
     result.seconds = time.perf_counter() - t0
@@ -271,9 +273,11 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     """The paper's pipeline: STACK-MIX from ImageNet validation images, STACK-GEN with the given Stable Diffusion
     checkpoint, the walled VGG16 (loaded, or trained with the paper preset), the eight methods and the controls, the
     report. `axes`: "none" (the paper's Table 1 is mu), "all", or an `Axes` (e.g. a seeded sample)."""
+    from .evaluate.inputs import check_num_proc
     from .generate import load_preset
 
     one_process("reproduce")
+    check_num_proc(num_proc)
     if bool(model) == bool(train):
         raise StackbenchError("give exactly one of --model REF (a trained walled model) or --train")
     axes = Axes.of(axes)
@@ -316,6 +320,6 @@ def reproduce(imagenet: str, sd_model: str, out: str | Path = "stackbench-paper"
     result = _report(out, data, "stackbench reproduce: the paper's Table 1 in your setting",
                      {"model": portable(model_ref, out), "images per set": num_images, "device": dev,
                       "STACK-MIX source": imagenet, "STACK-GEN generator": sd_model, "methods": ", ".join(METHODS),
-                      "board axes on": f"{axes_scope(axes, num_images)} per set"})
+                      "board axes": axes_scope(axes, num_images)})
     result.seconds = time.perf_counter() - t0
     return result

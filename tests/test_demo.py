@@ -62,7 +62,7 @@ def test_reproduce_with_stand_ins(tmp_path, monkeypatch):
     assert "calibration timed here now" in dry.output and " cores" in dry.output
     i = args.index("--axes-images")  # without it, reproduce measures mu alone: the paper's Table 1 is mu
     paper = CliRunner().invoke(main, args[:i] + args[i + 2:] + ["--dry-run"])
-    assert paper.exit_code == 0 and "board's axes on no image (the paper's protocol: mu alone)" in paper.output
+    assert paper.exit_code == 0 and "board's axes: not measured (the paper's protocol: mu alone)" in paper.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "\x1b[" not in r.stderr and "evaluate stack-mix:" not in r.stderr  # --no-progress: no bars, no lines

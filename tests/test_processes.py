@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["GradCAM", "ScoreCAM", "Opti-CAM"]
 SLOW = '''
 import time
+SECONDS = 0.4
 from stackbench.methods import get_method_class
 
 GradCAM = get_method_class("GradCAM")
@@ -32,7 +33,7 @@ class SlowGradCAM(GradCAM):
     name = "SlowGradCAM"
 
     def explain(self, batch):
-        time.sleep(0.4)
+        time.sleep(SECONDS)
         return super().explain(batch)
 '''
 
@@ -150,7 +151,7 @@ def test_a_killed_process_resumes_to_the_same_rows(data, tmp_path):
     _, err = p.communicate(timeout=240)
     assert killed and p.returncode == 2, err[-2000:]
     lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "process 2 of 2: stopped without a word" in lines[0], err[-2000:]
+    assert len(lines) == 1 and "process 2 of 2: was killed (signal 9, SIGKILL)" in lines[0], err[-2000:]
     assert "run the same command again" in lines[0] and "Traceback" not in err
     assert not (out / "SlowGradCAM.json").exists()  # no record from part of the images
     again = subprocess.run(args + ["--out", str(out), "--num-proc", "2"], env=_env(2), capture_output=True,
@@ -202,3 +203,68 @@ def test_objects_go_to_the_started_processes(data, tmp_path_factory):
             torch.set_num_threads(threads)
         assert [r.status for r in runs] == ["done", "done"], [r.error for r in runs]
     _same(*outs, ["Mean", "HiResCAM"])
+
+
+def test_a_second_run_into_the_same_folder_is_refused(data, tmp_path):
+    from stackbench.datafolder import folder_lock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with folder_lock(out):  # another evaluation holds it
+        with pytest.raises(StackbenchError, match="is in use by another stackbench evaluate"):
+            evaluate(["HiResCAM"], str(data / "mix"), "minivgg-masked", out=out, progress=False, axes="none")
+    assert list(out.iterdir()) == []
+    (out / PARTS).write_text("not a folder")
+    with pytest.raises(StackbenchError, match="is not a folder: remove it"):
+        evaluate(["HiResCAM"], str(data / "mix"), "minivgg-masked", out=out, progress=False, axes="none")
+
+
+def test_fewer_chunks_than_processes_keep_each_process_share_of_threads(data, tmp_path):
+    threads = torch.get_num_threads()
+    outs = []
+    for n, t in ((1, 1), (2, 2)):  # 8 images in one batch: one chunk, so one process, with half the threads
+        torch.set_num_threads(t)
+        try:
+            (run,) = evaluate(["GradCAM"], str(data / "mix"), "minivgg-masked", out=tmp_path / f"p{n}",
+                              batch_size=8, progress=False, figure=False, num_proc=n)
+        finally:
+            torch.set_num_threads(threads)
+        outs.append(run.record_path.with_suffix(".parquet").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_damaged_parts_are_scored_again(data, tmp_path, monkeypatch):
+    from stackbench.evaluate.parts import Parts
+
+    args = dict(out=tmp_path / "d", batch_size=2, progress=False, figure=False, save_maps=True)
+    monkeypatch.setattr(Parts, "remove", lambda self, r: None)  # a run that stopped before tidying up
+    (run,) = evaluate(["GradCAM"], str(data / "mix"), "minivgg-masked", **args)
+    rows = run.record_path.with_suffix(".parquet").read_bytes()
+    maps = (tmp_path / "d" / "GradCAM.maps.npz").read_bytes()
+    run.record_path.unlink()
+    parts = next((tmp_path / "d" / PARTS).iterdir())
+    (parts / "chunk-00001.json").write_text("garbage{{")
+    next(parts.glob("GradCAM-*/00002.npz")).write_bytes(b"\0" * 10)
+    monkeypatch.undo()
+    (again,) = evaluate(["GradCAM"], str(data / "mix"), "minivgg-masked", **args)
+    assert again.status == "done", again.error
+    assert again.record_path.with_suffix(".parquet").read_bytes() == rows
+    assert (tmp_path / "d" / "GradCAM.maps.npz").read_bytes() == maps and not (tmp_path / "d" / PARTS).exists()
+
+
+def test_started_processes_end_with_the_one_that_started_them(data, tmp_path):
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(SLOW.replace("SECONDS = 0.4", "SECONDS = 1.0"))  # the other's share: 10 s and more
+    p = subprocess.Popen([sys.executable, "-m", "stackbench", "evaluate", "--method", f"{plugin}:SlowGradCAM",
+                          "--dataset", str(data / "mix"), "--model", "minivgg-masked", "--batch-size", "1",
+                          "--device", "cpu", "--no-progress", "--num-proc", "2", "--out", str(tmp_path / "o")],
+                         env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0, children = time.time(), []
+    while not children and time.time() - t0 < 120 and p.poll() is None:
+        children = _children(p.pid) if list(tmp_path.glob(f"o/{PARTS}/*/SlowGradCAM-*/*.json")) else []
+        time.sleep(0.05)
+    assert children, "no started process seen"
+    p.kill()  # outright: it stops nobody itself
+    p.wait()
+    gone, alive = psutil.wait_procs(children, timeout=3)
+    assert not alive, [c.pid for c in alive]

@@ -17,11 +17,12 @@ validated by `stackbench.records`. `evaluate` below strings them together.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..axes import Axes
-from ..datafolder import writable_folder
+from ..datafolder import folder_lock, writable_folder
 from ..errors import StackbenchError, watching_ctrl_c
 from ..isolation import Limits, worker_pool
 from ..methods.base import check_architecture
@@ -78,8 +79,8 @@ def evaluate(methods, dataset: str, model: str, *, target: str = "predicted", po
         methods = instances(methods, method_config, limits)
         state = distributed_state()
         if state is not None and num_proc > 1:
-            raise StackbenchError(f"--num-proc {num_proc} under accelerate launch: its {state.num_processes} "
-                                  "processes share the images already; leave --num-proc out")
+            raise StackbenchError(f"--num-proc {num_proc} under accelerate launch or torchrun: its "
+                                  f"{state.num_processes} processes share the images already; leave --num-proc out")
         dev = pick_device(device, state)
         call = {"dataset": dataset, "model": model, "device": device, "target": target, "postprocess": postprocess,
                 "batch_size": batch_size, "limit": limit, "save_maps": save_maps, "out": out, "seed": seed,
@@ -142,13 +143,22 @@ def _setup(methods, call: dict, dev) -> Job:
 
 def _evaluate(methods, call: dict, dev, procs: processes.Processes, num_proc: int, progress: bool,
               figure: bool) -> list[MethodRun]:
-    refusal = None
-    if procs.main:
-        try:
-            call = {**call, "out": writable_folder(call["out"])}  # created only once every input checks
-        except StackbenchError as e:
-            refusal = str(e)
-    procs.agree(refusal)
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if procs.main:
+            try:
+                call = {**call, "out": writable_folder(call["out"])}  # created only once every input checks
+                stack.enter_context(folder_lock(call["out"], busy=f"--out {call['out']} is in use by another "
+                                                "stackbench evaluate; wait for it to finish or give another --out"))
+            except StackbenchError as e:
+                refusal = str(e)
+        procs.agree(refusal)
+        return _evaluate_here(methods, call, dev, procs, num_proc, progress, figure)
+
+
+def _evaluate_here(methods, call: dict, dev, procs: processes.Processes, num_proc: int, progress: bool,
+                   figure: bool) -> list[MethodRun]:
+    """The evaluation, its output folder made and held."""
     job = _setup(methods, call, dev)
     todo = [r for r in job.runs if r.status == "pending"]
     reused = [r.name for r in job.runs if r.status == "skipped"]
@@ -160,8 +170,9 @@ def _evaluate(methods, call: dict, dev, procs: processes.Processes, num_proc: in
     if procs.main:
         job.parts.start()
         if progress:
+            fewer = f" (only {world} chunks of whole batches)" if world < num_proc else ""
             log.info(f"evaluate {job.setting.name}: {len(todo)} method(s) on {len(job.ds)} images with {job.ref} on "
-                     f"{dev}" + (f", {world} processes" if world > 1 else ""))
+                     f"{dev}" + (f", {world} processes{fewer}" if world > 1 or fewer else ""))
     procs.wait()
     layout = job.parts.layout
     done = sum(b - a for c in range(layout.count) for a, b in [layout.span(c)]
@@ -170,7 +181,7 @@ def _evaluate(methods, call: dict, dev, procs: processes.Processes, num_proc: in
         log.info(f"evaluate {job.setting.name}: resuming: {done} of {len(job.ds)} images were scored earlier "
                  f"({job.parts.dir})")
     with watching_ctrl_c():
-        _run(todo, job, call, procs, world, progress and procs.main, done)
+        _run(todo, job, call, procs, world, progress and procs.main, done, num_proc)
     if procs.main:
         _merge(todo, job, world)
         if figure:
@@ -182,9 +193,10 @@ def _evaluate(methods, call: dict, dev, procs: processes.Processes, num_proc: in
 
 
 def _run(todo: list[MethodRun], job: Job, call: dict, procs: processes.Processes, world: int, progress: bool,
-         done: int = 0):
-    """This process' chunks, and those of the processes it starts (`num_proc` without accelerate); `done`: the
-    images of chunks finished earlier."""
+         done: int = 0, num_proc: int = 1):
+    """This process' chunks, and those of the processes it starts (`world` of the `num_proc` asked for, as many as
+    there are chunks; each with 1/num_proc of the threads, so the rows do not depend on how many chunks there
+    were); `done`: the images of chunks finished earlier."""
     import torch
 
     layout, parts = job.parts.layout, job.parts
@@ -195,9 +207,11 @@ def _run(todo: list[MethodRun], job: Job, call: dict, procs: processes.Processes
         bar = processes.Tally(parts.dir, procs.rank)
     started, threads = [], torch.get_num_threads()
     try:
-        if procs.state is None and world > 1:
-            started = processes.start(world, _shard, ([r.method for r in job.runs], call, [r.name for r in todo]))
-            torch.set_num_threads(max(1, threads // world))
+        if procs.state is None and num_proc > 1:
+            share = max(1, threads // num_proc)
+            started = processes.start(world, share, _shard, ([r.method for r in job.runs], call,
+                                                            [r.name for r in todo]))
+            torch.set_num_threads(share)
         _loop(todo, job.ds, job.views, job.setting, parts, layout.mine(procs.rank, world), procs.rank, bar)
         processes.join(started, bar if procs.main else None)
         if not procs.main:

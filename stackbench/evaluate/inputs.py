@@ -33,14 +33,19 @@ def check_args(target, postprocess, batch_size, limit, seed, axes, method_config
         raise StackbenchError(f"--batch-size {batch_size}: must be at least 1")
     if limit is not None and limit < 1:
         raise StackbenchError(f"--limit {limit}: must be at least 1")
-    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
-        raise StackbenchError(f"--num-proc {num_proc!r}: must be a whole number of at least 1")
+    check_num_proc(num_proc)
     Axes.of(axes)
     if method_config is not None and not isinstance(method_config, dict):
         raise StackbenchError(f"method_config {method_config!r:.40}: a dict of method name -> options")
     if limits is not None and not isinstance(limits, Limits):
         raise StackbenchError(f"limits {limits!r:.40}: give a stackbench.isolation.Limits (e.g. Limits(seconds_per_"
                               "image=30, memory_mb=4096)) or None")
+
+
+def check_num_proc(num_proc) -> None:
+    """--num-proc: checked by every job that passes it on, before its first step."""
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
+        raise StackbenchError(f"--num-proc {num_proc!r}: must be a whole number of at least 1")
 
 
 def resolve_methods(specs, limits: Limits | None = None, **config) -> list[MethodHandle]:

@@ -56,6 +56,10 @@ class Layout:
         return [c for c in range(self.count) if c % world == rank]
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -81,7 +85,11 @@ class Parts:
     def start(self) -> None:
         """The main process, before any other starts: the folder made, failures of an earlier run forgotten (a
         method that failed is run again, as before parts)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StackbenchError(f"{self.root} is not a folder: remove it (stackbench evaluate keeps the chunks of "
+                                  "an unfinished run there)") from None
         for p in [*self.dir.glob("*/failed-*.json"), *self.dir.glob("progress-*")]:
             p.unlink()
 
@@ -101,14 +109,16 @@ class Parts:
             maps["grid"] = np.stack(r.grid_maps)
         if r.maps:
             maps["saved"] = np.concatenate(r.maps)
+        kept = None
         if maps:
             buf = io.BytesIO()
             np.savez(buf, **maps)
-            atomic_write_bytes(d / f"{c:05d}.npz", buf.getvalue())
+            kept = buf.getvalue()
+            atomic_write_bytes(d / f"{c:05d}.npz", kept)
         data = rows_table(r.rows)
         atomic_write_bytes(d / f"{c:05d}.parquet", data)
-        atomic_write_json(d / f"{c:05d}.json", {"seconds": r.seconds, "n": len(r.rows),
-                                                "sha256": hashlib.sha256(data).hexdigest(), "maps": sorted(maps)})
+        atomic_write_json(d / f"{c:05d}.json", {"seconds": r.seconds, "n": len(r.rows), "sha256": _sha(data),
+                                                "maps": sorted(maps), "maps_sha256": kept and _sha(kept)})
 
     def write_failure(self, r: MethodRun, c: int, rank: int) -> None:
         d = self.method_dir(r)
@@ -117,14 +127,17 @@ class Parts:
 
     # ---------------------------------------------------------------------------------------------- reading
     def has(self, r: MethodRun, c: int) -> bool:
-        """Whether chunk c's part of method r is complete (its mark names the rows file's hash)."""
+        """Whether chunk c's part of method r is complete and intact: its mark (written last) names the hashes of
+        the rows and maps beside it, and the chunk's own file reads. Anything else is computed again."""
         d = self.method_dir(r)
         try:
             mark = json.loads((d / f"{c:05d}.json").read_text())
-            data = (d / f"{c:05d}.parquet").read_bytes()
-        except (OSError, ValueError):
+            rows_ok = _sha((d / f"{c:05d}.parquet").read_bytes()) == mark["sha256"]
+            maps_ok = not mark["maps"] or _sha((d / f"{c:05d}.npz").read_bytes()) == mark["maps_sha256"]
+            chunk = json.loads((self.dir / f"chunk-{c:05d}.json").read_text())
+            return rows_ok and maps_ok and chunk["chunk"] == c and len(chunk["ids"]) == mark["n"]
+        except (OSError, ValueError, KeyError, TypeError):
             return False
-        return (self.dir / f"chunk-{c:05d}.json").is_file() and hashlib.sha256(data).hexdigest() == mark.get("sha256")
 
     def failure(self, r: MethodRun) -> str | None:
         """The error of the method's first failure in dataset order (a teardown's after every chunk), if any."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,15 +100,13 @@ def _read_count(path: Path) -> int:
         return 0
 
 
-def start(num_proc: int, target, args: tuple) -> list:
+def start(num_proc: int, threads: int, target, args: tuple) -> list:
     """Processes 1 .. num_proc - 1 of this evaluation, each running `target(*args, rank, num_proc, threads)` with
-    an equal share of this process' torch threads; returns [(process, pipe)] for `join`. Each is a fresh
+    `threads` torch threads; returns [(process, pipe)] for `join`. Each is a fresh
     interpreter (`python -c`), not multiprocessing's spawn: a script without a
     `__main__` guard must not run again in it."""
     import cloudpickle  # objects of a notebook's __main__ go by value, as a method's class does to its worker
-    import torch
 
-    threads = max(1, torch.get_num_threads() // num_proc)
     started = []
     for rank in range(1, num_proc):
         read, write = os.pipe()
@@ -122,8 +122,22 @@ def start(num_proc: int, target, args: tuple) -> list:
     return started
 
 
+def _die_with_parent() -> None:
+    """A started process ends when the process that started it is gone (killed outright, it stops nobody): its
+    chunks so far are kept for the resume, and its method worker ends with it."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(POLL_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stackbench-parent-watch", daemon=True).start()
+
+
 def _child(fd: int) -> None:
     """A started process: its chunks, then one message (None, or its error's line) to the one that started it."""
+    _die_with_parent()
     try:
         paths = pickle.load(sys.stdin.buffer)
         sys.path[:0] = [p for p in paths if p not in sys.path]
@@ -136,8 +150,11 @@ def _child(fd: int) -> None:
         message = "interrupted"
     except BaseException as e:  # noqa: BLE001 - said to the main process, which stops with it
         message = f"unexpected {first_line(e)}"
-    with os.fdopen(fd, "w") as f:
-        json.dump({"error": message}, f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"error": message}, f)
+    except OSError:  # the one that started it is gone: nobody to tell
+        pass
 
 
 def join(started: list, bar: Bar | None = None) -> None:
@@ -157,7 +174,9 @@ def join(started: list, bar: Bar | None = None) -> None:
         try:
             message = json.loads(text)["error"]
         except (ValueError, KeyError, TypeError):
-            message = f"stopped without a word (exit code {p.returncode})"
+            code = p.returncode
+            message = (f"was killed (signal {-code}, {signal.Signals(-code).name})" if code < 0 and
+                       -code in signal.valid_signals() else f"stopped without a word (exit code {code})")
         if message:
             problems.append(f"process {rank + 1} of {len(started) + 1}: {message}")
     started.clear()

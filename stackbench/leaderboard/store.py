@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
 import re
 import shutil
 from pathlib import Path
 
-from ..datafolder import atomic_write_bytes
+from ..datafolder import atomic_write_bytes, folder_lock
 from ..errors import StackbenchError
 from ..refs import method_ref
 
@@ -81,15 +79,10 @@ def row_key(store: Path, path: Path) -> str:
 
 @contextlib.contextmanager
 def locked(store: Path):
-    """One writer at a time in a store (concurrent submits both land, one after the other). The lock is taken on
-    the store folder itself: nothing is left behind."""
+    """One writer at a time in a store (concurrent submits both land, one after the other)."""
     Path(store).mkdir(parents=True, exist_ok=True)
-    fd = os.open(store, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with folder_lock(store):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def stored_rows(store: Path | None = None, track: str | None = None, method: str | None = None) -> list[Path]:

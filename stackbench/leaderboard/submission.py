@@ -77,9 +77,11 @@ def submit(method: str, track: str | Track = "mini", *, name: str | None = None,
 def _checked_submit(method, track, name, author, url, description, replace, store, device, progress, method_config,
                     datasets, num_proc=1) -> list[Path]:
     from ..evaluate import resolve_methods
+    from ..evaluate.inputs import check_num_proc
     from ..refs import one_process, pick_device
 
     one_process("submit")
+    check_num_proc(num_proc)
     m = resolve_methods([method], **({method: method_config} if method_config else {}))[0]  # imported in a worker
     if m.source.split(":")[0] in ("__main__", "builtins"):
         raise StackbenchError(f"method {m.name} is defined in a notebook or script ({m.source}): nobody else could "
