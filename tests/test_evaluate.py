@@ -284,3 +284,10 @@ def test_cli_evaluate_prints_table_and_saves_maps_and_overlays(folder, tmp_path)
     res = CliRunner().invoke(main, ["evaluate", "--method", "GradCAMM", "--dataset", folder, "--model", MODEL,
                                     "--out", str(out)])
     assert res.exit_code == 2 and "did you mean" in res.output
+
+
+def test_a_folder_where_a_result_goes_is_named_before_any_work(folder, tmp_path):
+    (tmp_path / "o" / "HiResCAM.json").mkdir(parents=True)
+    with pytest.raises(StackbenchError, match="HiResCAM.json is not a file, and method HiResCAM writes"):
+        evaluate(["HiResCAM"], folder, "minivgg-masked", out=tmp_path / "o", progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["HiResCAM.json"]

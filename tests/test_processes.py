@@ -268,3 +268,4 @@ def test_started_processes_end_with_the_one_that_started_them(data, tmp_path):
     p.wait()
     gone, alive = psutil.wait_procs(children, timeout=3)
     assert not alive, [c.pid for c in alive]
+

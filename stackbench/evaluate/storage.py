@@ -39,6 +39,10 @@ def resume(runs: list[MethodRun], out: Path, base: dict) -> None:
     for r in runs:
         stem = file_stem(r.name)
         r.record_path = out / f"{stem}.json"
+        for p in (r.record_path, out / f"{stem}.parquet"):
+            if p.exists() and not p.is_file():  # said before any work, not after it when the file cannot be written
+                raise StackbenchError(f"--out {out}: {p.name} is not a file, and method {r.name} writes its results "
+                                      "there; move it away or give another --out")
         if r.record_path.is_file() and (out / f"{stem}.parquet").is_file():
             try:
                 old = read_record(r.record_path)
