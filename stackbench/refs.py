@@ -138,6 +138,17 @@ def distributed_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def agree(refusal: str | None, state=None) -> None:
+    """The main process' refusal (a line, or None), raised in every process of accelerate's `state` (none waits
+    forever at a barrier for a main process that stopped); alone, raised here."""
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise StackbenchError(refusal)
+
+
 def one_process(command: str) -> None:
     """Refuse a job that is not written for several processes (the demo, reproduce, submit) under accelerate
     launch or torchrun: each process would run the whole job into the same folders."""

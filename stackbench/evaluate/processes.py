@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import StackbenchError, first_line
+from ..refs import agree
 
 POLL_S = 0.5
 
@@ -37,13 +38,8 @@ class Processes:
             self.state.wait_for_everyone()
 
     def agree(self, refusal: str | None) -> None:
-        """The main process' refusal, raised in every process (none waits forever for a main that stopped)."""
-        if self.state is not None and self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            refusal = broadcast_object_list([refusal])[0]
-        if refusal:
-            raise StackbenchError(refusal)
+        """The main process' refusal, raised in every process (`refs.agree`)."""
+        agree(refusal, self.state)
 
 
 class Bar:

@@ -21,6 +21,7 @@ import datasets
 
 from .. import datafolder as df
 from ..errors import OtherRecipe, StackbenchError
+from ..refs import agree
 from ..versions import versions
 
 GENERATION_FORMAT = "stackbench.generation/1"
@@ -175,7 +176,7 @@ def write_dataset(folder: str | Path, builder: Builder, *, shard_size: int = 500
     identity = {"kind": builder.kind, **builder.identity(), "shard_size": shard_size,
                 "versions": versions("pillow", "numpy", "datasets", "pyarrow", python=False)}
     fresh = world == 1 and not (folder.is_dir() and any(folder.iterdir()))  # made by this call: undone if it fails
-    _start(folder, identity, overwrite, main, world)
+    _start(folder, identity, overwrite, main, state)
     # A builder may narrow the kind's columns to those that mean something for its recipe.
     feats = builder.features() if hasattr(builder, "features") else df.features(builder.kind, builder.class_names)
     n_shards = max(1, math.ceil(builder.n_items / shard_size))
@@ -218,7 +219,7 @@ def _check_sizes(builder: Builder, shard_size: int, num_proc: int) -> None:
                               f"{MAX_SHARDS}: ask for fewer images or a larger --shard-size")
 
 
-def _start(folder: Path, identity: dict, overwrite: bool, main: bool, world: int) -> None:
+def _start(folder: Path, identity: dict, overwrite: bool, main: bool, state=None) -> None:
     """The main process prepares the folder and marks it incomplete; with several processes, every one stops with
     the main one's refusal instead of waiting for it forever."""
     refusal = None
@@ -228,15 +229,10 @@ def _start(folder: Path, identity: dict, overwrite: bool, main: bool, world: int
             df.atomic_write_json(folder / df.GENERATION, {"format": GENERATION_FORMAT, "status": "incomplete",
                                                           **identity})
         except StackbenchError as e:
-            if world == 1:
+            if state is None:
                 raise
             refusal = str(e)
-    if world > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-        if refusal:
-            raise StackbenchError(refusal)
+    agree(refusal, state)
 
 
 def _missing_shards(folder: Path, n_shards: int, main: bool) -> list[int]:
