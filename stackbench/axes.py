@@ -1,4 +1,4 @@
-"""The board's axes beyond mu (README, "Saliency methods and evaluation"), as the harness computes them per batch.
+"""The board's axes beyond mu (docs/evaluation.md), as the harness computes them per batch.
 
 - **Hidden walls**: each image is also explained through the model re-oriented by one of the 6 dihedral
   transforms that move the wall (`wall.MOVING`, seeded per image) and re-parametrised (`models.variants.

@@ -1,4 +1,4 @@
-"""The dataset folder contract in one place (README, "Datasets: STACK-MIX").
+"""The dataset folder contract in one place (docs/datasets.md, "Datasets: STACK-MIX").
 
     README.md                          card (YAML header + prose)
     data/test-00000-of-0000N.parquet   one row per image

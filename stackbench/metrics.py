@@ -135,7 +135,7 @@ class Metric:
     per_image: Callable | None = field(default=None, repr=False, compare=False)  # (maps, dead_from) -> (N,)
     # A re-run (another CPU's kernels, thread count) reproduces the mean and std when within this, absolutely; a
     # method whose maps move with round-off declares how far (`SaliencyMethod.rerun_spread`), which loosens it up
-    # to rerun_atol_max. Measured with scripts/kernel_spread.py (the README's table).
+    # to rerun_atol_max. Measured with scripts/kernel_spread.py (docs/leaderboard.md's table).
     rerun_atol: float = 1e-4
     rerun_atol_max: float = 0.05
 

@@ -1,4 +1,4 @@
-"""How the board orders its rows (README, "Leaderboard"): pure functions of board entries.
+"""How the board orders its rows (docs/leaderboard.md): pure functions of board entries.
 
 - **Qualified first.** A row is ranked only if it explains this model at all: on every dataset of the track its
   symmetric relevance gain (SRG: LeRF AUC - MoRF AUC with ROAD's fill) is above the uniform map's (the

@@ -14,18 +14,18 @@ import torch
 import stackbench
 from stackbench.evaluate import evaluate
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"  # the manual's page of the Python API
 
 
 def _readme_example() -> str:
-    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    section = PAGE.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 
 def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {"__name__": "__main__"}  # as in a notebook
-    exec(compile(_readme_example(), "README.md#python-api", "exec"), scope)
+    exec(compile(_readme_example(), "docs/evaluation.md#python-api", "exec"), scope)
     runs = scope["runs"]
     assert [r.status for r in runs] == ["done", "done"]
     assert runs[0].record["method"]["source"] == "__main__:MeanActivation"

@@ -36,11 +36,10 @@ def test_every_command_has_a_page_and_every_documented_option_exists():
     # every `stackbench CMD ... --option` written in the pages is an option of that command
     helps = {c: reference.help_of(c) for c in reference.commands()}
     for line in re.findall(r"stackbench [a-z][^\n`]*", pages):
-        words = line.split()
         command = next((c for c in sorted(helps, key=len, reverse=True) if line.startswith(c + " ") or line == c),
                        None)
         if command is None:
             continue
-        for opt in (w for w in words if re.fullmatch(r"--[a-z][a-z0-9-]*", w)):
+        for opt in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line):
             assert re.search(rf"(^|[\s,]){re.escape(opt)}(?=[\s,=]|$)", helps[command], flags=re.M), \
                 f"{opt} is written after `{command}` in docs/ but is not one of its options"

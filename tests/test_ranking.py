@@ -262,8 +262,9 @@ def test_submit_prints_the_rules_the_readme_states(store):
     from stackbench.cli import main
 
     flat = lambda t: re.sub(r"\s+", " ", t)  # noqa: E731
-    readme = flat((Path(__file__).resolve().parent.parent / "README.md").read_text().split("## Submit your method")[1])
-    for rule in lb.RULES:  # the README's list says each rule as a clause of one sentence
+    page = Path(__file__).resolve().parent.parent / "docs" / "leaderboard.md"
+    readme = flat(page.read_text().split("## Submit your method")[1])
+    for rule in lb.RULES:  # the manual's list says each rule as a clause of one sentence
         assert flat(rule[0].lower() + rule[1:]).rstrip(".") in readme, rule
     result = CliRunner().invoke(main, ["submit", "--method", "GradCAM", "--track", "test", "--store", str(store),
                                        "--no-progress", "--device", "cpu"])

@@ -30,7 +30,7 @@ class OptiCAM(TargetLayerCAM):
                 "normalise": "(S - min) / (max - min + 1e-8)"}
     # Adam turns round-off in tiny gradients into whole steps, and the early stop is a comparison of two losses: the
     # same image through the same weights on another CPU's kernels ends elsewhere. Per-image RMS differences measured
-    # with scripts/kernel_spread.py (AVX-512 against AVX2 and baseline kernels; the README's table): mu 0.027, dead
+    # with scripts/kernel_spread.py (AVX-512 against AVX2 and baseline kernels; docs/leaderboard.md): mu 0.027, dead
     # mass 0.014, mu hidden 0.017, deletion AUC 0.031, rand. corr 0.10; these are those, rounded up. A re-run's
     # tolerance follows from them (metrics.rerun_tolerances): at 100 images, 4 x spread / 10. The 4-step curves and
     # the SSIM (2026-12-05, the 10 + 6 images of tests/test_cpu.py, AVX-512 against AVX2 kernels): deletion AUC
