@@ -81,6 +81,7 @@ def test_generate_demo_and_submit_from_the_installed_wheel(installed, tmp_path):
         assert record["dataset"]["fingerprint"] == pins[ds]["fingerprint"]
     assert (work / "board/tracks.json").read_bytes() == (REPO / "leaderboard/tracks.json").read_bytes()
     # the commit hint names the files as typed here (relative), the rendered board's four included
+    assert "next: stackbench leaderboard build --store board, then commit" in sub.stdout  # the store it wrote to
     hint = next(line for line in sub.stdout.splitlines() if line.startswith("  git add "))
     assert {"board/results/mini/stack-mix/minivgg-masked/GradCAM.json", "board/axes.png", "board/tracks.json",
             "board/reported"} <= set(hint.split())  # a new board: its tracks and reported numbers too

@@ -47,7 +47,7 @@ def submit(method, track, name, author, url, description, replace, datasets, dev
     change outside its worker, no network; maps a function of inputs and seed) as a checklist for the pull request."""
     from .. import leaderboard as lb
 
-    store = lb.resolve_store(store)
+    given, store = store, lb.resolve_store(store)
     new_board = not (store / "tracks.json").is_file()
     paths = lb.submit(method, track, name=name, author=author, url=url, description=description, replace=replace,
                       store=store, device=device, progress=not no_progress, datasets=list(datasets),
@@ -58,7 +58,8 @@ def submit(method, track, name, author, url, description, replace, datasets, dev
     files = [x for p in paths for x in (p, p.with_suffix(".parquet"))] + code + [store / f for f in lb.RENDERED]
     if new_board:  # the board this submit started: its tracks and the paper's numbers go in too
         files += [store / "tracks.json", store / "reported"]
-    click.echo("next: stackbench leaderboard build, then commit the rows and the rendered board:")
+    build = "stackbench leaderboard build" + (f" --store {_shown(given)}" if given is not None else "")
+    click.echo(f"next: {build}, then commit the rows and the rendered board:")
     click.echo("  git add " + " ".join(_shown(f) for f in files))
     click.echo("and put the board's rules in the pull request's description, each one ticked if your method keeps it:")
     click.echo(lb.rules_text())
