@@ -189,8 +189,6 @@ def test_shipped_mini_model_loads_offline_walled_and_classifies_shapes(monkeypat
     import shutil
 
     from stackbench.models import get_entry, loading
-    from stackbench.sources import open_source
-    from stackbench.train import preset, val_transform
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     weights = get_entry("minivgg-masked").weights
@@ -202,11 +200,7 @@ def test_shipped_mini_model_loads_offline_walled_and_classifies_shapes(monkeypat
     first = model[-1][0]
     assert torch.count_nonzero(first.weight[:, first.dead]) == 0
     assert check(model, traces=4).identical
-    src = open_source("shapes:50@11", split="val")
-    tf = val_transform(preset("mini"))
-    x = torch.stack([tf(src.load(i).image) for i in range(len(src))])
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == torch.as_tensor(src.labels())).float().mean())
+    acc = _fresh_shapes_accuracy(model, "mini")
     assert acc >= 0.8, acc
     # A shipped file that does not match its recorded sha256 is refused.
     tampered = tmp_path / "weights"
@@ -227,8 +221,6 @@ def test_shipped_mini_vits_load_offline_walled_with_their_card_and_classify_shap
     from huggingface_hub import ModelCard
 
     from stackbench.models import get_entry, loading
-    from stackbench.sources import open_source
-    from stackbench.train import preset, val_transform
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     weights = get_entry(name).weights
@@ -241,11 +233,7 @@ def test_shipped_mini_vits_load_offline_walled_with_their_card_and_classify_shap
     assert "dead tokens" in card.text
     model = load_model(name)
     assert model.ref == name and model.global_pool == "conv" and check(model, traces=4).identical
-    src = open_source("shapes:50@11", split="val")
-    tf = val_transform(preset("mini-vit"))
-    x = torch.stack([tf(src.load(i).image) for i in range(len(src))])
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == torch.as_tensor(src.labels())).float().mean())
+    acc = _fresh_shapes_accuracy(model, "mini-vit")
     assert acc >= 0.75, acc
 
 
@@ -273,3 +261,15 @@ def test_loading_skips_the_initialisation_in_its_own_thread_only():
     assert torch.equal(other["w"], torch.full((4,), 3.0))  # initialised in the other thread
     assert dict(vars(nn.init)) == before                   # torch.nn.init is torch's own again
     assert torch.equal(nn.init.ones_(torch.zeros(2)), torch.ones(2))
+
+
+def _fresh_shapes_accuracy(model, preset_name: str) -> float:
+    """Top-1 on 50 shapes the model never saw (val split, seed 11), through its preset's val transform."""
+    from stackbench.sources import open_source
+    from stackbench.train import preset, val_transform
+
+    src = open_source("shapes:50@11", split="val")
+    tf = val_transform(preset(preset_name))
+    x = torch.stack([tf(src.load(i).image) for i in range(len(src))])
+    with torch.no_grad():
+        return float((model(x).argmax(1) == torch.as_tensor(src.labels())).float().mean())
